@@ -1,0 +1,110 @@
+"""Config errors that name every offending field by its path, before any machine is touched."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a stack: where (``hosts[2].gpu.count``) and what was expected."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class CrossFieldProblems(ValueError):
+    """Raised by model validators that check rules spanning several fields.
+
+    It carries one :class:`Problem` per violation, each with a path relative to the model that
+    raised it, so the caller can report all of them with full paths instead of one vague message.
+    """
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(str(p) for p in self.problems))
+
+
+class StackConfigError(Exception):
+    """A stack file or Pulumi config that cannot be used; ``problems`` lists every reason."""
+
+    def __init__(self, source: str, problems: Sequence[Problem]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        lines = "\n".join(f"  {p}" for p in self.problems)
+        super().__init__(f"{source}: {len(self.problems)} problem(s)\n{lines}")
+
+
+def format_path(loc: Iterable[int | str]) -> str:
+    """Turn a pydantic location tuple into ``hosts[2].gpu.count``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith("function-") or part in {"list", "dict"}:
+            continue  # pydantic internals for union branches and wrappers, not user paths
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def join_path(prefix: str, rest: str) -> str:
+    if not prefix:
+        return rest
+    if not rest:
+        return prefix
+    return prefix + rest if rest.startswith("[") else f"{prefix}.{rest}"
+
+
+def problems_from_validation_error(exc: ValidationError, prefix: str = "") -> list[Problem]:
+    """Flatten a pydantic error into problems, expanding cross-field problem lists."""
+    problems: list[Problem] = []
+    for err in exc.errors(include_url=False):
+        path = join_path(prefix, format_path(err["loc"]))
+        ctx = err.get("ctx") or {}
+        inner = ctx.get("error")
+        if isinstance(inner, CrossFieldProblems):
+            problems.extend(Problem(join_path(path, p.path), p.message) for p in inner.problems)
+            continue
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown field (check the spelling; see the README's config table)"
+        elif err["type"] == "missing":
+            message = "required field is missing"
+        elif message.startswith("Value error, "):
+            message = message.removeprefix("Value error, ")
+        elif message.startswith("Assertion failed, "):
+            message = message.removeprefix("Assertion failed, ")
+        if (
+            err["type"] not in {"extra_forbidden", "missing"}
+            and "input" in err
+            and not _is_sensitive(err["loc"])
+        ):
+            shown = _short_repr(err["input"])
+            if shown is not None:
+                message = f"{message} (got {shown})"
+        problems.append(Problem(path, message))
+    return problems
+
+
+_SENSITIVE_MARKERS = ("token", "secret", "password", "privatekey", "passphrase")
+
+
+def _is_sensitive(loc: Iterable[int | str]) -> bool:
+    """Never echo the input of a field that may hold a secret, even when it is invalid."""
+    return any(
+        isinstance(part, str) and any(m in part.lower() for m in _SENSITIVE_MARKERS) for part in loc
+    )
+
+
+def _short_repr(value: object) -> str | None:
+    if isinstance(value, dict | list):
+        return None  # containers are long; the path already says where
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,0 +1,1 @@
+"""Local lab: QEMU guests that stand in for bare-metal GPU servers in tests and trials."""
