@@ -27,7 +27,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
-    from components.plan.render import render_stack  # noqa: PLC0415 - keeps validate light
+    from components.plan.render import RenderTargetNotEmpty, render_stack  # noqa: PLC0415
 
     try:
         config = load_stack_file(args.file)
@@ -35,7 +35,11 @@ def _cmd_render(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"{args.file}: {problem}", file=sys.stderr)
         return EXIT_INVALID
-    written = render_stack(config, Path(args.out))
+    try:
+        written = render_stack(config, Path(args.out))
+    except RenderTargetNotEmpty as exc:
+        print(f"sovereign render: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     print(f"{args.file}: wrote {len(written)} file(s) under {args.out}")
     return 0
 

@@ -38,12 +38,10 @@ class _LineLoader(yaml.SafeLoader):
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     seen: dict[Any, yaml.Node] = {}
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node)
         if key in seen:
             mark = key_node.start_mark
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", mark
-            )
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", mark)
         seen[key] = key_node
     return loader.construct_mapping(node)
 
@@ -59,7 +57,9 @@ def parse_stack_yaml(text: str, source: str) -> dict[str, Any]:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
         what = exc.problem or str(exc)
-        raise StackConfigError(source, [Problem("", f"YAML syntax error at {where}: {what}")]) from None
+        raise StackConfigError(
+            source, [Problem("", f"YAML syntax error at {where}: {what}")]
+        ) from None
     except yaml.YAMLError as exc:
         raise StackConfigError(source, [Problem("", f"YAML error: {exc}")]) from None
     if data is None:
@@ -69,11 +69,15 @@ def parse_stack_yaml(text: str, source: str) -> dict[str, Any]:
     return data
 
 
-def _stack_config_section(data: Mapping[str, Any], source: str) -> tuple[dict[str, Any], list[Problem]]:
+def _stack_config_section(
+    data: Mapping[str, Any], source: str
+) -> tuple[dict[str, Any], list[Problem]]:
     """Strip the project namespace; report keys in our namespace we do not know."""
     config = data.get("config")
     if not isinstance(config, dict):
-        raise StackConfigError(source, [Problem("config", "missing; expected a mapping of settings")])
+        raise StackConfigError(
+            source, [Problem("config", "missing; expected a mapping of settings")]
+        )
     section: dict[str, Any] = {}
     problems: list[Problem] = []
     for key, value in config.items():
@@ -93,7 +97,9 @@ def _stack_config_section(data: Mapping[str, Any], source: str) -> tuple[dict[st
     return section, problems
 
 
-def _wrap_secrets(section: dict[str, Any], *, from_engine: bool, secret_keys: frozenset[str]) -> None:
+def _wrap_secrets(
+    section: dict[str, Any], *, from_engine: bool, secret_keys: frozenset[str]
+) -> None:
     """Mark secret values so the model can tell a real secret from a pasted plain value."""
     for key, value in list(section.items()):
         if isinstance(value, dict) and set(value) == {"secure"}:
@@ -135,7 +141,9 @@ def _apply_inventory(section: dict[str, Any], base_dir: Path, problems: list[Pro
     section["hosts"] = hosts
 
 
-def build_stack_config(section: dict[str, Any], source: str, problems: list[Problem]) -> StackConfig:
+def build_stack_config(
+    section: dict[str, Any], source: str, problems: list[Problem]
+) -> StackConfig:
     try:
         config = StackConfig.model_validate(section)
     except ValidationError as exc:
@@ -191,7 +199,9 @@ def section_from_engine(
     _wrap_secrets(
         section,
         from_engine=True,
-        secret_keys=frozenset(k.partition(":")[2] for k in secret_keys if k.startswith(PROJECT + ":")),
+        secret_keys=frozenset(
+            k.partition(":")[2] for k in secret_keys if k.startswith(PROJECT + ":")
+        ),
     )
     return section, problems
 

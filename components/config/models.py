@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    field_serializer,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -280,7 +281,9 @@ class HostSpec(Model):
                 )
             seen.setdefault(disk.id, i)
         for i, taint in enumerate(self.taints):
-            if not re.fullmatch(r"[A-Za-z0-9./-]+(=[A-Za-z0-9._-]*)?:(NoSchedule|PreferNoSchedule|NoExecute)", taint):
+            if not re.fullmatch(
+                r"[A-Za-z0-9./-]+(=[A-Za-z0-9._-]*)?:(NoSchedule|PreferNoSchedule|NoExecute)", taint
+            ):
                 problems.append(Problem(f"taints[{i}]", "expected key[=value]:Effect"))
         if problems:
             raise CrossFieldProblems(problems)
@@ -379,7 +382,9 @@ class K3sSpec(Model):
             except ValueError:
                 problems.append(Problem(to_camel(field), "expected a CIDR such as 10.42.0.0/16"))
         if len(nets) == 2 and nets["cluster_cidr"].overlaps(nets["service_cidr"]):
-            problems.append(Problem("serviceCidr", "overlaps clusterCidr; expected disjoint ranges"))
+            problems.append(
+                Problem("serviceCidr", "overlaps clusterCidr; expected disjoint ranges")
+            )
         if problems:
             raise CrossFieldProblems(problems)
         return self
@@ -437,7 +442,10 @@ class InferenceSpec(Model):
             served = model.served_name or model.name
             if served in seen:
                 problems.append(
-                    Problem(f"models[{i}].name", f"served name {served!r} used twice (also models[{seen[served]}])")
+                    Problem(
+                        f"models[{i}].name",
+                        f"served name {served!r} used twice (also models[{seen[served]}])",
+                    )
                 )
             seen.setdefault(served, i)
         if problems:
@@ -457,6 +465,10 @@ class ResidencyPolicy(Model):
     dns_resolvers: tuple[Annotated[str, AfterValidator(_host_or_ip)], ...] = Field(min_length=1)
     ntp_servers: tuple[HostOrIp, ...] = Field(min_length=1)
     egress_allowlist: tuple[str, ...] | None = None
+
+    @field_serializer("allowed_countries")
+    def _sorted_countries(self, countries: frozenset[str]) -> list[str]:
+        return sorted(countries)
 
     @model_validator(mode="after")
     def _policy_itself_is_sound(self) -> ResidencyPolicy:
@@ -520,7 +532,10 @@ class StackConfig(Model):
         for i, host in enumerate(self.hosts):
             if host.name in names:
                 problems.append(
-                    Problem(f"hosts[{i}].name", f"duplicate host name {host.name!r} (also hosts[{names[host.name]}])")
+                    Problem(
+                        f"hosts[{i}].name",
+                        f"duplicate host name {host.name!r} (also hosts[{names[host.name]}])",
+                    )
                 )
             names.setdefault(host.name, i)
             endpoint = (host.address, host.ssh.port)
@@ -543,7 +558,10 @@ class StackConfig(Model):
             for j, disk in enumerate(host.nvme):
                 if disk.id in disks and disks[disk.id] != i:
                     problems.append(
-                        Problem(f"hosts[{i}].nvme[{j}].id", f"drive serial also listed on hosts[{disks[disk.id]}]")
+                        Problem(
+                            f"hosts[{i}].nvme[{j}].id",
+                            f"drive serial also listed on hosts[{disks[disk.id]}]",
+                        )
                     )
                 disks.setdefault(disk.id, i)
         return problems

@@ -1,0 +1,1 @@
+"""The SSH executor and the meaning of step results."""

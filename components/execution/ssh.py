@@ -1,0 +1,424 @@
+"""The SSH executor: the only module that talks to hosts (and the only one importing paramiko).
+
+It runs a rendered step script on a host over one pinned, authenticated connection:
+
+* host keys are pinned by SHA256 fingerprint; a host presenting another key is refused before
+  anything runs, with both fingerprints in the message, and never retried;
+* connection attempts are bounded (count, timeout, backoff from :class:`SshDefaults`);
+* scripts go over stdin to ``bash -s`` (with ``sudo -n`` when the user is not root); secret values
+  are exported at the top of stdin, never on a command line, and redacted from every log line;
+* output is streamed line by line to a callback while the step runs, within the step timeout;
+* exit status 100 means "reboot required": the executor reboots the host, waits for it with a new
+  boot id (bounded), and runs the step again, which must then finish.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import os
+import shlex
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import paramiko
+
+from components.config.models import HostSpec, SshDefaults
+from components.execution.outcome import (
+    HostKeyMismatch,
+    HostUnreachable,
+    StepFailed,
+    StepOutcome,
+    interpret_exit,
+)
+
+LineSink = Callable[[str, str], None]  # (stream "stdout"|"stderr", line)
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def fingerprint_of(key: paramiko.PKey) -> str:
+    """``SHA256:...`` exactly as ``ssh-keygen -lf`` prints it."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+@dataclass(frozen=True)
+class HostTarget:
+    """Everything needed to reach one host; built from the stack, never from user input at run time."""
+
+    name: str
+    address: str
+    port: int
+    user: str
+    private_key: str  # reference: file:PATH or env:VARIABLE
+    host_key: str | None
+    base_dir: str = "."  # where relative key paths are resolved (the project directory)
+
+    @classmethod
+    def from_spec(cls, host: HostSpec, base_dir: Path | str = ".") -> HostTarget:
+        return cls(
+            name=host.name,
+            address=host.address,
+            port=host.ssh.port,
+            user=host.ssh.user,
+            private_key=host.ssh.private_key,
+            host_key=host.ssh.host_key,
+            base_dir=str(base_dir),
+        )
+
+    @property
+    def where(self) -> str:
+        return f"{self.name} ({self.user}@{self.address}:{self.port})"
+
+
+def load_private_key(reference: str, base_dir: str = ".") -> paramiko.PKey:
+    """Load an ed25519, ECDSA or RSA key from ``file:PATH`` or ``env:VARIABLE``."""
+    scheme, _, rest = reference.partition(":")
+    if scheme == "file":
+        path = Path(os.path.expanduser(rest))
+        if not path.is_absolute():
+            path = Path(base_dir) / path
+        try:
+            return paramiko.PKey.from_path(path)
+        except FileNotFoundError:
+            raise HostUnreachable(f"SSH private key file {path} not found") from None
+        except (paramiko.SSHException, ValueError) as exc:
+            raise HostUnreachable(f"cannot load SSH private key {path}: {exc}") from None
+    if scheme == "env":
+        text = os.environ.get(rest)
+        if not text:
+            raise HostUnreachable(f"environment variable {rest} (SSH private key) is not set")
+        key_classes: tuple[type[paramiko.PKey], ...] = (
+            paramiko.Ed25519Key,
+            paramiko.ECDSAKey,
+            paramiko.RSAKey,
+        )
+        for key_class in key_classes:
+            try:
+                return key_class.from_private_key(io.StringIO(text))
+            except (paramiko.SSHException, ValueError):
+                continue
+        raise HostUnreachable(f"environment variable {rest} does not hold a supported private key")
+    raise HostUnreachable(f"unsupported key reference {scheme!r}; expected file: or env:")
+
+
+class _PinnedHostKeyPolicy(paramiko.MissingHostKeyPolicy):
+    """Accept exactly the pinned key; no known_hosts file is consulted or written."""
+
+    def __init__(self, target: HostTarget) -> None:
+        self._target = target
+
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
+        seen = fingerprint_of(key)
+        if self._target.host_key is None:
+            raise HostKeyMismatch(
+                f"{self._target.where}: no host key pinned for this host; refusing to connect "
+                f"(it presented {key.get_name()} {seen})"
+            )
+        if seen != self._target.host_key:
+            raise HostKeyMismatch(
+                f"{self._target.where}: host key mismatch: expected {self._target.host_key}, "
+                f"host presented {key.get_name()} {seen}. Refusing to connect; if the host was "
+                "reinstalled, verify the new key out of band and update ssh.hostKey"
+            )
+
+
+class Redactor:
+    """Replaces every secret value in a line with a marker before it is logged."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+
+    def __call__(self, line: str) -> str:
+        for secret in self._secrets:
+            line = line.replace(secret, "[secret]")
+        return line
+
+
+@dataclass
+class RunResult:
+    exit_status: int
+    stdout: str
+    stderr_tail: str
+
+
+@dataclass
+class HostSession:
+    """One authenticated SSH connection to one host, reused for every step of that host."""
+
+    target: HostTarget
+    settings: SshDefaults
+    _client: paramiko.SSHClient | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def connect(self) -> None:
+        if self._client is not None and self._alive():
+            return
+        self.close()
+        key = load_private_key(self.target.private_key, self.target.base_dir)
+        last_error: Exception | None = None
+        attempts = self.settings.connect_retries + 1
+        for attempt in range(attempts):
+            client = paramiko.SSHClient()
+            client.set_missing_host_key_policy(_PinnedHostKeyPolicy(self.target))
+            try:
+                client.connect(
+                    self.target.address,
+                    port=self.target.port,
+                    username=self.target.user,
+                    pkey=key,
+                    timeout=self.settings.connect_timeout_seconds,
+                    banner_timeout=self.settings.connect_timeout_seconds,
+                    auth_timeout=self.settings.connect_timeout_seconds,
+                    allow_agent=False,
+                    look_for_keys=False,
+                )
+            except HostKeyMismatch:
+                client.close()
+                raise
+            except paramiko.AuthenticationException as exc:
+                client.close()
+                raise HostUnreachable(
+                    f"{self.target.where}: authentication failed with the configured key: {exc}"
+                ) from None
+            except (OSError, paramiko.SSHException, EOFError) as exc:
+                client.close()
+                last_error = exc
+                if attempt + 1 < attempts:
+                    time.sleep(self.settings.retry_backoff_seconds * (attempt + 1))
+                continue
+            transport = client.get_transport()
+            if transport is not None:
+                transport.set_keepalive(15)
+            self._client = client
+            return
+        raise HostUnreachable(
+            f"{self.target.where}: unreachable after {attempts} attempt(s): {last_error}"
+        )
+
+    def _alive(self) -> bool:
+        transport = self._client.get_transport() if self._client else None
+        return bool(transport and transport.is_active())
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _wrap(self, command: str) -> str:
+        return command if self.target.user == "root" else f"sudo -n {command}"
+
+    def run_script(
+        self,
+        script: str,
+        env: Mapping[str, str] | None = None,
+        secret_env: Mapping[str, str] | None = None,
+        *,
+        timeout: float | None = None,
+        on_line: LineSink | None = None,
+    ) -> RunResult:
+        """Run ``script`` with bash, feeding it on stdin; stream output; return status and output."""
+        env = dict(env or {})
+        secret_env = dict(secret_env or {})
+        redact = Redactor(secret_env.values())
+        prelude = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(secret_env.items()))
+        assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items()))
+        command = self._wrap(f"env {assignments} bash -s" if assignments else "bash -s")
+        limit = timeout if timeout is not None else self.settings.step_timeout_seconds
+        with self._lock:
+            self.connect()
+            assert self._client is not None
+            transport = self._client.get_transport()
+            if transport is None:
+                raise HostUnreachable(f"{self.target.where}: connection lost")
+            channel = transport.open_session()
+            try:
+                return self._stream(channel, command, prelude + script, limit, redact, on_line)
+            finally:
+                channel.close()
+
+    def _stream(
+        self,
+        channel: paramiko.Channel,
+        command: str,
+        stdin_text: str,
+        limit: float,
+        redact: Redactor,
+        on_line: LineSink | None,
+    ) -> RunResult:
+        channel.settimeout(1.0)
+        channel.exec_command(command)
+        channel.sendall(stdin_text.encode())
+        channel.shutdown_write()
+        deadline = time.monotonic() + limit
+        buffers = {"stdout": b"", "stderr": b""}
+        stdout_lines: list[str] = []
+        stderr_lines: list[str] = []
+
+        def emit(stream: str, final: bool = False) -> None:
+            data = buffers[stream]
+            *lines, rest = data.split(b"\n")
+            if final and rest:
+                lines.append(rest)
+                rest = b""
+            buffers[stream] = rest
+            for raw in lines:
+                line = raw.decode(errors="replace")
+                (stdout_lines if stream == "stdout" else stderr_lines).append(line)
+                if on_line is not None:
+                    on_line(stream, redact(line))
+
+        while True:
+            progressed = False
+            if channel.recv_ready():
+                buffers["stdout"] += channel.recv(65536)
+                emit("stdout")
+                progressed = True
+            if channel.recv_stderr_ready():
+                buffers["stderr"] += channel.recv_stderr(65536)
+                emit("stderr")
+                progressed = True
+            if (
+                channel.exit_status_ready()
+                and not channel.recv_ready()
+                and not channel.recv_stderr_ready()
+            ):
+                break
+            if channel.closed and not progressed:
+                break
+            if time.monotonic() > deadline:
+                channel.close()
+                raise StepFailed(
+                    f"{self.target.where}: timed out after {limit:.0f} s "
+                    "(raise ssh.stepTimeoutSeconds if the step is legitimately slow)"
+                )
+            if not progressed:
+                # block briefly on the channel instead of spinning
+                channel.status_event.wait(0.05)
+        emit("stdout", final=True)
+        emit("stderr", final=True)
+        status = channel.recv_exit_status()
+        if status == -1:
+            raise HostUnreachable(f"{self.target.where}: connection dropped while the step ran")
+        tail = "\n".join(redact(x) for x in stderr_lines[-20:])
+        return RunResult(status, "\n".join(stdout_lines), tail)
+
+    def boot_id(self) -> str:
+        result = self.run_script("cat /proc/sys/kernel/random/boot_id\n", timeout=30)
+        return result.stdout.strip()
+
+    def reboot_and_wait(self) -> None:
+        """Reboot the host and wait until it answers SSH with a new boot id (bounded)."""
+        before = self.boot_id()
+        with self._lock:
+            assert self._client is not None
+            transport = self._client.get_transport()
+            if transport is not None:
+                channel = transport.open_session()
+                # detach so the command survives the connection going away
+                channel.exec_command(self._wrap("systemd-run --on-active=1 systemctl reboot"))
+                channel.recv_exit_status()
+                channel.close()
+        self.close()
+        deadline = time.monotonic() + self.settings.reboot_timeout_seconds
+        while time.monotonic() < deadline:
+            if _port_open(self.target.address, self.target.port, 2.0):
+                try:
+                    self.connect()
+                    if self.boot_id() not in ("", before):
+                        return
+                except (HostUnreachable, StepFailed):
+                    pass
+                self.close()
+            time.sleep(self.settings.retry_backoff_seconds or 1.0)
+        raise HostUnreachable(
+            f"{self.target.where}: did not come back within {self.settings.reboot_timeout_seconds} s "
+            "after reboot (ssh.rebootTimeoutSeconds)"
+        )
+
+
+def _port_open(address: str, port: int, timeout: float) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def run_step(
+    session: HostSession,
+    step_name: str,
+    script: str,
+    *,
+    mode: str = "apply",
+    secret_env: Mapping[str, str] | None = None,
+    reboot_allowed: bool = False,
+    on_line: LineSink | None = None,
+) -> StepOutcome:
+    """Run one step in ``mode`` and return its outcome; handles the reboot-required protocol."""
+    where = f"{session.target.where} step {step_name} ({mode})"
+    env = {"SOVEREIGN_MODE": mode}
+    result = session.run_script(script, env, secret_env, on_line=on_line)
+    outcome = interpret_exit(where, result.exit_status, result.stdout, result.stderr_tail)
+    if outcome != "reboot":
+        assert not isinstance(outcome, str)
+        return outcome
+    if not reboot_allowed or mode != "apply":
+        raise StepFailed(f"{where}: asked for a reboot, which this step may not do")
+    if on_line is not None:
+        on_line("stderr", f"[{step_name}] rebooting {session.target.name} as the step requires")
+    session.reboot_and_wait()
+    again = session.run_script(script, env, secret_env, on_line=on_line)
+    second = interpret_exit(
+        where + " after reboot", again.exit_status, again.stdout, again.stderr_tail
+    )
+    if second == "reboot":
+        raise StepFailed(f"{where}: still asks for a reboot after rebooting once")
+    assert not isinstance(second, str)
+    return StepOutcome("changed", second.facts, second.changes, second.drift, rebooted=True)
+
+
+class SessionPool:
+    """One connection per host for the life of a process (the provider or a verify run)."""
+
+    def __init__(self, settings: SshDefaults) -> None:
+        self._settings = settings
+        self._sessions: dict[HostTarget, HostSession] = {}
+        self._lock = threading.Lock()
+
+    def session(self, target: HostTarget) -> HostSession:
+        with self._lock:
+            if target not in self._sessions:
+                self._sessions[target] = HostSession(target, self._settings)
+            return self._sessions[target]
+
+    def close(self) -> None:
+        with self._lock:
+            for session in self._sessions.values():
+                session.close()
+            self._sessions.clear()
+
+
+def on_hosts(
+    items: Sequence[_T], work: Callable[[_T], _R], max_parallel: int
+) -> list[_R | BaseException]:
+    """Run ``work`` for every item with at most ``max_parallel`` at once; keep order; collect errors."""
+    results: list[_R | BaseException] = []
+    with ThreadPoolExecutor(max_workers=max(1, min(max_parallel, len(items) or 1))) as pool:
+        futures = [pool.submit(work, item) for item in items]
+        for future in futures:
+            try:
+                results.append(future.result())
+            except Exception as exc:
+                results.append(exc)
+    return results

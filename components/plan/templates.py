@@ -1,0 +1,57 @@
+"""Where the host-setup templates live and how they are rendered (StrictUndefined, no logic)."""
+
+from __future__ import annotations
+
+import shlex
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent
+
+
+def template_dir() -> Path:
+    """``host-setup/`` in a source checkout, or its copy inside an installed wheel."""
+    for candidate in (_PACKAGE_DIR / "_host_setup", _PACKAGE_DIR.parent / "host-setup"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("host-setup templates not found next to the components package")
+
+
+def _shell_quote(value: object) -> str:
+    return shlex.quote(str(value))
+
+
+def _shell_words(values: Any) -> str:
+    return " ".join(shlex.quote(str(v)) for v in values)
+
+
+@cache
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(template_dir())),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # noqa: S701 - renders shell scripts, not HTML; values go through |q
+        keep_trailing_newline=True,
+        # bash uses "{#" in "${#array[@]}": move Jinja comments out of its way
+        comment_start_string="<#--",
+        comment_end_string="--#>",
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["q"] = _shell_quote
+    env.filters["words"] = _shell_words
+    return env
+
+
+def render_template(name: str, **variables: Any) -> str:
+    return environment().get_template(name).render(**variables)
+
+
+def step_template_names() -> list[str]:
+    """The numbered step templates, in order: ``NN-purpose.sh.j2``."""
+    return sorted(
+        p.name for p in template_dir().glob("*.sh.j2") if p.name[:2].isdigit() and p.name[2] == "-"
+    )

@@ -1,0 +1,161 @@
+"""The ``HostStep`` dynamic provider: one host-setup step on one host, run over SSH.
+
+This module path and the class names are part of every stack's state (Pulumi pickles the provider
+by reference): moving or renaming them breaks ``pulumi destroy`` of existing stacks. Keep them.
+
+* create / update: run the step in ``apply`` mode; outputs carry what it found (``facts``).
+* diff: a changed script hash, pin, secret or connection target means the step runs again.
+* read (``pulumi refresh``): run the step in ``check`` mode, a dry run that reports drift
+  (a driver upgraded by hand, an unmounted cache) as ``inSync: false`` plus what it would change.
+* delete: run the step's teardown where it has one. Teardowns never destroy cache data.
+
+Log lines go to stderr, which the Pulumi CLI shows for dynamic providers (there is no engine
+connection in the provider process, so ``pulumi.log`` is not available here).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any
+
+from pulumi import Input, Output, ResourceOptions
+from pulumi.dynamic import (
+    CheckFailure,
+    CheckResult,
+    CreateResult,
+    DiffResult,
+    ReadResult,
+    Resource,
+    ResourceProvider,
+    UpdateResult,
+)
+
+# The inputs that decide whether a step must run again (everything else is bookkeeping).
+RERUN_KEYS = ("script", "contentHash", "pins", "secretEnv", "address", "port", "user", "hostKey")
+REQUIRED_KEYS = ("host", "step", "script", "contentHash", "address", "port", "user", "privateKey")
+
+_pool_lock = threading.Lock()
+_pools: dict[str, Any] = {}
+
+
+def _session(props: dict[str, Any]) -> Any:
+    """The process-wide SSH session for the host in ``props`` (one connection per host)."""
+    from components.config.models import SshDefaults  # noqa: PLC0415 - provider process only
+    from components.execution.ssh import HostTarget, SessionPool  # noqa: PLC0415
+
+    settings = SshDefaults.model_validate(props.get("ssh") or {})
+    key = settings.model_dump_json()
+    with _pool_lock:
+        pool = _pools.setdefault(key, SessionPool(settings))
+    target = HostTarget(
+        name=str(props["host"]),
+        address=str(props["address"]),
+        port=int(props["port"]),
+        user=str(props["user"]),
+        private_key=str(props["privateKey"]),
+        host_key=props.get("hostKey") or None,
+        base_dir=str(props.get("baseDir") or "."),
+    )
+    return pool.session(target)
+
+
+def _log(props: dict[str, Any]) -> Any:
+    prefix = f"{props.get('host')}/{props.get('step')}"
+
+    def sink(_stream: str, line: str) -> None:
+        sys.stderr.write(f"{prefix}: {line}\n")
+        sys.stderr.flush()
+
+    return sink
+
+
+def run_step_from_props(props: dict[str, Any], mode: str) -> dict[str, Any]:
+    """Run the step described by resource properties; return the output properties."""
+    from components.execution.ssh import run_step  # noqa: PLC0415
+
+    outcome = run_step(
+        _session(props),
+        str(props["step"]),
+        str(props["script"]),
+        mode=mode,
+        secret_env=dict(props.get("secretEnv") or {}),
+        reboot_allowed=bool(props.get("rebootAllowed")),
+        on_line=_log(props),
+    )
+    outs = dict(props)
+    outs["result"] = outcome.result
+    outs["facts"] = dict(outcome.facts)
+    outs["changes"] = list(outcome.changes)
+    outs["inSync"] = outcome.result != "drift"
+    outs["drift"] = outcome.drift or ""
+    outs["rebooted"] = outcome.rebooted
+    return outs
+
+
+class HostStepProvider(ResourceProvider):
+    """CRUD for one step on one host; see the module docstring."""
+
+    serialize_as_secret_always = False
+
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        failures = [
+            CheckFailure(key, f"{key} is required") for key in REQUIRED_KEYS if not news.get(key)
+        ]
+        port = news.get("port")
+        if port is not None and not (isinstance(port, int | float) and 0 < int(port) < 65536):
+            failures.append(CheckFailure("port", "expected a TCP port 1-65535"))
+        return CheckResult(news, failures)
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        outs = run_step_from_props(props, "apply")
+        return CreateResult(f"{props['host']}/{props['step']}", outs)
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        changed = [k for k in RERUN_KEYS if olds.get(k) != news.get(k)]
+        if olds.get("inSync") is False:
+            changed.append("inSync")
+        replaces = [k for k in ("host", "step") if olds.get(k) != news.get(k)]
+        return DiffResult(
+            changes=bool(changed or replaces),
+            replaces=replaces,
+            stables=["host", "step"],
+            delete_before_replace=True,
+        )
+
+    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        return UpdateResult(run_step_from_props(news, "apply"))
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        outs = run_step_from_props(props, "check")
+        return ReadResult(id_, outs)
+
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        if props.get("hasTeardown"):
+            run_step_from_props(props, "teardown")
+
+
+class HostStep(Resource, module="sovereign", name="HostStep"):
+    """One step of one host. Outputs: ``result``, ``facts``, ``changes``, ``inSync``, ``drift``."""
+
+    result: Output[str]
+    facts: Output[dict[str, str]]
+    changes: Output[list[str]]
+
+    def __init__(
+        self,
+        name: str,
+        props: dict[str, Input[Any]],
+        opts: ResourceOptions | None = None,
+    ) -> None:
+        props = {
+            "result": None,
+            "facts": None,
+            "changes": None,
+            "inSync": None,
+            "drift": None,
+            "rebooted": None,
+            **props,
+        }
+        opts = ResourceOptions.merge(opts, ResourceOptions(additional_secret_outputs=["secretEnv"]))
+        super().__init__(HostStepProvider(), name, props, opts)

@@ -1,0 +1,152 @@
+"""``sovereign validate`` and ``sovereign render`` as a user runs them (real subprocesses)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+STACKS = sorted((ROOT / "stacks").glob("Pulumi.*.yaml"))
+GOLDEN = ROOT / "tests" / "golden" / "render"
+SHELLCHECK = shutil.which("shellcheck") or str(Path(sys.executable).parent / "shellcheck")
+
+
+def sovereign(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "components", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def isolated_project(tmp_path: Path) -> Path:
+    """A copy of the project's stacks without any lab inventory, so output is deterministic."""
+    project = tmp_path / "project"
+    (project / "stacks").mkdir(parents=True)
+    shutil.copy(ROOT / "Pulumi.yaml", project / "Pulumi.yaml")
+    for stack in STACKS:
+        shutil.copy(stack, project / "stacks" / stack.name)
+    return project
+
+
+def test_validate_accepts_every_shipped_stack() -> None:
+    result = sovereign("validate", *[str(p) for p in STACKS])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(": ok (") == len(STACKS)
+
+
+def test_validate_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
+    data = yaml.safe_load((ROOT / "stacks" / "Pulumi.staging.yaml").read_text())
+    hosts = data["config"]["sovereign-inference:hosts"]
+    hosts[0]["gpu"]["count"] = 99
+    hosts[1]["country"] = "CH"
+    data["config"]["sovereign-inference:k3s"]["version"] = "latest"
+    bad = tmp_path / "Pulumi.bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    good = STACKS[0]
+    result = sovereign("validate", str(good), str(bad))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert all(line.startswith(f"{bad}: ") for line in lines)
+    paths = {line.removeprefix(f"{bad}: ").split(": ")[0] for line in lines}
+    assert paths == {"hosts[0].gpu.count", "k3s.version"}  # cross-field rules wait for valid fields
+    assert f"{good}: ok" in result.stdout
+
+
+def test_validate_reports_cross_field_problems_once_fields_are_valid(tmp_path: Path) -> None:
+    data = yaml.safe_load((ROOT / "stacks" / "Pulumi.staging.yaml").read_text())
+    hosts = data["config"]["sovereign-inference:hosts"]
+    hosts[1]["country"] = "CH"
+    hosts[1]["name"] = hosts[0]["name"]
+    bad = tmp_path / "Pulumi.bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    result = sovereign("validate", str(bad))
+    assert result.returncode == 2
+    assert f"{bad}: hosts[1].name: duplicate host name 'stg-gpu-1' (also hosts[0])" in result.stderr
+    assert f"{bad}: hosts[1].country: CH is outside the residency policy" in result.stderr
+
+
+def test_validate_yaml_error_names_line(tmp_path: Path) -> None:
+    bad = tmp_path / "Pulumi.broken.yaml"
+    bad.write_text("config:\n  sovereign-inference:environment: lab\n    indented: wrong\n")
+    result = sovereign("validate", str(bad))
+    assert result.returncode == 2
+    assert "YAML syntax error at line 3" in result.stderr
+
+
+def test_validate_missing_file(tmp_path: Path) -> None:
+    result = sovereign("validate", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2
+    assert "cannot read file" in result.stderr
+
+
+@pytest.mark.parametrize("stack", STACKS, ids=lambda p: p.name)
+def test_render_writes_a_reviewable_tree_matching_golden(stack: Path, tmp_path: Path) -> None:
+    project = isolated_project(tmp_path)
+    out = tmp_path / "out"
+    result = sovereign("render", f"stacks/{stack.name}", "--out", str(out), cwd=project)
+    assert result.returncode == 0, result.stderr
+    rendered = {
+        str(p.relative_to(out)): p.read_text() for p in sorted(out.rglob("*")) if p.is_file()
+    }
+    env = stack.name.removeprefix("Pulumi.").removesuffix(".yaml")
+    golden_dir = GOLDEN / env
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        shutil.rmtree(golden_dir, ignore_errors=True)
+        for rel, text in rendered.items():
+            (golden_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            (golden_dir / rel).write_text(text)
+    golden = {
+        str(p.relative_to(golden_dir)): p.read_text()
+        for p in sorted(golden_dir.rglob("*"))
+        if p.is_file()
+    }
+    assert sorted(rendered) == sorted(golden), (
+        "rendered files differ from tests/golden (UPDATE_GOLDEN=1 to review)"
+    )
+    for rel, text in rendered.items():
+        assert text == golden[rel], f"{rel} differs from golden (UPDATE_GOLDEN=1 to review)"
+    scripts = sorted(out.glob("hosts/*/*.sh"))
+    assert scripts
+    check = subprocess.run(
+        [SHELLCHECK, "--severity=style", *map(str, scripts)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout
+    secret_free = "\n".join(rendered.values())
+    assert "secure:" not in secret_free
+    config = yaml.safe_load(stack.read_text())["config"]
+    for value in config.values():
+        if isinstance(value, dict) and "secure" in value:
+            assert value["secure"] not in secret_free
+
+
+def test_render_refuses_a_foreign_directory(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    result = sovereign("render", str(STACKS[0]), "--out", str(out))
+    assert result.returncode == 2
+    assert "not empty" in result.stderr
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_render_replaces_its_own_previous_tree(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert sovereign("render", str(STACKS[0]), "--out", str(out)).returncode == 0
+    stale = out / "hosts" / "stale-host" / "00-preflight.sh"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("old")
+    assert sovereign("render", str(STACKS[0]), "--out", str(out)).returncode == 0
+    assert not stale.exists()
