@@ -48,15 +48,28 @@ class GpuHost(pulumi.ComponentResource):
         spec: GpuHostSpec,
         opts: pulumi.ResourceOptions | None = None,
         secret_env: dict[str, pulumi.Input[str]] | None = None,
+        fleet_steps: dict[tuple[str, str], pulumi.Resource] | None = None,
     ) -> None:
+        """``fleet_steps`` is shared by the hosts of one stack: steps that wait for a step on
+        another host (a joining K3s node waits for the first server) find it there. Build the
+        first K3s server's ``GpuHost`` first; :func:`rollout_order` gives that order."""
         super().__init__("sovereign:gpu_host:GpuHost", name, None, opts)
         stack, host = spec.stack, spec.host
+        fleet = fleet_steps if fleet_steps is not None else {}
         previous: list[pulumi.Resource] = []
         facts: list[pulumi.Output[Any]] = []
         self.cache: NvmeWeightCache | None = None
         self.steps: list[pulumi.Resource] = []
         for step in render_host_steps(stack, host):
-            depends = pulumi.ResourceOptions(parent=self, depends_on=list(previous))
+            waits = []
+            for other in step.waits_for:
+                if other not in fleet:
+                    raise ValueError(
+                        f"{host.name}/{step.name} waits for {other[0]}/{other[1]}, which is not "
+                        "built yet: build the hosts in rollout_order()"
+                    )
+                waits.append(fleet[other])
+            depends = pulumi.ResourceOptions(parent=self, depends_on=[*previous, *waits])
             if step.name == CACHE_STEP:
                 self.cache = NvmeWeightCache(
                     f"{name}-cache",
@@ -68,6 +81,7 @@ class GpuHost(pulumi.ComponentResource):
                 facts.append(self.cache.step.facts)
                 previous = [self.cache]
                 self.steps.append(self.cache.step)
+                fleet[(host.name, step.name)] = self.cache.step
                 continue
             resource = host_step(
                 f"{name}-{step.name}", host, step, stack.ssh, spec.project_dir, depends, secret_env
@@ -75,6 +89,7 @@ class GpuHost(pulumi.ComponentResource):
             facts.append(resource.facts)
             previous = [resource]
             self.steps.append(resource)
+            fleet[(host.name, step.name)] = resource
         self.last_step: pulumi.Resource | None = previous[0] if previous else None
         self.node_name: pulumi.Output[str] = pulumi.Output.from_input(host.name)
         self.node_labels: pulumi.Output[dict[str, str]] = pulumi.Output.from_input(
@@ -92,6 +107,12 @@ class GpuHost(pulumi.ComponentResource):
                 "cache_mount_point": self.cache_mount_point,
             }
         )
+
+
+def rollout_order(stack: StackConfig) -> list[HostSpec]:
+    """Hosts in the order their components must be built: the first K3s server first."""
+    first = stack.servers[0].name
+    return sorted(stack.hosts, key=lambda h: h.name != first)
 
 
 def _merge_facts(per_step: list[dict[str, str] | None]) -> dict[str, str]:

@@ -40,6 +40,7 @@ def step_props(
         "ssh": ssh.model_dump(mode="json"),
         "hasTeardown": step.has_teardown,
         "rebootAllowed": step.reboot_allowed,
+        "payloads": step.payloads_base64(),
         "secretEnv": pulumi.Output.secret(wanted),
     }
 

@@ -217,3 +217,10 @@ def load_pulumi_config(project_dir: Path | None = None) -> StackConfig:
     section, problems = section_from_engine(raw, frozenset(secret))
     _apply_inventory(section, project_dir or Path.cwd(), problems)
     return build_stack_config(section, "pulumi config", problems)
+
+
+def encrypted_keys(path: str | Path) -> frozenset[str]:
+    """Keys whose values the stack file holds encrypted (``secure:``), without the namespace."""
+    data = parse_stack_yaml(Path(path).read_text(), str(path))
+    section, _ = _stack_config_section(data, str(path))
+    return frozenset(k for k, v in section.items() if isinstance(v, dict) and set(v) == {"secure"})

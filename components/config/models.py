@@ -263,6 +263,7 @@ class HostSpec(Model):
     ssh: SshSpec
     provider: str = Field(min_length=1, max_length=63)
     datacenter: str = Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    region: str | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
     country: Country
     egress_ips: tuple[PublicIp, ...] = ()
     gpu: GpuSpec = GpuSpec()
@@ -363,6 +364,7 @@ class SshDefaults(Model):
 class K3sSpec(Model):
     """The K3s cluster: pinned release, network ranges, and what goes into its config."""
 
+    install: bool = True
     version: Annotated[str, _version(r"v1\.\d{2}\.\d{1,2}\+k3s\d", "v1.31.6+k3s1")]
     installer_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     airgap_bundle: str | None = None
@@ -598,6 +600,25 @@ class StackConfig(Model):
         return problems
 
     def _cluster_problems(self) -> list[Problem]:
+        problems = []
+        if self.k3s.install and self.k3s_token is None:
+            problems.append(
+                Problem(
+                    "k3sToken",
+                    "required to install K3s: pulumi config set --secret k3sToken "
+                    '"$(openssl rand -hex 32)" (or set k3s.install: false)',
+                )
+            )
+        if self.k3s.install and not (self.k3s.installer_sha256 or self.k3s.airgap_bundle):
+            problems.append(
+                Problem(
+                    "k3s.installerSha256",
+                    "required: the sha256 of the K3s install script, or an airgapBundle on the hosts",
+                )
+            )
+        return problems + self._server_count_problems()
+
+    def _server_count_problems(self) -> list[Problem]:
         servers = [h for h in self.hosts if h.role == "server"]
         if not servers:
             return [Problem("hosts", "no host has role 'server'; expected 1, 3 or 5 K3s servers")]

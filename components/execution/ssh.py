@@ -224,6 +224,7 @@ class HostSession:
         env: Mapping[str, str] | None = None,
         secret_env: Mapping[str, str] | None = None,
         *,
+        payloads: Mapping[str, bytes] | None = None,
         timeout: float | None = None,
         on_line: LineSink | None = None,
     ) -> RunResult:
@@ -232,6 +233,7 @@ class HostSession:
         secret_env = dict(secret_env or {})
         redact = Redactor(secret_env.values())
         prelude = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(secret_env.items()))
+        prelude += payload_prelude(payloads or {})
         assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items()))
         command = self._wrap(f"env {assignments} bash -s" if assignments else "bash -s")
         limit = timeout if timeout is not None else self.settings.step_timeout_seconds
@@ -347,6 +349,30 @@ class HostSession:
         )
 
 
+PAYLOAD_END = "SOVEREIGN_PAYLOAD_END"
+
+
+def payload_prelude(payloads: Mapping[str, bytes]) -> str:
+    """Shell that unpacks files into a private temporary directory, removed when the step ends."""
+    if not payloads:
+        return ""
+    lines = [
+        'SOVEREIGN_PAYLOAD_DIR="$(mktemp -d)" || exit 1',
+        "export SOVEREIGN_PAYLOAD_DIR",
+        "trap 'rm -rf \"$SOVEREIGN_PAYLOAD_DIR\"' EXIT",
+    ]
+    for name, data in sorted(payloads.items()):
+        if "/" in name or name.startswith("."):
+            raise ValueError(f"payload name {name!r} must be a plain file name")
+        encoded = base64.encodebytes(data).decode()
+        lines.append(
+            f"base64 -d >\"$SOVEREIGN_PAYLOAD_DIR\"/{shlex.quote(name)} <<'{PAYLOAD_END}' || exit 1"
+        )
+        lines.append(encoded.rstrip("\n"))
+        lines.append(PAYLOAD_END)
+    return "\n".join(lines) + "\n"
+
+
 def _port_open(address: str, port: int, timeout: float) -> bool:
     try:
         with socket.create_connection((address, port), timeout=timeout):
@@ -362,13 +388,14 @@ def run_step(
     *,
     mode: str = "apply",
     secret_env: Mapping[str, str] | None = None,
+    payloads: Mapping[str, bytes] | None = None,
     reboot_allowed: bool = False,
     on_line: LineSink | None = None,
 ) -> StepOutcome:
     """Run one step in ``mode`` and return its outcome; handles the reboot-required protocol."""
     where = f"{session.target.where} step {step_name} ({mode})"
     env = {"SOVEREIGN_MODE": mode}
-    result = session.run_script(script, env, secret_env, on_line=on_line)
+    result = session.run_script(script, env, secret_env, payloads=payloads, on_line=on_line)
     outcome = interpret_exit(where, result.exit_status, result.stdout, result.stderr_tail)
     if outcome != "reboot":
         assert not isinstance(outcome, str)
@@ -378,7 +405,7 @@ def run_step(
     if on_line is not None:
         on_line("stderr", f"[{step_name}] rebooting {session.target.name} as the step requires")
     session.reboot_and_wait()
-    again = session.run_script(script, env, secret_env, on_line=on_line)
+    again = session.run_script(script, env, secret_env, payloads=payloads, on_line=on_line)
     second = interpret_exit(
         where + " after reboot", again.exit_status, again.stdout, again.stderr_tail
     )

@@ -11,8 +11,8 @@ NAMESPACE = "sovereign-inference"
 
 
 def node_region(host: HostSpec) -> str:
-    """The region part of a datacenter name (``fsn1-dc14`` -> ``fsn1``), lowercased."""
-    return host.datacenter.lower().split("-")[0]
+    """The host's region, or the site part of its datacenter name (``fsn1-dc14`` -> ``fsn1``)."""
+    return host.region or host.datacenter.lower().split("-")[0]
 
 
 def node_labels(config: StackConfig, host: HostSpec) -> dict[str, str]:

@@ -7,10 +7,16 @@ Nothing here touches a host; this is what ``sovereign render`` writes and unit t
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from components.config.catalog import GPU_MODELS
 from components.config.models import CacheSpec, HostSpec, StackConfig
@@ -35,13 +41,24 @@ class StepPlan:
     secret_env: tuple[str, ...] = ()  # environment variables the executor fills from secrets
     has_teardown: bool = False
     reboot_allowed: bool = False
+    # files delivered with the script into $SOVEREIGN_PAYLOAD_DIR (name -> content)
+    payloads: dict[str, bytes] = field(default_factory=dict)
+    # steps on other hosts that must have finished first: (host, step)
+    waits_for: tuple[tuple[str, str], ...] = ()
 
     @property
     def content_hash(self) -> str:
         digest = hashlib.sha256(self.script.encode())
         for key in sorted(self.pins):
             digest.update(f"\0{key}={self.pins[key]}".encode())
+        for name in sorted(self.payloads):
+            digest.update(
+                f"\0payload:{name}=".encode() + hashlib.sha256(self.payloads[name]).digest()
+            )
         return digest.hexdigest()
+
+    def payloads_base64(self) -> dict[str, str]:
+        return {name: base64.b64encode(data).decode() for name, data in self.payloads.items()}
 
     @property
     def order(self) -> int:
@@ -57,6 +74,8 @@ class _StepBuilder:
     secret_env: tuple[str, ...] = ()
     has_teardown: bool = False
     reboot_allowed: bool = False
+    payloads: Callable[[StackConfig, HostSpec], dict[str, bytes]] = lambda _c, _h: {}
+    waits_for: Callable[[StackConfig, HostSpec], tuple[tuple[str, str], ...]] = lambda _c, _h: ()
 
 
 def _always(_config: StackConfig, _host: HostSpec) -> bool:
@@ -72,6 +91,229 @@ def _preflight_vars(config: StackConfig, host: HostSpec) -> dict[str, Any]:
         "nvme_ids": [d.id for d in host.nvme],
         "min_memory_mib": 1024,
     }
+
+
+# Installed on every host; the lab image carries them so a lab rollout installs nothing.
+BASE_PACKAGES = (
+    "ca-certificates",
+    "curl",
+    "gnupg",
+    "chrony",
+    "kmod",
+    "iproute2",
+    "pciutils",
+    "mdadm",
+    "xfsprogs",
+    "nvme-cli",
+    "nftables",
+)
+
+# Kernel settings for K3s nodes (forwarding, bridged traffic through netfilter) and for inference
+# servers (many inotify watches from containerd and kubelet, large memory maps).
+SYSCTL = {
+    "net.ipv4.ip_forward": "1",
+    "net.bridge.bridge-nf-call-iptables": "1",
+    "net.bridge.bridge-nf-call-ip6tables": "1",
+    "fs.inotify.max_user_instances": "8192",
+    "fs.inotify.max_user_watches": "524288",
+    "vm.max_map_count": "262144",
+    "vm.swappiness": "1",
+}
+KERNEL_MODULES = ("overlay", "br_netfilter")
+SSHD_HARDENING = (
+    "# Managed by sovereign-inference: keys only, root by key only.",
+    "PasswordAuthentication no",
+    "KbdInteractiveAuthentication no",
+    "PermitRootLogin prohibit-password",
+    "PermitEmptyPasswords no",
+    "X11Forwarding no",
+    "MaxAuthTries 4",
+)
+
+
+def _base_vars(config: StackConfig, _host: HostSpec) -> dict[str, Any]:
+    return {
+        "packages": BASE_PACKAGES,
+        "ntp_servers": config.residency.ntp_servers,
+        "dns_resolvers": config.residency.dns_resolvers,
+        "sysctl_content": "\n".join(f"{k} = {v}" for k, v in SYSCTL.items()),
+        "kernel_modules": KERNEL_MODULES,
+        "sshd_content": "\n".join(SSHD_HARDENING),
+    }
+
+
+NVIDIA_REPO_BASE = "https://developer.download.nvidia.com/compute/cuda/repos"
+NVIDIA_TOOLKIT_REPO = "https://nvidia.github.io/libnvidia-container"
+
+
+def _has_gpus(_config: StackConfig, host: HostSpec) -> bool:
+    return host.gpu.count > 0
+
+
+def _driver_vars(config: StackConfig, host: HostSpec) -> dict[str, Any]:
+    nvidia = config.nvidia
+    return {
+        "nvidia_repo_base": NVIDIA_REPO_BASE,
+        "driver_version": nvidia.driver_version,
+        "driver_branch": nvidia.driver_branch,
+        "open_modules": nvidia.open_kernel_modules,
+        "fabric_manager": nvidia.fabric_manager,
+        "expected_gpu_count": host.gpu.count,
+    }
+
+
+def _driver_pins(config: StackConfig, _host: HostSpec) -> dict[str, str]:
+    return {"nvidia.driverVersion": config.nvidia.driver_version}
+
+
+def _cuda_vars(config: StackConfig, _host: HostSpec) -> dict[str, Any]:
+    nvidia = config.nvidia
+    major, minor = nvidia.cuda_version.split(".")[:2]
+    return {
+        "nvidia_repo_base": NVIDIA_REPO_BASE,
+        "cuda_version": f"{major}.{minor}",
+        "cuda_package": f"cuda-toolkit-{major}-{minor}",
+        "toolkit_version": nvidia.container_toolkit_version.split("-")[0],
+        "toolkit_repo": NVIDIA_TOOLKIT_REPO,
+    }
+
+
+def _cuda_pins(config: StackConfig, _host: HostSpec) -> dict[str, str]:
+    return {
+        "nvidia.cudaVersion": config.nvidia.cuda_version,
+        "nvidia.containerToolkitVersion": config.nvidia.container_toolkit_version,
+    }
+
+
+K3S_INSTALLER_URL = "https://get.k3s.io"
+K3S_MIRRORED_REGISTRIES = ("docker.io", "ghcr.io", "quay.io", "registry.k8s.io", "nvcr.io")
+
+
+def k3s_role(config: StackConfig, host: HostSpec) -> str:
+    """``server-init`` for the first server, ``server-join`` for the others, else ``agent``."""
+    if host.role == "agent":
+        return "agent"
+    return "server-init" if host.name == config.servers[0].name else "server-join"
+
+
+def k3s_config(config: StackConfig, host: HostSpec) -> dict[str, Any]:
+    """The content of /etc/rancher/k3s/config.yaml for this host."""
+    from components.plan.cluster import node_labels  # noqa: PLC0415 - avoids an import cycle
+
+    role = k3s_role(config, host)
+    first = config.servers[0]
+    settings: dict[str, Any] = {
+        "node-name": host.name,
+        "token-file": "/etc/rancher/k3s/token",
+        "node-label": [f"{k}={v}" for k, v in node_labels(config, host).items()],
+    }
+    if host.taints:
+        settings["node-taint"] = list(host.taints)
+    if role != "server-init":
+        settings["server"] = f"https://{_url_host(first.address)}:6443"
+    if role == "server-init":
+        settings["cluster-init"] = True
+    if role != "agent":
+        settings["tls-san"] = [*config.k3s.tls_sans, host.address]
+        settings["secrets-encryption"] = config.k3s.secrets_encryption
+        settings["cluster-cidr"] = config.k3s.cluster_cidr
+        settings["service-cidr"] = config.k3s.service_cidr
+        settings["write-kubeconfig-mode"] = "0600"
+    if host.gpu.count:
+        settings["default-runtime"] = "nvidia"
+    return settings
+
+
+def _url_host(address: str) -> str:
+    try:
+        return f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
+    except ValueError:
+        return address
+
+
+def k3s_registries(config: StackConfig) -> dict[str, Any]:
+    """Pull every public registry through the first allowed (EU) registry as a mirror."""
+    mirror = f"https://{config.residency.allowed_registries[0]}"
+    return {
+        "mirrors": {
+            name: {"endpoint": [mirror]}
+            for name in K3S_MIRRORED_REGISTRIES
+            if name not in config.residency.allowed_registries
+        }
+    }
+
+
+def _k3s_vars(config: StackConfig, host: HostSpec) -> dict[str, Any]:
+    return {
+        "k3s_role": k3s_role(config, host),
+        "k3s_version": config.k3s.version,
+        "installer_url": K3S_INSTALLER_URL,
+        "installer_sha256": config.k3s.installer_sha256 or "",
+        "airgap_bundle": config.k3s.airgap_bundle or "",
+        "config_content": yaml.safe_dump(k3s_config(config, host), sort_keys=False).rstrip(),
+        "registries_content": yaml.safe_dump(k3s_registries(config), sort_keys=False).rstrip(),
+        "ready_timeout_seconds": 300,
+    }
+
+
+def _installs_k3s(config: StackConfig, _host: HostSpec) -> bool:
+    return config.k3s.install
+
+
+def _k3s_pins(config: StackConfig, _host: HostSpec) -> dict[str, str]:
+    return {"k3s.version": config.k3s.version}
+
+
+def _k3s_waits_for(config: StackConfig, host: HostSpec) -> tuple[tuple[str, str], ...]:
+    first = config.servers[0]
+    return () if host.name == first.name else ((first.name, "50-k3s"),)
+
+
+def _firewall_vars(config: StackConfig, _host: HostSpec) -> dict[str, Any]:
+    v4 = sorted(
+        {h.address for h in config.hosts if _is_ipv4(h.address)},
+        key=ipaddress.ip_address,
+    )
+    allowlist = config.residency.egress_allowlist
+    return {
+        "cluster_nodes_v4": v4,
+        "cluster_networks": (config.k3s.cluster_cidr, config.k3s.service_cidr),
+        "egress_enabled": allowlist is not None,
+        "egress_allowlist": allowlist or (),
+        "dns_resolvers": [r for r in config.residency.dns_resolvers if _is_ipv4(r)],
+        "ntp_servers": config.residency.ntp_servers,
+    }
+
+
+def _is_ipv4(value: str) -> bool:
+    try:
+        return ipaddress.ip_address(value).version == 4
+    except ValueError:
+        return False
+
+
+PROBE_DIR = "/opt/sovereign/probe"
+
+
+def pynvml_source() -> tuple[str, bytes]:
+    """The nvidia-ml-py version and module installed here, delivered to hosts as a payload."""
+    import pynvml  # noqa: PLC0415 - a plain module file; only its source is needed
+
+    version = metadata.version("nvidia-ml-py")
+    return version, Path(pynvml.__file__).read_bytes()
+
+
+def _probe_vars(_config: StackConfig, _host: HostSpec) -> dict[str, Any]:
+    version, source = pynvml_source()
+    return {
+        "probe_dir": PROBE_DIR,
+        "pynvml_version": version,
+        "pynvml_sha256": hashlib.sha256(source).hexdigest(),
+    }
+
+
+def _probe_payloads(_config: StackConfig, _host: HostSpec) -> dict[str, bytes]:
+    return {"pynvml.py": pynvml_source()[1]}
 
 
 def _cache_vars_for(cache: CacheSpec, host: HostSpec) -> dict[str, Any]:
@@ -115,6 +357,11 @@ def render_cache_step(host: HostSpec, cache: CacheSpec) -> StepPlan:
 
 STEP_BUILDERS: tuple[_StepBuilder, ...] = (
     _StepBuilder("00-preflight.sh.j2", _always, _preflight_vars),
+    _StepBuilder("10-base.sh.j2", _always, _base_vars),
+    _StepBuilder(
+        "20-nvidia-driver.sh.j2", _has_gpus, _driver_vars, pins=_driver_pins, reboot_allowed=True
+    ),
+    _StepBuilder("30-cuda-container-toolkit.sh.j2", _has_gpus, _cuda_vars, pins=_cuda_pins),
     _StepBuilder(
         CACHE_TEMPLATE,
         lambda _c, h: bool(h.nvme),
@@ -122,6 +369,17 @@ STEP_BUILDERS: tuple[_StepBuilder, ...] = (
         pins=_cache_pins,
         has_teardown=True,
     ),
+    _StepBuilder(
+        "50-k3s.sh.j2",
+        _installs_k3s,
+        _k3s_vars,
+        pins=_k3s_pins,
+        secret_env=("K3S_TOKEN",),
+        has_teardown=True,
+        waits_for=_k3s_waits_for,
+    ),
+    _StepBuilder("60-firewall.sh.j2", _always, _firewall_vars, has_teardown=True),
+    _StepBuilder("70-probe-env.sh.j2", _always, _probe_vars, payloads=_probe_payloads),
 )
 
 
@@ -151,6 +409,8 @@ def render_host_steps(
                 secret_env=builder.secret_env,
                 has_teardown=builder.has_teardown,
                 reboot_allowed=builder.reboot_allowed,
+                payloads=builder.payloads(config, host),
+                waits_for=builder.waits_for(config, host),
             )
         )
     return sorted(steps, key=lambda s: s.order)

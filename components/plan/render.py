@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -59,6 +60,7 @@ def render_stack(config: StackConfig, out: Path) -> list[Path]:
         hosts/<host>/steps.json         step names, content hashes, pins
         hosts/<host>/checks.json        what verification expects on this host
         hosts/<host>/node-labels.json   labels the node will carry
+        payloads/<sha>-<name>           files delivered with a step (e.g. nvidia-ml-py)
         kubernetes/NN-<kind>-<name>.yaml
     """
     _prepare_out_dir(out)
@@ -76,16 +78,27 @@ def render_stack(config: StackConfig, out: Path) -> list[Path]:
         steps = render_host_steps(config, host)
         for step in steps:
             write(host_dir / f"{step.name}.sh", step.script, 0o755)
-        index = [
-            {
-                "name": s.name,
-                "sha256": s.content_hash,
-                "pins": s.pins,
-                "secretEnv": list(s.secret_env),
-                "teardown": s.has_teardown,
-            }
-            for s in steps
-        ]
+        index = []
+        for s in steps:
+            payload_files = {}
+            for payload_name, data in sorted(s.payloads.items()):
+                digest = hashlib.sha256(data).hexdigest()
+                target = out / "payloads" / f"{digest[:16]}-{payload_name}"
+                if not target.exists():
+                    write(target, data.decode(errors="replace"))
+                payload_files[payload_name] = {"sha256": digest, "file": f"payloads/{target.name}"}
+            index.append(
+                {
+                    "name": s.name,
+                    "sha256": s.content_hash,
+                    "pins": s.pins,
+                    "secretEnv": list(s.secret_env),
+                    "teardown": s.has_teardown,
+                    "rebootAllowed": s.reboot_allowed,
+                    "waitsFor": [f"{h}/{n}" for h, n in s.waits_for],
+                    "payloads": payload_files,
+                }
+            )
         write(host_dir / "steps.json", json.dumps(index, indent=2) + "\n")
         checks = [
             {"id": c.id, "layer": c.layer, "expected": c.expected}

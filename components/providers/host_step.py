@@ -15,6 +15,7 @@ connection in the provider process, so ``pulumi.log`` is not available here).
 
 from __future__ import annotations
 
+import base64
 import sys
 import threading
 from typing import Any
@@ -80,6 +81,7 @@ def run_step_from_props(props: dict[str, Any], mode: str) -> dict[str, Any]:
         str(props["script"]),
         mode=mode,
         secret_env=dict(props.get("secretEnv") or {}),
+        payloads={k: base64.b64decode(v) for k, v in (props.get("payloads") or {}).items()},
         reboot_allowed=bool(props.get("rebootAllowed")),
         on_line=_log(props),
     )

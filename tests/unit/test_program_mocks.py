@@ -304,3 +304,24 @@ def test_bad_config_stops_the_program_before_any_resource(monkeypatch: pytest.Mo
     finally:
         pulumi.runtime.set_all_config({}, [])
     assert not [r for r in monitor.registrations if r.type != STACK_TYPE]
+
+
+def test_joining_nodes_wait_for_the_first_server(program_run: tuple[Path, ProgramRun]) -> None:
+    stack_file, run = program_run
+    config = load_stack_file(stack_file)
+    k3s_steps = {
+        r.raw_inputs["host"]: r
+        for r in run.registrations
+        if r.type == HOST_STEP_TYPE and r.raw_inputs["step"] == "50-k3s"
+    }
+    if not config.k3s.install:
+        assert not k3s_steps
+        return
+    first = config.servers[0].name
+    assert set(k3s_steps) == {h.name for h in config.hosts}
+    for host, reg in k3s_steps.items():
+        if host != first:
+            assert k3s_steps[first].urn in reg.dependencies, f"{host} joins before {first} is up"
+        secret = reg.raw_inputs["secretEnv"]
+        assert secret[SECRET_SIG_KEY] == SECRET_SIG
+        assert set(secret["value"]) == {"K3S_TOKEN"}

@@ -55,6 +55,16 @@ ensure_file() {
   change "write $path" _write_file_atomically "$path" "$mode" "$content"
 }
 
+# ensure_unit_file PATH CONTENT: a systemd unit, with the manager reloaded when it changed.
+ensure_unit_file() {
+  local path="$1" content="$2"
+  if [ -f "$path" ] && [ "$(cat "$path")" = "$content" ]; then
+    return 0
+  fi
+  change "write $path" _write_file_atomically "$path" 644 "$content"
+  change "reload systemd units" systemctl daemon-reload
+}
+
 finish() {
   if [ "$SOVEREIGN_CHANGED" = 1 ]; then
     echo 'SOVEREIGN-RESULT changed'

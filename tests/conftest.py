@@ -1,0 +1,111 @@
+"""Fixtures shared by every suite: a real OpenSSH server on loopback for executor tests."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+SSHD = Path("/usr/sbin/sshd")
+
+
+@dataclass(frozen=True)
+class LocalSshd:
+    """An sshd on 127.0.0.1 that accepts the listed client keys for the current user."""
+
+    port: int
+    host_key_fingerprint: str
+    host_key_public: str
+    client_keys: dict[str, Path]  # key type -> private key file
+    user: str
+    workdir: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _keygen(path: Path, key_type: str) -> None:
+    args = ["ssh-keygen", "-q", "-N", "", "-t", key_type, "-f", str(path), "-C", f"test-{key_type}"]
+    if key_type == "rsa":
+        args += ["-b", "3072"]
+    subprocess.run(args, check=True)
+
+
+def _fingerprint(public_key: Path) -> str:
+    out = subprocess.run(
+        ["ssh-keygen", "-lf", str(public_key)], check=True, capture_output=True, text=True
+    ).stdout
+    return out.split()[1]
+
+
+@pytest.fixture(scope="session")
+def local_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSshd]:
+    if not SSHD.exists() or shutil.which("ssh-keygen") is None:
+        pytest.fail("openssh-server is required (bash .ci/setup installs it)")
+    workdir = tmp_path_factory.mktemp("sshd")
+    workdir.chmod(0o700)
+    host_key = workdir / "ssh_host_ed25519_key"
+    _keygen(host_key, "ed25519")
+    client_keys = {}
+    for key_type in ("ed25519", "ecdsa", "rsa"):
+        client_keys[key_type] = workdir / f"id_{key_type}"
+        _keygen(client_keys[key_type], key_type)
+    authorized = workdir / "authorized_keys"
+    authorized.write_text("".join(Path(f"{k}.pub").read_text() for k in client_keys.values()))
+    authorized.chmod(0o600)
+    port = _free_port()
+    config = workdir / "sshd_config"
+    config.write_text(
+        "\n".join(
+            [
+                f"Port {port}",
+                "ListenAddress 127.0.0.1",
+                f"HostKey {host_key}",
+                f"AuthorizedKeysFile {authorized}",
+                f"PidFile {workdir / 'sshd.pid'}",
+                "PermitRootLogin prohibit-password",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "UsePAM no",
+                "StrictModes no",
+                "LogLevel ERROR",
+                "",
+            ]
+        )
+    )
+    Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
+    proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                pytest.fail(f"sshd exited: {err}")
+            time.sleep(0.05)
+    import getpass
+
+    try:
+        yield LocalSshd(
+            port=port,
+            host_key_fingerprint=_fingerprint(Path(f"{host_key}.pub")),
+            host_key_public=Path(f"{host_key}.pub").read_text().strip(),
+            client_keys=client_keys,
+            user=getpass.getuser(),
+            workdir=workdir,
+        )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -1,0 +1,282 @@
+#!/usr/bin/env bash
+# 10-base: packages, kernel settings, time sync and DNS from the residency policy, the running
+# kernel held, SSH hardened (keys only). Never blocks on time sync.
+# Shared by every step. Protocol lines on stdout, read by the executor:
+#   SOVEREIGN-FACT key=value     something the step found (versions, devices)
+#   SOVEREIGN-CHANGE text        one change made, in words
+#   SOVEREIGN-DRIFT text         check mode: what an apply would change (then the step stops)
+#   SOVEREIGN-REFUSED text       a precondition does not hold (exit 3); nothing was changed by it
+#   SOVEREIGN-REBOOT text        a reboot is needed before the step can finish (exit 100)
+#   SOVEREIGN-RESULT changed|unchanged|drift
+# Human-readable progress goes to stderr.
+set -euo pipefail
+export LC_ALL=C
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+SOVEREIGN_STEP=10-base
+SOVEREIGN_MODE="${SOVEREIGN_MODE:-apply}"
+SOVEREIGN_CHANGED=0
+
+log() { printf '[%s] %s\n' "$SOVEREIGN_STEP" "$*" >&2; }
+fact() { printf 'SOVEREIGN-FACT %s=%s\n' "$1" "$2"; }
+refuse() { printf 'SOVEREIGN-REFUSED %s\n' "$*"; exit 3; }
+reboot_required() { printf 'SOVEREIGN-REBOOT %s\n' "$*"; exit 100; }
+
+# change DESCRIPTION COMMAND [ARG...]: the only way a step modifies the host. In check mode it
+# reports the drift and stops instead, so `check` is an exact dry run of `apply`.
+change() {
+  local description="$1"
+  shift
+  if [ "$SOVEREIGN_MODE" = check ]; then
+    printf 'SOVEREIGN-DRIFT %s\n' "$description"
+    printf 'SOVEREIGN-RESULT drift\n'
+    exit 0
+  fi
+  "$@"
+  SOVEREIGN_CHANGED=1
+  printf 'SOVEREIGN-CHANGE %s\n' "$description"
+  log "changed: $description"
+}
+
+_write_file_atomically() {
+  local path="$1" mode="$2" content="$3" tmp
+  mkdir -p "$(dirname "$path")"
+  tmp="$(mktemp "${path}.sovereign.XXXXXX")"
+  printf '%s\n' "$content" >"$tmp"
+  chmod "$mode" "$tmp"
+  mv -f "$tmp" "$path"
+}
+
+# ensure_file PATH MODE CONTENT: write only when content or mode differ; never half-written.
+ensure_file() {
+  local path="$1" mode="$2" content="$3"
+  if [ -f "$path" ] && [ "$(cat "$path")" = "$content" ] && [ "$(stat -c %a "$path")" = "$mode" ]; then
+    return 0
+  fi
+  change "write $path" _write_file_atomically "$path" "$mode" "$content"
+}
+
+# ensure_unit_file PATH CONTENT: a systemd unit, with the manager reloaded when it changed.
+ensure_unit_file() {
+  local path="$1" content="$2"
+  if [ -f "$path" ] && [ "$(cat "$path")" = "$content" ]; then
+    return 0
+  fi
+  change "write $path" _write_file_atomically "$path" 644 "$content"
+  change "reload systemd units" systemctl daemon-reload
+}
+
+finish() {
+  if [ "$SOVEREIGN_CHANGED" = 1 ]; then
+    echo 'SOVEREIGN-RESULT changed'
+  else
+    echo 'SOVEREIGN-RESULT unchanged'
+  fi
+}
+
+PACKAGES=(ca-certificates curl gnupg chrony kmod iproute2 pciutils mdadm xfsprogs nvme-cli nftables)
+NTP_SERVERS=(10.0.2.2)
+DNS_RESOLVERS=(10.0.2.3)
+SYSCTL_CONTENT='net.ipv4.ip_forward = 1
+net.bridge.bridge-nf-call-iptables = 1
+net.bridge.bridge-nf-call-ip6tables = 1
+fs.inotify.max_user_instances = 8192
+fs.inotify.max_user_watches = 524288
+vm.max_map_count = 262144
+vm.swappiness = 1'
+MODULES=(overlay br_netfilter)
+SSHD_CONTENT='# Managed by sovereign-inference: keys only, root by key only.
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+PermitEmptyPasswords no
+X11Forwarding no
+MaxAuthTries 4'
+SSHD_DROPIN=/etc/ssh/sshd_config.d/50-sovereign.conf
+export DEBIAN_FRONTEND=noninteractive
+
+missing_packages() {
+  local pkg
+  for pkg in "${PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+      printf '%s ' "$pkg"
+    fi
+  done
+}
+
+install_packages() {
+  # shellcheck disable=SC2086 # word splitting of the package list is intended
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends -o Dpkg::Options::=--force-confold $1
+}
+
+ensure_packages() {
+  local missing
+  missing="$(missing_packages)"
+  if [ -n "$missing" ]; then
+    change "install packages: ${missing% }" install_packages "$missing"
+  fi
+}
+
+apply_sysctl() {
+  sysctl -q -p /etc/sysctl.d/90-sovereign.conf
+}
+
+load_modules() {
+  local module
+  for module in "${MODULES[@]}"; do
+    modprobe "$module"
+  done
+}
+
+ensure_kernel_settings() {
+  local modules_content module not_loaded=""
+  modules_content="$(printf '%s\n' "${MODULES[@]}")"
+  ensure_file /etc/modules-load.d/sovereign.conf 644 "$modules_content"
+  for module in "${MODULES[@]}"; do
+    if [ ! -d "/sys/module/${module}" ]; then
+      not_loaded="${not_loaded}${module} "
+    fi
+  done
+  if [ -n "$not_loaded" ]; then
+    change "load kernel modules ${not_loaded% }" load_modules
+  fi
+  ensure_file /etc/sysctl.d/90-sovereign.conf 644 "$SYSCTL_CONTENT"
+  local key value current drifted=""
+  while IFS='=' read -r key value; do
+    key="${key// /}"
+    value="${value# }"
+    [ -n "$key" ] || continue
+    current="$(sysctl -n "$key" 2>/dev/null | tr -s '\t ' ' ' || true)"
+    if [ "$current" != "$value" ]; then
+      drifted="${drifted}${key} "
+    fi
+  done <<<"$SYSCTL_CONTENT"
+  if [ -n "$drifted" ]; then
+    change "apply sysctl ${drifted% }" apply_sysctl
+  fi
+}
+
+restart_unit() {
+  systemctl restart "$1"
+}
+
+ensure_time_sync() {
+  local server content
+  content="# Managed by sovereign-inference: time only from the residency policy's NTP servers."
+  for server in "${NTP_SERVERS[@]}"; do
+    content="${content}
+server ${server} iburst"
+  done
+  content="${content}
+driftfile /var/lib/chrony/chrony.drift
+makestep 1.0 3
+rtcsync
+logdir /var/log/chrony"
+  local before=$SOVEREIGN_CHANGED
+  SOVEREIGN_CHANGED=0
+  ensure_file /etc/chrony/chrony.conf 644 "$content"
+  if [ "$SOVEREIGN_CHANGED" = 1 ] || ! systemctl is-active --quiet chrony; then
+    change "restart chrony with the policy's NTP servers" restart_unit chrony
+  fi
+  SOVEREIGN_CHANGED=$((before | SOVEREIGN_CHANGED))
+  fact ntp.servers "${NTP_SERVERS[*]}"
+}
+
+ensure_dns() {
+  local resolver content
+  if systemctl is-active --quiet systemd-resolved; then
+    # FallbackDNS= empty: without it resolved falls back to built-in resolvers outside the policy
+    content="[Resolve]
+DNS=${DNS_RESOLVERS[*]}
+FallbackDNS=
+Domains=~."
+    local before=$SOVEREIGN_CHANGED
+    SOVEREIGN_CHANGED=0
+    ensure_file /etc/systemd/resolved.conf.d/90-sovereign.conf 644 "$content"
+    if [ "$SOVEREIGN_CHANGED" = 1 ]; then
+      change "restart systemd-resolved with the policy's resolvers" restart_unit systemd-resolved
+    fi
+    SOVEREIGN_CHANGED=$((before | SOVEREIGN_CHANGED))
+  else
+    if [ -L /etc/resolv.conf ]; then
+      refuse "/etc/resolv.conf is a link to $(readlink /etc/resolv.conf) but systemd-resolved is not running; configure that resolver manager to use ${DNS_RESOLVERS[*]}"
+    fi
+    content="# Managed by sovereign-inference: resolvers from the residency policy."
+    for resolver in "${DNS_RESOLVERS[@]}"; do
+      content="${content}
+nameserver ${resolver}"
+    done
+    ensure_file /etc/resolv.conf 644 "$content"
+  fi
+  fact dns.resolvers "${DNS_RESOLVERS[*]}"
+}
+
+hold_packages() {
+  apt-mark hold "$@" >/dev/null
+}
+
+ensure_kernel_held() {
+  local pkg held to_hold=()
+  held="$(apt-mark showhold)"
+  for pkg in "linux-image-$(uname -r)" linux-image-amd64 linux-image-generic linux-generic; do
+    if dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+      if ! grep -qx "$pkg" <<<"$held"; then
+        to_hold+=("$pkg")
+      fi
+    fi
+  done
+  if [ "${#to_hold[@]}" -gt 0 ]; then
+    change "hold kernel packages ${to_hold[*]}" hold_packages "${to_hold[@]}"
+  fi
+  fact kernel "$(uname -r)"
+}
+
+reload_sshd() {
+  if systemctl is-active --quiet ssh; then
+    systemctl reload ssh
+  elif systemctl is-active --quiet sshd; then
+    systemctl reload sshd
+  fi
+}
+
+ensure_ssh_hardened() {
+  if ! grep -Eqi '^[[:space:]]*Include[[:space:]]+/etc/ssh/sshd_config\.d/' /etc/ssh/sshd_config; then
+    refuse "/etc/ssh/sshd_config does not include /etc/ssh/sshd_config.d/*.conf; add 'Include /etc/ssh/sshd_config.d/*.conf' at its top"
+  fi
+  if [ -f "$SSHD_DROPIN" ] && [ "$(cat "$SSHD_DROPIN")" = "$SSHD_CONTENT" ]; then
+    return 0
+  fi
+  local previous=""
+  if [ -f "$SSHD_DROPIN" ]; then
+    previous="$(cat "$SSHD_DROPIN")"
+  fi
+  ensure_file "$SSHD_DROPIN" 644 "$SSHD_CONTENT"
+  if ! sshd -t 2>/dev/null; then
+    if [ -n "$previous" ]; then
+      _write_file_atomically "$SSHD_DROPIN" 644 "$previous"
+    else
+      rm -f "$SSHD_DROPIN"
+    fi
+    refuse "sshd rejects the hardened configuration (sshd -t); left the previous configuration in place"
+  fi
+  change "reload sshd (passwords off, root by key only)" reload_sshd
+}
+
+apply() {
+  ensure_packages
+  ensure_kernel_settings
+  ensure_time_sync
+  ensure_dns
+  ensure_kernel_held
+  ensure_ssh_hardened
+}
+
+case "$SOVEREIGN_MODE" in
+  apply | check) apply ;;
+  teardown)
+    if declare -F teardown >/dev/null; then
+      teardown
+    fi
+    ;;
+  *) refuse "unknown SOVEREIGN_MODE ${SOVEREIGN_MODE}; expected apply, check or teardown" ;;
+esac
+finish

@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# 50-k3s: K3s at the pinned version as the first server (cluster-init, embedded etcd), a joining
+# server, or an agent. The installer is checksum-verified, or an air-gap bundle already on the
+# host is used. Config carries node labels, taints, tls-san, secrets encryption and the registry
+# mirrors from the residency policy. Teardown leaves the cluster and never touches the cache.
+# Shared by every step. Protocol lines on stdout, read by the executor:
+#   SOVEREIGN-FACT key=value     something the step found (versions, devices)
+#   SOVEREIGN-CHANGE text        one change made, in words
+#   SOVEREIGN-DRIFT text         check mode: what an apply would change (then the step stops)
+#   SOVEREIGN-REFUSED text       a precondition does not hold (exit 3); nothing was changed by it
+#   SOVEREIGN-REBOOT text        a reboot is needed before the step can finish (exit 100)
+#   SOVEREIGN-RESULT changed|unchanged|drift
+# Human-readable progress goes to stderr.
+set -euo pipefail
+export LC_ALL=C
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+SOVEREIGN_STEP=50-k3s
+SOVEREIGN_MODE="${SOVEREIGN_MODE:-apply}"
+SOVEREIGN_CHANGED=0
+
+log() { printf '[%s] %s\n' "$SOVEREIGN_STEP" "$*" >&2; }
+fact() { printf 'SOVEREIGN-FACT %s=%s\n' "$1" "$2"; }
+refuse() { printf 'SOVEREIGN-REFUSED %s\n' "$*"; exit 3; }
+reboot_required() { printf 'SOVEREIGN-REBOOT %s\n' "$*"; exit 100; }
+
+# change DESCRIPTION COMMAND [ARG...]: the only way a step modifies the host. In check mode it
+# reports the drift and stops instead, so `check` is an exact dry run of `apply`.
+change() {
+  local description="$1"
+  shift
+  if [ "$SOVEREIGN_MODE" = check ]; then
+    printf 'SOVEREIGN-DRIFT %s\n' "$description"
+    printf 'SOVEREIGN-RESULT drift\n'
+    exit 0
+  fi
+  "$@"
+  SOVEREIGN_CHANGED=1
+  printf 'SOVEREIGN-CHANGE %s\n' "$description"
+  log "changed: $description"
+}
+
+_write_file_atomically() {
+  local path="$1" mode="$2" content="$3" tmp
+  mkdir -p "$(dirname "$path")"
+  tmp="$(mktemp "${path}.sovereign.XXXXXX")"
+  printf '%s\n' "$content" >"$tmp"
+  chmod "$mode" "$tmp"
+  mv -f "$tmp" "$path"
+}
+
+# ensure_file PATH MODE CONTENT: write only when content or mode differ; never half-written.
+ensure_file() {
+  local path="$1" mode="$2" content="$3"
+  if [ -f "$path" ] && [ "$(cat "$path")" = "$content" ] && [ "$(stat -c %a "$path")" = "$mode" ]; then
+    return 0
+  fi
+  change "write $path" _write_file_atomically "$path" "$mode" "$content"
+}
+
+# ensure_unit_file PATH CONTENT: a systemd unit, with the manager reloaded when it changed.
+ensure_unit_file() {
+  local path="$1" content="$2"
+  if [ -f "$path" ] && [ "$(cat "$path")" = "$content" ]; then
+    return 0
+  fi
+  change "write $path" _write_file_atomically "$path" 644 "$content"
+  change "reload systemd units" systemctl daemon-reload
+}
+
+finish() {
+  if [ "$SOVEREIGN_CHANGED" = 1 ]; then
+    echo 'SOVEREIGN-RESULT changed'
+  else
+    echo 'SOVEREIGN-RESULT unchanged'
+  fi
+}
+
+K3S_ROLE=server-init
+K3S_VERSION=v1.31.6+k3s1
+INSTALLER_URL=https://get.k3s.io
+INSTALLER_SHA256=2ce4e1bf7bd1e6c8e9d5a9c3b6d0f7e4a1b2c3d4e5f60718293a4b5c6d7e8f90
+AIRGAP_BUNDLE=''
+CONFIG_CONTENT='node-name: fra-gpu-01
+token-file: /etc/rancher/k3s/token
+node-label:
+- topology.kubernetes.io/region=fra
+- topology.kubernetes.io/zone=fr5
+- sovereign-inference/country=DE
+- sovereign-inference/provider=colo
+- sovereign-inference/environment=prod-fra
+- sovereign-inference/gpu-count=8
+- sovereign-inference/gpu-model=H100-SXM5-80GB
+- nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3
+cluster-init: true
+tls-san:
+- inference.fra.example.eu
+- 203.0.113.11
+secrets-encryption: true
+cluster-cidr: 10.42.0.0/16
+service-cidr: 10.43.0.0/16
+write-kubeconfig-mode: '"'"'0600'"'"'
+default-runtime: nvidia'
+REGISTRIES_CONTENT='mirrors:
+  docker.io:
+    endpoint:
+    - https://rg.fr-par.scw.cloud
+  ghcr.io:
+    endpoint:
+    - https://rg.fr-par.scw.cloud
+  quay.io:
+    endpoint:
+    - https://rg.fr-par.scw.cloud
+  registry.k8s.io:
+    endpoint:
+    - https://rg.fr-par.scw.cloud
+  nvcr.io:
+    endpoint:
+    - https://rg.fr-par.scw.cloud'
+READY_TIMEOUT_SECONDS=300
+CONFIG_DIR=/etc/rancher/k3s
+
+service_name() {
+  if [ "$K3S_ROLE" = agent ]; then
+    echo k3s-agent
+  else
+    echo k3s
+  fi
+}
+
+installed_version() {
+  if [ -x /usr/local/bin/k3s ]; then
+    /usr/local/bin/k3s --version 2>/dev/null | awk 'NR == 1 {print $3}'
+  fi
+}
+
+run_installer() {
+  local tmp exec_mode
+  tmp="$(mktemp -d)"
+  exec_mode=server
+  if [ "$K3S_ROLE" = agent ]; then
+    exec_mode=agent
+  fi
+  if [ -n "$AIRGAP_BUNDLE" ]; then
+    install -m 0755 "${AIRGAP_BUNDLE}/k3s" /usr/local/bin/k3s
+    mkdir -p /var/lib/rancher/k3s/agent/images
+    cp "${AIRGAP_BUNDLE}"/k3s-airgap-images-*.tar* /var/lib/rancher/k3s/agent/images/
+    cp "${AIRGAP_BUNDLE}/install.sh" "${tmp}/install.sh"
+    export INSTALL_K3S_SKIP_DOWNLOAD=true
+  else
+    curl -fsSL --retry 3 -o "${tmp}/install.sh" "$INSTALLER_URL"
+  fi
+  if [ -n "$INSTALLER_SHA256" ]; then
+    if ! echo "${INSTALLER_SHA256}  ${tmp}/install.sh" | sha256sum --check --status; then
+      rm -rf "$tmp"
+      refuse "K3s installer checksum mismatch: expected ${INSTALLER_SHA256}, got $(sha256sum "${tmp}/install.sh" | cut -d' ' -f1)"
+    fi
+  fi
+  INSTALL_K3S_VERSION="$K3S_VERSION" INSTALL_K3S_EXEC="$exec_mode" INSTALL_K3S_SKIP_START=true \
+    sh "${tmp}/install.sh" >&2
+  rm -rf "$tmp"
+}
+
+restart_k3s() {
+  systemctl restart "$(service_name)"
+}
+
+wait_until_ready() {
+  local waited=0
+  until systemctl is-active --quiet "$(service_name)"; do
+    if [ "$waited" -ge "$READY_TIMEOUT_SECONDS" ]; then
+      refuse "$(service_name) did not become active within ${READY_TIMEOUT_SECONDS} s; see journalctl -u $(service_name)"
+    fi
+    sleep 2
+    waited=$((waited + 2))
+  done
+}
+
+apply() {
+  if [ -z "${K3S_TOKEN:-}" ]; then
+    refuse "no cluster token: set k3sToken as a Pulumi secret (pulumi config set --secret k3sToken ...)"
+  fi
+  ensure_file "${CONFIG_DIR}/config.yaml" 600 "$CONFIG_CONTENT"
+  local config_changed=$SOVEREIGN_CHANGED
+  ensure_file "${CONFIG_DIR}/registries.yaml" 600 "$REGISTRIES_CONTENT"
+  if [ -n "${K3S_TOKEN:-}" ]; then
+    ensure_file "${CONFIG_DIR}/token" 600 "$K3S_TOKEN"
+  fi
+  if [ "$(installed_version)" != "$K3S_VERSION" ]; then
+    change "install K3s ${K3S_VERSION} as ${K3S_ROLE}" run_installer
+  fi
+  if [ "$SOVEREIGN_CHANGED" = 1 ] || [ "$config_changed" = 1 ] || ! systemctl is-active --quiet "$(service_name)"; then
+    change "start $(service_name) with the current configuration" restart_k3s
+    wait_until_ready
+  fi
+  fact k3s.version "$(installed_version)"
+  fact k3s.role "$K3S_ROLE"
+}
+
+teardown() {
+  local script=/usr/local/bin/k3s-uninstall.sh
+  if [ "$K3S_ROLE" = agent ]; then
+    script=/usr/local/bin/k3s-agent-uninstall.sh
+  fi
+  if [ -x "$script" ]; then
+    change "uninstall K3s (${K3S_ROLE}); the weight cache is not touched" "$script"
+  fi
+}
+
+case "$SOVEREIGN_MODE" in
+  apply | check) apply ;;
+  teardown)
+    if declare -F teardown >/dev/null; then
+      teardown
+    fi
+    ;;
+  *) refuse "unknown SOVEREIGN_MODE ${SOVEREIGN_MODE}; expected apply, check or teardown" ;;
+esac
+finish
