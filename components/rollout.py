@@ -132,13 +132,20 @@ def apply_stack(
     secret_env: dict[str, str] | None = None,
     on_line: Callable[[str, str, str], None] | None = None,
     on_step: Callable[[StepReport], None] | None = None,
+    plans: dict[str, list[StepPlan]] | None = None,
 ) -> RolloutReport:
-    """Run every step of every selected host; a failed host stops, the others go on."""
+    """Run every step of every selected host; a failed host stops, the others go on.
+
+    ``plans`` replaces the rendered steps (per host name), for running a subset of steps.
+    """
     selected = [h for h in config.hosts if hosts is None or h.name in hosts]
     unknown = set(hosts or ()) - {h.name for h in config.hosts}
     if unknown:
         raise ValueError(f"no such host(s) in the stack: {', '.join(sorted(unknown))}")
-    plans = {h.name: render_host_steps(config, h) for h in selected}
+    if plans is None:
+        plans = {h.name: render_host_steps(config, h) for h in selected}
+    else:
+        selected = [h for h in selected if h.name in plans]
     planned = {(h, s.name) for h, steps in plans.items() for s in steps}
     pool = SessionPool(config.ssh)
     barrier = _Barrier()

@@ -69,7 +69,10 @@ def local_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSshd]:
         "\n".join(
             [
                 f"Port {port}",
+                # three loopback addresses stand for three hosts in rollout tests
                 "ListenAddress 127.0.0.1",
+                "ListenAddress 127.0.0.2",
+                "ListenAddress 127.0.0.3",
                 f"HostKey {host_key}",
                 f"AuthorizedKeysFile {authorized}",
                 f"PidFile {workdir / 'sshd.pid'}",

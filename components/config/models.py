@@ -490,6 +490,38 @@ class ResidencyPolicy(Model):
         return self
 
 
+# --- verification --------------------------------------------------------------------------
+
+# XIDs after which a GPU must not serve until reset or replaced (NVIDIA "XID Errors", docs.nvidia.com
+# /deploy/xid-errors: 48 double-bit ECC, 61/62 internal micro-controller breakpoint/halt, 64 row
+# remapping failure, 74 NVLink error, 79 fallen off the bus, 92 high single-bit ECC rate, 95
+# uncontained ECC error, 119/120 GSP RPC timeout/error, 140 unrecovered ECC error).
+DEFAULT_FATAL_XIDS = (48, 61, 62, 64, 74, 79, 92, 95, 119, 120, 140)
+
+
+class GpuHealthThresholds(Model):
+    """Limits the GPU health probe's readings are held to; defaults say where they come from."""
+
+    # DCGM's memory health watch (DCGM_HEALTH_WATCH_MEM) fails a GPU on any uncorrectable ECC error.
+    max_uncorrected_volatile_ecc: int = Field(default=0, ge=0)
+    # NVIDIA "GPU Memory Error Management": a pending row remap takes effect only after a GPU reset,
+    # and a remap failure means the GPU needs service; neither should take traffic.
+    max_pending_row_remaps: int = Field(default=0, ge=0)
+    # Headroom below the slowdown temperature (NVML_TEMPERATURE_THRESHOLD_SLOWDOWN); an idle GPU
+    # this close to throttling points at cooling trouble. 5 C matches DCGM's thermal-margin warnings.
+    min_thermal_margin_c: int = Field(default=5, ge=0, le=50)
+    fatal_xids: tuple[int, ...] = DEFAULT_FATAL_XIDS
+    allow_stray_processes: bool = False
+
+
+class VerificationSpec(Model):
+    """How post-deploy verification judges the fleet."""
+
+    gpu: GpuHealthThresholds = GpuHealthThresholds()
+    # DB-IP Lite is published monthly: older than two months means an update was missed.
+    geoip_max_age_days: int = Field(default=62, ge=1, le=3650)
+
+
 # --- the whole stack -----------------------------------------------------------------------
 
 
@@ -514,6 +546,7 @@ class StackConfig(Model):
     k3s_token: StackSecret | None = Field(default=None, alias="k3sToken")
     inference: InferenceSpec
     residency: ResidencyPolicy
+    verification: VerificationSpec = VerificationSpec()
 
     @model_validator(mode="after")
     def _cross_section_rules(self) -> StackConfig:

@@ -1,0 +1,322 @@
+"""GPU health checks on recorded NVML readings, and the probe's reading logic against an NVML double.
+
+No GPU exists on this machine: the probe's own no-driver path runs for real below; the device
+paths run against a stand-in that follows pynvml's contract (constants, error classes, return
+shapes) with values from the recorded 8x H100 reading.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pynvml
+import pytest
+
+from components.config.models import GpuHealthThresholds, GpuSpec, NvidiaSpec
+from components.verification import gpu_probe
+from components.verification.gpu_health import evaluate_gpu_probe, parse_xids
+from components.verification.results import CheckResult
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "nvml"
+HEALTHY = json.loads((DATA / "h100-sxm5-x8-healthy.json").read_text())
+EXPECTED = GpuSpec(model="H100-SXM5-80GB", count=8)
+PINS = NvidiaSpec(
+    driver_version="570.172.08", cuda_version="12.8", container_toolkit_version="1.17.8"
+)
+LIMITS = GpuHealthThresholds()
+KERNEL_LOG = """\
+Nov 27 06:01:12 fra-gpu-01 kernel: NVRM: loading NVIDIA UNIX Open Kernel Module for x86_64  570.172.08
+Nov 27 06:14:40 fra-gpu-01 kernel: NVRM: Xid (PCI:0000:2a:00): 13, pid=4411, name=python3, Graphics Exception: ESR 0x514730=0x20
+Nov 27 06:15:02 fra-gpu-01 kernel: NVRM: Xid (PCI:0000:9a:00): 79, pid='<unknown>', name=<unknown>, GPU has fallen off the bus.
+"""
+
+
+def evaluate(reading: dict[str, Any], log: str = "") -> dict[str, CheckResult]:
+    results = evaluate_gpu_probe("fra-gpu-01", reading, EXPECTED, PINS, LIMITS, log)
+    return {r.check: r for r in results}
+
+
+def test_healthy_board_passes_every_check() -> None:
+    results = evaluate(HEALTHY)
+    failed = [r.message() for r in results.values() if r.status != "pass"]
+    assert not failed
+    assert len(results) == 4 + 8 * 13 + 1
+
+
+def broken(mutate: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    reading: dict[str, Any] = copy.deepcopy(HEALTHY)
+    mutate(reading)
+    return reading
+
+
+@pytest.mark.parametrize(
+    ("mutate", "check", "observed"),
+    [
+        (lambda r: r["gpus"].pop(), "gpu-count", "7 GPU(s)"),
+        (lambda r: r["gpus"][0].update(name="NVIDIA H200"), "gpu-count", "NVIDIA H200"),
+        (lambda r: r.update(driver_version="570.133.20"), "driver-version", "570.133.20"),
+        (lambda r: r.update(cuda_driver_version="12.4"), "cuda-driver-api", "12.4"),
+        (
+            lambda r: r["gpus"][3].update(vbios="96.00.74.00.01"),
+            "vbios-uniform",
+            "96.00.74.00.01, 96.00.99.00.01",
+        ),
+        (lambda r: r["gpus"][1].update(persistence_mode=0), "gpu1.persistence-mode", "disabled"),
+        (
+            lambda r: r["gpus"][2].update(ecc_mode={"current": 1, "pending": 0}),
+            "gpu2.ecc-mode",
+            "pending disabled",
+        ),
+        (
+            lambda r: r["gpus"][2].update(mig_mode={"current": 0, "pending": 1}),
+            "gpu2.mig-mode-settled",
+            "pending 1",
+        ),
+        (
+            lambda r: r["gpus"][4].update(ecc_uncorrected_volatile=2),
+            "gpu4.ecc-uncorrected-volatile",
+            "2",
+        ),
+        (lambda r: r["gpus"][5]["remapped_rows"].update(pending=1), "gpu5.row-remap-pending", "1"),
+        (
+            lambda r: r["gpus"][5]["remapped_rows"].update(failure=1),
+            "gpu5.row-remap-failure",
+            "yes",
+        ),
+        (
+            lambda r: r["gpus"][0].update(retired_pages_pending=1),
+            "gpu0.retired-pages-pending",
+            "enabled",
+        ),
+        (lambda r: r["gpus"][6].update(recovery_action=2), "gpu6.recovery-action", "node reboot"),
+        (lambda r: r["gpus"][7]["pcie"].update(width=8), "gpu7.pcie-width", "x8"),
+        (
+            lambda r: r["gpus"][0].update(clock_event_reasons=0x08 | 0x01),
+            "gpu0.throttle",
+            "HW slowdown",
+        ),
+        (
+            lambda r: r["gpus"][0].update(clock_event_reasons=0x40),
+            "gpu0.throttle",
+            "HW thermal slowdown",
+        ),
+        (
+            lambda r: r["gpus"][0].update(clock_event_reasons=0x20),
+            "gpu0.throttle",
+            "SW thermal slowdown",
+        ),
+        (
+            lambda r: r["gpus"][0].update(clock_event_reasons=0x80),
+            "gpu0.throttle",
+            "HW power brake",
+        ),
+        (lambda r: r["gpus"][3].update(temperature_c=84), "gpu3.thermal-margin", "3 C"),
+        (lambda r: r["gpus"][1]["nvlink"].update(down=[4, 11]), "gpu1.nvlink", "2 of 18 down"),
+        (lambda r: r["gpus"][1].update(fabric={"state": 2, "status": 0}), "gpu1.fabric", "state 2"),
+        (
+            lambda r: r["gpus"][0].update(
+                processes=[{"pid": 991, "name": "python3", "in_pod": False}]
+            ),
+            "gpu0.stray-processes",
+            "python3[991]",
+        ),
+    ],
+)
+def test_each_fault_fails_its_check_with_observed_and_expected(
+    mutate: Callable[[dict[str, Any]], None], check: str, observed: str
+) -> None:
+    results = evaluate(broken(mutate))
+    assert results[check].status == "fail"
+    assert observed in results[check].observed
+    message = results[check].message()
+    assert message.startswith(f"[driver] fra-gpu-01 {check}: observed ")
+    assert ", expected " in message
+    others = [r.check for r in results.values() if r.status == "fail" and r.check != check]
+    assert not others, f"one fault must fail one check, also failed: {others}"
+
+
+def test_processes_inside_pods_are_not_stray() -> None:
+    reading = broken(
+        lambda r: r["gpus"][0].update(processes=[{"pid": 7, "name": "vllm", "in_pod": True}])
+    )
+    assert evaluate(reading)["gpu0.stray-processes"].status == "pass"
+
+
+def test_fatal_xids_since_boot_fail_and_benign_ones_do_not() -> None:
+    events = parse_xids(KERNEL_LOG)
+    assert [(e["xid"], e["pci"]) for e in events] == [
+        (13, "PCI:0000:2a:00"),
+        (79, "PCI:0000:9a:00"),
+    ]
+    result = evaluate(HEALTHY, KERNEL_LOG)["xid-fatal"]
+    assert result.status == "fail"
+    assert "Xid 79 on PCI:0000:9a:00" in result.observed
+    benign = evaluate(HEALTHY, KERNEL_LOG.splitlines()[1] + "\n")["xid-fatal"]
+    assert benign.status == "pass"
+    assert "1 other XID" in benign.observed
+
+
+def test_host_without_driver_gets_a_clear_result() -> None:
+    reading = {"probe_version": 1, "nvml": "no-driver", "error": "NVML Shared Library Not Found"}
+    (result,) = evaluate_gpu_probe("fra-gpu-01", reading, EXPECTED, PINS, LIMITS)
+    assert result.status == "fail"
+    assert result.check == "nvml"
+    assert "no-driver: NVML Shared Library Not Found" in result.observed
+
+
+def test_cpu_host_is_skipped_but_unexpected_gpus_fail() -> None:
+    (skip,) = evaluate_gpu_probe("cpu-1", {"nvml": "no-driver"}, GpuSpec(), PINS, LIMITS)
+    assert skip.status == "skip"
+    (surprise,) = evaluate_gpu_probe("cpu-1", HEALTHY, GpuSpec(), PINS, LIMITS)
+    assert surprise.status == "fail"
+
+
+def test_thresholds_come_from_config() -> None:
+    reading = broken(lambda r: r["gpus"][4].update(ecc_uncorrected_volatile=2))
+    lenient = GpuHealthThresholds(max_uncorrected_volatile_ecc=5)
+    results = evaluate_gpu_probe("h", reading, EXPECTED, PINS, lenient)
+    assert all(r.status == "pass" for r in results)
+
+
+def test_probe_without_driver_runs_for_real_here() -> None:
+    """This machine has pynvml but no NVIDIA library: the probe must say so in JSON."""
+    lib = str(Path(pynvml.__file__).parent)
+    out = subprocess.run(
+        [sys.executable, "-I", gpu_probe.__file__, "--lib", lib],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    reading = json.loads(out.stdout)
+    assert reading["nvml"] == "no-driver"
+    assert "NVML" in reading["error"]
+
+
+def test_probe_without_pynvml_says_so(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", gpu_probe.__file__, "--lib", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert json.loads(out.stdout)["nvml"] == "no-pynvml"
+
+
+class _Field:
+    def __init__(self, value: int) -> None:
+        self.nvmlReturn = 0
+        self.value = types.SimpleNamespace(uiVal=value)
+
+
+def nvml_double(reading: dict[str, Any]) -> types.SimpleNamespace:
+    """pynvml's calls answering from a recorded reading; unsupported queries raise NotSupported."""
+    gpus = reading["gpus"]
+
+    def not_supported() -> None:
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+
+    def by(field: str) -> Callable[[int], Any]:
+        def get(handle: int, *_args: Any) -> Any:
+            value = gpus[handle][field]
+            if value is None:
+                not_supported()
+            return value
+
+        return get
+
+    def fabric(handle: int, info: Any) -> int:
+        info.state = gpus[handle]["fabric"]["state"]
+        info.status = gpus[handle]["fabric"]["status"]
+        return 0
+
+    def nvlink_state(handle: int, link: int) -> int:
+        if link >= gpus[handle]["nvlink"]["links"]:
+            not_supported()
+        return 0 if link in gpus[handle]["nvlink"]["down"] else 1
+
+    def failing_ecc(handle: int, *_args: Any) -> int:
+        if handle == 1:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+        return int(gpus[handle]["ecc_uncorrected_volatile"])
+
+    real = {
+        name: getattr(pynvml, name)
+        for name in dir(pynvml)
+        if name.isupper() or name.startswith(("NVMLError", "c_nvml"))
+    }
+    return types.SimpleNamespace(
+        **real,
+        nvmlInit=lambda: None,
+        nvmlShutdown=lambda: None,
+        nvmlSystemGetDriverVersion=lambda: reading["driver_version"],
+        nvmlSystemGetCudaDriverVersion_v2=lambda: 12080,
+        nvmlSystemGetNVMLVersion=lambda: reading["nvml_version"],
+        nvmlDeviceGetCount=lambda: len(gpus),
+        nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetName=lambda h: gpus[h]["name"].encode(),
+        nvmlDeviceGetUUID=by("uuid"),
+        nvmlDeviceGetPciInfo=lambda h: types.SimpleNamespace(busId=gpus[h]["pci_bus_id"].encode()),
+        nvmlDeviceGetVbiosVersion=by("vbios"),
+        nvmlDeviceGetPersistenceMode=by("persistence_mode"),
+        nvmlDeviceGetEccMode=lambda h: (
+            gpus[h]["ecc_mode"]["current"],
+            gpus[h]["ecc_mode"]["pending"],
+        ),
+        nvmlDeviceGetMigMode=lambda h: (
+            gpus[h]["mig_mode"]["current"],
+            gpus[h]["mig_mode"]["pending"],
+        ),
+        nvmlDeviceGetTotalEccErrors=failing_ecc,
+        nvmlDeviceGetRemappedRows=lambda h: tuple(
+            gpus[h]["remapped_rows"][k]
+            for k in ("correctable", "uncorrectable", "pending", "failure")
+        ),
+        nvmlDeviceGetRetiredPagesPendingStatus=by("retired_pages_pending"),
+        nvmlDeviceGetFieldValues=lambda h, ids: [_Field(gpus[h]["recovery_action"])],
+        nvmlDeviceGetCurrPcieLinkWidth=lambda h: gpus[h]["pcie"]["width"],
+        nvmlDeviceGetMaxPcieLinkWidth=lambda h: gpus[h]["pcie"]["max_width"],
+        nvmlDeviceGetCurrPcieLinkGeneration=lambda h: gpus[h]["pcie"]["gen"],
+        nvmlDeviceGetMaxPcieLinkGeneration=lambda h: gpus[h]["pcie"]["max_gen"],
+        nvmlDeviceGetCurrentClocksEventReasons=by("clock_event_reasons"),
+        nvmlDeviceGetTemperature=lambda h, _s: gpus[h]["temperature_c"],
+        nvmlDeviceGetTemperatureThreshold=lambda h, _t: gpus[h]["slowdown_threshold_c"],
+        nvmlDeviceGetNvLinkState=nvlink_state,
+        nvmlDeviceGetGpuFabricInfo=fabric,
+        nvmlDeviceGetComputeRunningProcesses=lambda h: [],
+    )
+
+
+def test_probe_reads_every_field_pynvml_offers() -> None:
+    reading = broken(lambda r: r["gpus"][2]["nvlink"].update(down=[3]))
+    got = gpu_probe.probe(nvml_double(reading))
+    assert got["nvml"] == "ok"
+    assert got["cuda_driver_version"] == "12.8"
+    assert len(got["gpus"]) == 8
+    assert got["gpus"][2]["nvlink"] == {"links": 18, "down": [3]}
+    assert got["gpus"][0]["retired_pages_pending"] is None, (
+        "not supported on Hopper: None, not an error"
+    )
+    assert got["gpus"][1]["ecc_uncorrected_volatile"] is None
+    assert len(got["errors"]) == 1
+    assert got["errors"][0].startswith("ecc errors:")
+    for key in (
+        "name",
+        "uuid",
+        "pci_bus_id",
+        "vbios",
+        "pcie",
+        "fabric",
+        "remapped_rows",
+        "recovery_action",
+    ):
+        assert got["gpus"][5][key] == reading["gpus"][5][key], key
+    json.dumps(got)  # what the host prints must be JSON

@@ -1,0 +1,141 @@
+"""``apply_stack`` ordering, waits and failure handling, over real SSH to loopback "hosts"."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from components.config import load_stack_file
+from components.config.models import StackConfig
+from components.plan.host_steps import StepPlan
+from components.plan.templates import environment
+from components.rollout import StepReport, apply_stack
+from tests.conftest import LocalSshd
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def three_host_stack(sshd: LocalSshd) -> StackConfig:
+    """The staging stack re-pointed at three loopback addresses served by the test sshd."""
+    base = load_stack_file(ROOT / "stacks" / "Pulumi.staging.yaml")
+    hosts = []
+    for i, name in enumerate(("srv-1", "agent-2", "agent-3")):
+        template = base.hosts[min(i, 1)]
+        ssh = template.ssh.model_copy(
+            update={
+                "user": sshd.user,
+                "port": sshd.port,
+                "private_key": f"file:{sshd.client_keys['ed25519']}",
+                "host_key": sshd.host_key_fingerprint,
+            }
+        )
+        hosts.append(
+            template.model_copy(update={"name": name, "address": f"127.0.0.{i + 1}", "ssh": ssh})
+        )
+    return base.model_copy(
+        update={"hosts": tuple(hosts), "ssh": base.ssh.model_copy(update={"connect_retries": 0})}
+    )
+
+
+def timed_step(
+    host: str, name: str, log: Path, body: str = "", waits: tuple[tuple[str, str], ...] = ()
+) -> StepPlan:
+    text = (
+        '{% include "_lib.sh.j2" %}\n'
+        "apply() {\n"
+        f'  echo "start {host} {name} $(date +%s.%N)" >>{log}\n'
+        f"  {body or 'true'}\n"
+        f'  echo "end {host} {name} $(date +%s.%N)" >>{log}\n'
+        "}\n"
+        '{% include "_run.sh.j2" %}\n'
+    )
+    script = environment().from_string(text).render(step_name=name)
+    return StepPlan(host=host, name=name, script=script, waits_for=waits)
+
+
+def events(log: Path) -> dict[tuple[str, str, str], float]:
+    out = {}
+    for line in log.read_text().splitlines():
+        kind, host, step, stamp = line.split()
+        out[(kind, host, step)] = float(stamp)
+    return out
+
+
+def test_hosts_run_in_parallel_steps_in_order_and_joins_wait(
+    local_sshd: LocalSshd, tmp_path: Path
+) -> None:
+    config = three_host_stack(local_sshd)
+    log = tmp_path / "events"
+    plans = {
+        "srv-1": [
+            timed_step("srv-1", "10-a", log, "sleep 0.5"),
+            timed_step("srv-1", "50-k3s", log, "sleep 1"),
+        ],
+        **{
+            h: [
+                timed_step(h, "10-a", log, "sleep 0.5"),
+                timed_step(h, "50-k3s", log, waits=(("srv-1", "50-k3s"),)),
+            ]
+            for h in ("agent-2", "agent-3")
+        },
+    }
+    seen: list[StepReport] = []
+    report = apply_stack(config, ROOT, plans=plans, on_step=seen.append)
+    assert not report.failed
+    assert len(seen) == 6
+    e = events(log)
+    for host in ("srv-1", "agent-2", "agent-3"):
+        assert e[("end", host, "10-a")] <= e[("start", host, "50-k3s")]
+    starts = [e[("start", h, "10-a")] for h in ("srv-1", "agent-2", "agent-3")]
+    assert max(starts) - min(starts) < 0.5, "hosts must start together"
+    for agent in ("agent-2", "agent-3"):
+        assert e[("end", "srv-1", "50-k3s")] <= e[("start", agent, "50-k3s")]
+
+
+def test_a_failed_step_stops_its_host_and_its_waiters_only(
+    local_sshd: LocalSshd, tmp_path: Path
+) -> None:
+    config = three_host_stack(local_sshd)
+    log = tmp_path / "events"
+    plans = {
+        "srv-1": [
+            timed_step("srv-1", "10-a", log, 'echo "disk on fire" >&2; exit 9'),
+            timed_step("srv-1", "50-k3s", log),
+        ],
+        "agent-2": [
+            timed_step("agent-2", "10-a", log),
+            timed_step("agent-2", "50-k3s", log, waits=(("srv-1", "50-k3s"),)),
+        ],
+        "agent-3": [timed_step("agent-3", "10-a", log), timed_step("agent-3", "20-b", log)],
+    }
+    report = apply_stack(config, ROOT, plans=plans)
+    results = {(s.host, s.step): s for s in report.steps}
+    assert results[("srv-1", "10-a")].result == "failed"
+    assert "disk on fire" in results[("srv-1", "10-a")].error
+    assert results[("srv-1", "50-k3s")].result == "skipped"
+    assert results[("agent-2", "10-a")].result in {"changed", "unchanged"}
+    assert results[("agent-2", "50-k3s")].result == "skipped"
+    assert results[("agent-3", "20-b")].result in {"changed", "unchanged"}
+
+
+def test_concurrency_limit_is_respected(local_sshd: LocalSshd, tmp_path: Path) -> None:
+    config = three_host_stack(local_sshd)
+    config = config.model_copy(
+        update={"ssh": config.ssh.model_copy(update={"max_parallel_hosts": 1})}
+    )
+    log = tmp_path / "events"
+    plans = {h.name: [timed_step(h.name, "10-a", log, "sleep 0.3")] for h in config.hosts}
+    started = time.monotonic()
+    apply_stack(config, ROOT, plans=plans)
+    assert time.monotonic() - started >= 0.9
+    e = events(log)
+    spans = sorted((e[("start", h, "10-a")], e[("end", h, "10-a")]) for h in plans)
+    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        assert end <= start, "one host at a time"
+
+
+def test_unknown_host_is_refused(local_sshd: LocalSshd) -> None:
+    with pytest.raises(ValueError, match="no such host"):
+        apply_stack(three_host_stack(local_sshd), ROOT, hosts=["nope"])
