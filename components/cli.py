@@ -101,6 +101,75 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from components.config.loader import project_dir_for  # noqa: PLC0415
+    from components.verification.report import evidence, write_report  # noqa: PLC0415
+    from components.verification.results import CheckResult  # noqa: PLC0415
+    from components.verification.runner import (  # noqa: PLC0415
+        HostRun,
+        hosts_from_outputs,
+        load_outputs,
+        verify_stack,
+    )
+
+    stack_file = Path(args.stack_file)
+    try:
+        config = load_stack_file(stack_file)
+    except StackConfigError as exc:
+        for problem in exc.problems:
+            print(f"{args.stack_file}: {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    hosts = hosts_from_outputs(config, load_outputs(Path(args.outputs))) if args.outputs else None
+    if args.hosts:
+        wanted = set(args.hosts.split(","))
+        hosts = [h for h in (hosts or config.hosts) if h.name in wanted]
+
+    def progress(run: HostRun, results: list[CheckResult]) -> None:
+        failed = [r for r in results if r.status == "fail"]
+        state = (
+            "unreachable" if run.facts is None else f"{len(results)} checks, {len(failed)} failed"
+        )
+        print(f"{run.host:<16} {state} ({run.seconds:.1f}s)", file=sys.stderr, flush=True)
+        for result in failed:
+            print(f"  FAIL {result.message()}", file=sys.stderr, flush=True)
+
+    verification = verify_stack(config, project_dir_for(stack_file), hosts=hosts, on_host=progress)
+    report = evidence(config, verification, str(stack_file))
+    files = write_report(report, Path(args.report))
+    summary = report["summary"]
+    print(
+        f"verify {config.environment}: {summary['passed']} passed, {summary['failed']} failed, "
+        f"{summary['skipped']} skipped on {summary['hosts']} host(s) in {verification.seconds:.1f}s; "
+        f"report: {', '.join(str(f) for f in files)}"
+    )
+    return 1 if verification.failed else 0
+
+
+def _cmd_policy_config(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415
+
+    from components.policy.residency import pack_config  # noqa: PLC0415
+
+    try:
+        config = load_stack_file(args.file)
+    except StackConfigError as exc:
+        for problem in exc.problems:
+            print(f"{args.file}: {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    policy = config.residency
+    print(
+        json.dumps(
+            pack_config(
+                sorted(policy.allowed_countries),
+                list(policy.allowed_registries),
+                list(policy.allowed_object_store_endpoints),
+            ),
+            indent=2,
+        )
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sovereign",
@@ -136,6 +205,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     apply.add_argument("-v", "--verbose", action="store_true", help="stream every step's output")
     apply.set_defaults(func=_cmd_apply)
+
+    verify = sub.add_parser(
+        "verify", help="post-deploy verification of every host; writes an evidence report"
+    )
+    verify.add_argument("--stack-file", required=True, metavar="FILE")
+    verify.add_argument(
+        "--outputs", metavar="JSON", help="pulumi stack output --json, for hosts' addresses"
+    )
+    verify.add_argument("--report", required=True, metavar="DIR", help="where the evidence goes")
+    verify.add_argument("--hosts", help="comma-separated host names (default: all)")
+    verify.set_defaults(func=_cmd_verify)
+
+    policy = sub.add_parser(
+        "policy-config", help="print the residency policy pack's config for a stack (JSON)"
+    )
+    policy.add_argument("file", metavar="FILE")
+    policy.set_defaults(func=_cmd_policy_config)
 
     from components.lab.cli import register as register_lab  # noqa: PLC0415
 

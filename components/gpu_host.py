@@ -53,8 +53,15 @@ class GpuHost(pulumi.ComponentResource):
         """``fleet_steps`` is shared by the hosts of one stack: steps that wait for a step on
         another host (a joining K3s node waits for the first server) find it there. Build the
         first K3s server's ``GpuHost`` first; :func:`rollout_order` gives that order."""
-        super().__init__("sovereign:gpu_host:GpuHost", name, None, opts)
         stack, host = spec.stack, spec.host
+        # where the host is, as inputs: the residency policy pack checks them at preview time
+        placement = {
+            "country": host.country,
+            "datacenter": host.datacenter,
+            "provider": host.provider,
+            "role": host.role,
+        }
+        super().__init__("sovereign:gpu_host:GpuHost", name, placement, opts)
         fleet = fleet_steps if fleet_steps is not None else {}
         previous: list[pulumi.Resource] = []
         facts: list[pulumi.Output[Any]] = []

@@ -520,6 +520,9 @@ class VerificationSpec(Model):
     gpu: GpuHealthThresholds = GpuHealthThresholds()
     # DB-IP Lite is published monthly: older than two months means an update was missed.
     geoip_max_age_days: int = Field(default=62, ge=1, le=3650)
+    # host:port outside the allowed countries that every host must fail to reach when an egress
+    # allowlist is configured; unset, the allowlist is checked in the ruleset only.
+    egress_canary: str | None = Field(default=None, pattern=r"^[0-9a-fA-F.:]+:\d{1,5}$")
 
 
 # --- the whole stack -----------------------------------------------------------------------

@@ -20,6 +20,7 @@ import yaml
 
 from components.config.catalog import GPU_MODELS
 from components.config.models import CacheSpec, HostSpec, StackConfig
+from components.plan.cluster import node_labels
 from components.plan.templates import render_template
 
 # Exit statuses shared by every step script and the executor (one definition, used both sides).
@@ -131,8 +132,10 @@ SSHD_HARDENING = (
 )
 
 
-def _base_vars(config: StackConfig, _host: HostSpec) -> dict[str, Any]:
+def _base_vars(config: StackConfig, host: HostSpec) -> dict[str, Any]:
+    labels = node_labels(config, host)
     return {
+        "node_labels_content": "\n".join(f"{k}={v}" for k, v in sorted(labels.items())),
         "packages": BASE_PACKAGES,
         "ntp_servers": config.residency.ntp_servers,
         "dns_resolvers": config.residency.dns_resolvers,
@@ -198,8 +201,6 @@ def k3s_role(config: StackConfig, host: HostSpec) -> str:
 
 def k3s_config(config: StackConfig, host: HostSpec) -> dict[str, Any]:
     """The content of /etc/rancher/k3s/config.yaml for this host."""
-    from components.plan.cluster import node_labels  # noqa: PLC0415 - avoids an import cycle
-
     role = k3s_role(config, host)
     first = config.servers[0]
     settings: dict[str, Any] = {

@@ -1,0 +1,222 @@
+"""Residency policies, applied by ``pulumi preview --policy-pack components/policy``.
+
+The same rules as the config boundary and post-deploy verification, checked on resources before
+they exist: cloud regions and zones, container images, object-store endpoints, the declared
+country of GPU hosts. Configure allowed registries and endpoints with the pack's config
+(``sovereign policy-config stacks/Pulumi.<env>.yaml`` writes it from a stack's residency policy).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from pulumi_policy import (
+    EnforcementLevel,
+    PolicyConfigSchema,
+    ReportViolation,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+)
+
+from components.config.catalog import EU_EEA_COUNTRIES
+from components.config.models import image_registry
+
+# Where each provider's regions are (providers' own region lists). Zones map to their region.
+REGION_COUNTRIES: dict[str, str] = {
+    # AWS
+    "eu-central-1": "DE", "eu-central-2": "CH", "eu-west-1": "IE", "eu-west-2": "GB",
+    "eu-west-3": "FR", "eu-north-1": "SE", "eu-south-1": "IT", "eu-south-2": "ES",
+    "us-east-1": "US", "us-east-2": "US", "us-west-1": "US", "us-west-2": "US",
+    # Google Cloud
+    "europe-west1": "BE", "europe-west2": "GB", "europe-west3": "DE", "europe-west4": "NL",
+    "europe-west6": "CH", "europe-west8": "IT", "europe-west9": "FR", "europe-west10": "DE",
+    "europe-west12": "IT", "europe-north1": "FI", "europe-north2": "SE",
+    "europe-central2": "PL", "europe-southwest1": "ES", "us-central1": "US",
+    # Azure
+    "westeurope": "NL", "northeurope": "IE", "germanywestcentral": "DE", "germanynorth": "DE",
+    "francecentral": "FR", "francesouth": "FR", "swedencentral": "SE", "polandcentral": "PL",
+    "italynorth": "IT", "spaincentral": "ES", "norwayeast": "NO", "norwaywest": "NO",
+    "switzerlandnorth": "CH", "uksouth": "GB", "eastus": "US",
+    # Hetzner Cloud
+    "fsn1": "DE", "nbg1": "DE", "hel1": "FI", "ash": "US", "hil": "US", "sin": "SG",
+    # Scaleway
+    "fr-par": "FR", "nl-ams": "NL", "pl-waw": "PL",
+    # OVHcloud
+    "gra": "FR", "sbg": "FR", "rbx": "FR", "waw": "PL", "lim": "DE", "bhs": "CA", "uk": "GB",
+    # IONOS
+    "de/fra": "DE", "de/txl": "DE", "es/vit": "ES", "fr/par": "FR", "gb/lhr": "GB",
+}  # fmt: skip
+LOCATION_KEYS = ("region", "location", "zone", "availabilityZone", "datacenter")
+WORKLOAD_TYPES = {
+    "kubernetes:core/v1:Pod",
+    "kubernetes:apps/v1:Deployment",
+    "kubernetes:apps/v1:StatefulSet",
+    "kubernetes:apps/v1:DaemonSet",
+    "kubernetes:batch/v1:Job",
+    "kubernetes:batch/v1:CronJob",
+}
+GPU_HOST_TYPE = "sovereign:gpu_host:GpuHost"
+
+
+def region_country(value: str) -> str | None:
+    """The country of a region or zone name, or None when it is not known."""
+    name = value.strip().lower()
+    candidates = [
+        name,
+        re.sub(r"[a-z]$", "", name) if re.search(r"\d[a-z]$", name) else name,  # eu-central-1a
+        re.sub(r"-\d+$", "", name),  # fr-par-1
+        re.sub(r"-[a-z]$", "", name),  # europe-west3-a
+        name.split("-")[0],  # fsn1-dc14
+        re.sub(r"\d+$", "", name),  # gra11, waw1
+    ]
+    for candidate in candidates:
+        if candidate in REGION_COUNTRIES:
+            return REGION_COUNTRIES[candidate]
+    return None
+
+
+def _allowed_countries(config: Mapping[str, Any]) -> set[str]:
+    return set(config.get("allowedCountries") or EU_EEA_COUNTRIES)
+
+
+def validate_regions(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    allowed = _allowed_countries(args.get_config())
+    for key in LOCATION_KEYS:
+        value = args.props.get(key)
+        if not isinstance(value, str) or not value:
+            continue
+        country = region_country(value)
+        if country is None:
+            report(
+                f"{key} {value!r} is not a region known to be inside the allowed countries", None
+            )
+        elif country not in allowed:
+            report(f"{key} {value!r} is in {country}, outside the allowed countries", None)
+
+
+def _containers(props: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    spec: Any = props.get("spec") or {}
+    for _ in range(3):  # Pod spec, or template.spec, or jobTemplate.spec.template.spec
+        if not isinstance(spec, Mapping):
+            return
+        if "containers" in spec:
+            break
+        spec = (
+            (spec.get("jobTemplate") or {}).get("spec")
+            or spec.get("template", {}).get("spec")
+            or {}
+        )
+    if not isinstance(spec, Mapping):
+        return
+    for key in ("initContainers", "containers"):
+        for container in spec.get(key) or []:
+            if isinstance(container, Mapping):
+                yield container
+
+
+def validate_images(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if args.resource_type not in WORKLOAD_TYPES:
+        return
+    allowed = set(args.get_config().get("allowedRegistries") or [])
+    for container in _containers(args.props):
+        image = str(container.get("image", ""))
+        if image and image_registry(image) not in allowed:
+            report(
+                f"container {container.get('name')!r} pulls {image} from {image_registry(image)}, "
+                f"not an allowed registry ({', '.join(sorted(allowed)) or 'none configured'})",
+                None,
+            )
+
+
+def _endpoint_values(value: Any, key: str = "") -> Iterator[tuple[str, str]]:
+    if isinstance(value, Mapping):
+        if "name" in value and "value" in value and isinstance(value.get("value"), str):
+            yield str(value["name"]), value["value"]  # an env var
+        for k, v in value.items():
+            yield from _endpoint_values(v, str(k))
+    elif isinstance(value, list):
+        for item in value:
+            yield from _endpoint_values(item, key)
+    elif isinstance(value, str) and "endpoint" in key.lower():
+        yield key, value
+
+
+def validate_endpoints(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    allowed = {e.rstrip("/") for e in args.get_config().get("allowedObjectStoreEndpoints") or []}
+    for key, value in _endpoint_values(args.props):
+        if "endpoint" not in key.lower() or not value.startswith(("http://", "https://")):
+            continue
+        if value.rstrip("/") not in allowed:
+            report(f"{key} points at {value}, not an allowed object-store endpoint", None)
+
+
+def validate_gpu_hosts(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if args.resource_type != GPU_HOST_TYPE:
+        return
+    country = args.props.get("country")
+    if country not in _allowed_countries(args.get_config()):
+        report(
+            f"GPU host {args.name} is declared in {country}, outside the allowed countries", None
+        )
+
+
+_LIST = {"type": "array", "items": {"type": "string"}}
+
+
+def _policy(
+    name: str,
+    description: str,
+    validate: Callable[[ResourceValidationArgs, ReportViolation], None],
+    config: dict[str, Any],
+) -> ResourceValidationPolicy:
+    return ResourceValidationPolicy(
+        name=name,
+        description=description,
+        validate=validate,
+        enforcement_level=EnforcementLevel.MANDATORY,
+        config_schema=PolicyConfigSchema(properties=config),
+    )
+
+
+def residency_policies() -> list[ResourceValidationPolicy]:
+    countries = {"allowedCountries": _LIST}
+    return [
+        _policy(
+            "eu-regions-only",
+            "Cloud regions and zones lie in the allowed countries.",
+            validate_regions,
+            countries,
+        ),
+        _policy(
+            "images-from-allowed-registries",
+            "Workloads pull images only from allowed registries.",
+            validate_images,
+            {"allowedRegistries": _LIST},
+        ),
+        _policy(
+            "object-store-endpoints-allowed",
+            "Object-store endpoints are on the allowed list.",
+            validate_endpoints,
+            {"allowedObjectStoreEndpoints": _LIST},
+        ),
+        _policy(
+            "gpu-hosts-in-allowed-countries",
+            "GPU hosts are declared in allowed countries.",
+            validate_gpu_hosts,
+            countries,
+        ),
+    ]
+
+
+def pack_config(
+    allowed_countries: list[str], registries: list[str], endpoints: list[str]
+) -> dict[str, Any]:
+    """The policy pack config for a stack (``pulumi preview --policy-pack-config``)."""
+    return {
+        "eu-regions-only": {"allowedCountries": allowed_countries},
+        "gpu-hosts-in-allowed-countries": {"allowedCountries": allowed_countries},
+        "images-from-allowed-registries": {"allowedRegistries": registries},
+        "object-store-endpoints-allowed": {"allowedObjectStoreEndpoints": endpoints},
+    }

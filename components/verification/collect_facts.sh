@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Read-only fact collection for post-deploy verification: one run per host, one SSH connection.
+# Prints "==== <section>" headers; the verifying machine parses and judges (facts.py).
+# Inputs (environment): CACHE_MOUNT_POINT, PROBE_DIR, CANARY (host:port or empty).
+set -uo pipefail
+export LC_ALL=C
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
+section() { printf '\n==== %s\n' "$1"; }
+
+section os
+# shellcheck disable=SC1091
+(. /etc/os-release && echo "${ID}-${VERSION_ID:-}")
+section kernel
+uname -r
+section boot_id
+cat /proc/sys/kernel/random/boot_id
+section sshd
+sshd -T 2>/dev/null | grep -E '^(port|passwordauthentication|kbdinteractiveauthentication|permitrootlogin) '
+section node_labels
+cat /etc/sovereign/node-labels 2>/dev/null
+section cache_mount
+findmnt -n -o SOURCE,FSTYPE,OPTIONS,UUID --mountpoint "${CACHE_MOUNT_POINT}" 2>/dev/null
+section cache_fstab
+awk -v mp="${CACHE_MOUNT_POINT}" '$2 == mp' /etc/fstab
+section mdstat
+cat /proc/mdstat 2>/dev/null
+section resolv_conf
+cat /etc/resolv.conf 2>/dev/null
+section resolved_dns
+if systemctl is-active --quiet systemd-resolved 2>/dev/null; then
+  resolvectl dns 2>/dev/null
+fi
+section ntp_sources
+chronyc -n sources 2>/dev/null | awk 'NR > 2 {print $2}'
+section ntp_config
+grep -hE '^(server|pool) ' /etc/chrony/chrony.conf /etc/chrony/sources.d/*.sources 2>/dev/null
+section addresses
+ip -o addr show scope global 2>/dev/null | awk '{print $4}'
+section firewall
+nft list table inet sovereign 2>/dev/null
+section egress_canary
+if [ -n "${CANARY:-}" ]; then
+  if timeout 5 bash -c "exec 3<>/dev/tcp/${CANARY%:*}/${CANARY##*:}" 2>/dev/null; then
+    echo connected
+  else
+    echo blocked
+  fi
+fi
+section k3s_version
+if [ -x /usr/local/bin/k3s ]; then
+  /usr/local/bin/k3s --version 2>/dev/null | head -1
+fi
+section k3s_registries
+cat /etc/rancher/k3s/registries.yaml 2>/dev/null
+section k3s_node
+if [ -f /etc/rancher/k3s/k3s.yaml ]; then
+  /usr/local/bin/k3s kubectl get node "$(hostname)" -o json 2>/dev/null
+fi
+section images
+if [ -x /usr/local/bin/k3s ]; then
+  /usr/local/bin/k3s crictl images -o json 2>/dev/null
+fi
+section container_toolkit
+if command -v nvidia-ctk >/dev/null; then
+  nvidia-ctk --version 2>/dev/null | head -1
+  ls /var/run/cdi 2>/dev/null
+fi
+section probe_env
+cat "${PROBE_DIR}/VERSION" 2>/dev/null
+section gpu_probe
+if command -v python3 >/dev/null && [ -n "${SOVEREIGN_PAYLOAD_DIR:-}" ]; then
+  python3 -I -S "${SOVEREIGN_PAYLOAD_DIR}/gpu_probe.py" --lib "${PROBE_DIR}/lib"
+else
+  echo '{"probe_version": 1, "nvml": "no-python", "error": "python3 is not installed (the 70-probe-env step installs it)"}'
+fi
+section kernel_xid
+if command -v journalctl >/dev/null; then
+  journalctl -k -b --no-pager -o short 2>/dev/null | grep 'NVRM: Xid' | tail -200
+else
+  dmesg 2>/dev/null | grep 'NVRM: Xid' | tail -200
+fi
+section end

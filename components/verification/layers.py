@@ -1,0 +1,492 @@
+"""Judging one host's collected facts, layer by layer (pure).
+
+Layers, in order (as the GPU Operator's validator orders them): host, driver, runtime, cache,
+k3s, inference, residency. Each function returns the layer's :class:`CheckResult` list; a layer
+that does not apply to the host (a CPU node's driver, K3s not installed) is skipped with a reason.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from components.config.models import HostSpec, StackConfig
+from components.plan.cluster import node_labels
+from components.verification.geoip import GeoIpDatabase
+from components.verification.gpu_health import evaluate_gpu_probe
+from components.verification.results import CheckResult, skipped, verdict
+
+LAYERS = ("host", "driver", "runtime", "cache", "k3s", "inference", "residency")
+SUPPORTED_OS = ("debian-12", "ubuntu-22.04", "ubuntu-24.04")
+
+
+def parse_sections(output: str) -> dict[str, str]:
+    """Split ``collect_facts.sh`` output into its ``==== name`` sections."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in output.splitlines():
+        if line.startswith("==== "):
+            current = sections.setdefault(line[5:].strip(), [])
+        elif current is not None:
+            current.append(line)
+    return {name: "\n".join(lines).strip() for name, lines in sections.items()}
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    host: str
+    sections: dict[str, str]
+
+    def get(self, name: str) -> str:
+        return self.sections.get(name, "")
+
+    @property
+    def complete(self) -> bool:
+        return "end" in self.sections
+
+
+@dataclass(frozen=True)
+class Context:
+    config: StackConfig
+    host: HostSpec
+    facts: HostFacts
+    geoip: GeoIpDatabase | None
+
+
+def host_layer(ctx: Context) -> list[CheckResult]:
+    name, facts = ctx.host.name, ctx.facts
+    os_id = facts.get("os")
+    sshd = dict(line.split(" ", 1) for line in facts.get("sshd").splitlines() if " " in line)
+    return [
+        verdict(
+            "host", name, "os", os_id in SUPPORTED_OS, os_id or "unknown", " or ".join(SUPPORTED_OS)
+        ),
+        verdict(
+            "host",
+            name,
+            "ssh-password-login",
+            sshd.get("passwordauthentication") == "no"
+            and sshd.get("kbdinteractiveauthentication") == "no",
+            f"password {sshd.get('passwordauthentication', '?')}, keyboard-interactive {sshd.get('kbdinteractiveauthentication', '?')}",
+            "both off",
+        ),
+        verdict(
+            "host",
+            name,
+            "ssh-root-login",
+            sshd.get("permitrootlogin") in ("prohibit-password", "without-password", "no"),
+            sshd.get("permitrootlogin", "?"),
+            "prohibit-password or no",
+        ),
+    ]
+
+
+def driver_layer(ctx: Context) -> list[CheckResult]:
+    text = ctx.facts.get("gpu_probe") or "{}"
+    try:
+        reading = json.loads(text.splitlines()[-1])
+    except (ValueError, IndexError):
+        reading = {"nvml": "unreadable", "error": text[:200]}
+    return evaluate_gpu_probe(
+        ctx.host.name,
+        reading,
+        ctx.host.gpu,
+        ctx.config.nvidia,
+        ctx.config.verification.gpu,
+        ctx.facts.get("kernel_xid"),
+    )
+
+
+def runtime_layer(ctx: Context) -> list[CheckResult]:
+    name = ctx.host.name
+    if ctx.host.gpu.count == 0:
+        return [
+            skipped("runtime", name, "nvidia-container-toolkit", "no GPUs declared for this host")
+        ]
+    lines = ctx.facts.get("container_toolkit").splitlines()
+    found = re.search(r"(\d+\.\d+\.\d+)", lines[0]) if lines else None
+    version = found.group(1) if found else None
+    wanted = ctx.config.nvidia.container_toolkit_version.split("-")[0]
+    return [
+        verdict(
+            "runtime",
+            name,
+            "nvidia-container-toolkit",
+            version == wanted,
+            version or "not installed",
+            wanted,
+        ),
+        verdict(
+            "runtime",
+            name,
+            "cdi-spec",
+            "nvidia.yaml" in lines[1:],
+            ", ".join(lines[1:]) or "none",
+            "/var/run/cdi/nvidia.yaml",
+        ),
+    ]
+
+
+def cache_layer(ctx: Context) -> list[CheckResult]:
+    name, cache = ctx.host.name, ctx.config.cache
+    if not ctx.host.nvme:
+        return [skipped("cache", name, "mounted", "no NVMe drives declared for this host")]
+    mount = ctx.facts.get("cache_mount").split()
+    fstab = ctx.facts.get("cache_fstab").split()
+    results = [
+        verdict(
+            "cache",
+            name,
+            "mounted",
+            len(mount) >= 3 and mount[1] == cache.filesystem,
+            f"{mount[1]} from {mount[0]}" if len(mount) >= 2 else "not mounted",
+            f"{cache.filesystem} at {cache.mount_point}",
+        )
+    ]
+    options = mount[2].split(",") if len(mount) >= 3 else []
+    results.append(
+        verdict("cache", name, "noatime", "noatime" in options, ",".join(options) or "-", "noatime")
+    )
+    uuid = mount[3] if len(mount) >= 4 else ""
+    results.append(
+        verdict(
+            "cache",
+            name,
+            "persistent",
+            bool(fstab) and fstab[0] == f"UUID={uuid}" and bool(uuid),
+            " ".join(fstab) or "no /etc/fstab entry",
+            f"/etc/fstab mounts UUID={uuid or '?'} at {cache.mount_point}",
+        )
+    )
+    if len(ctx.host.nvme) > 1:
+        mdstat = ctx.facts.get("mdstat")
+        active = re.search(r"^(md\S+) : active raid0 (.+)$", mdstat, re.MULTILINE)
+        members = len(active.group(2).split()) if active else 0
+        results.append(
+            verdict(
+                "cache",
+                name,
+                "array",
+                members == len(ctx.host.nvme),
+                f"raid0 with {members} member(s)" if active else "no active raid0 array",
+                f"raid0 of {len(ctx.host.nvme)} drives",
+            )
+        )
+    return results
+
+
+def k3s_layer(ctx: Context) -> list[CheckResult]:
+    name, k3s = ctx.host.name, ctx.config.k3s
+    if not k3s.install:
+        return [skipped("k3s", name, "version", "k3s.install is false for this stack")]
+    version = (ctx.facts.get("k3s_version").split() or ["", "", "not installed"])[2:3]
+    observed = version[0] if version else "not installed"
+    results = [verdict("k3s", name, "version", observed == k3s.version, observed, k3s.version)]
+    node_json = ctx.facts.get("k3s_node")
+    if not node_json:
+        results.append(
+            skipped("k3s", name, "node-ready", "no kubeconfig on this host (agents have none)")
+        )
+        return results
+    node = json.loads(node_json)
+    ready = [c for c in node.get("status", {}).get("conditions", []) if c.get("type") == "Ready"]
+    results.append(
+        verdict(
+            "k3s",
+            name,
+            "node-ready",
+            bool(ready) and ready[0].get("status") == "True",
+            ready[0].get("status") if ready else "unknown",
+            "True",
+        )
+    )
+    return results
+
+
+def inference_layer(ctx: Context) -> list[CheckResult]:
+    return [
+        skipped(
+            "inference",
+            ctx.host.name,
+            "endpoint",
+            "no inference objects are deployed by this stack yet",
+        )
+    ]
+
+
+def residency_layer(ctx: Context) -> list[CheckResult]:
+    checks: list[Callable[[Context], list[CheckResult]]] = [
+        _country_checks,
+        _egress_checks,
+        _dns_checks,
+        _ntp_checks,
+        _registry_checks,
+        _firewall_checks,
+    ]
+    return [result for check in checks for result in check(ctx)]
+
+
+def _country_checks(ctx: Context) -> list[CheckResult]:
+    name, host, policy = ctx.host.name, ctx.host, ctx.config.residency
+    results = [
+        verdict(
+            "residency",
+            name,
+            "declared-country",
+            host.country in policy.allowed_countries,
+            host.country,
+            "a country in residency.allowedCountries",
+        )
+    ]
+    on_host = dict(
+        line.split("=", 1) for line in ctx.facts.get("node_labels").splitlines() if "=" in line
+    )
+    wanted = node_labels(ctx.config, host)
+    keys = (
+        "sovereign-inference/country",
+        "topology.kubernetes.io/region",
+        "topology.kubernetes.io/zone",
+    )
+    for key in keys:
+        results.append(
+            verdict(
+                "residency",
+                name,
+                f"label:{key}",
+                on_host.get(key) == wanted[key],
+                on_host.get(key, "absent"),
+                wanted[key],
+                source="/etc/sovereign/node-labels",
+            )
+        )
+    node_json = ctx.facts.get("k3s_node")
+    if node_json:
+        labels = json.loads(node_json).get("metadata", {}).get("labels", {})
+        for key in keys:
+            results.append(
+                verdict(
+                    "residency",
+                    name,
+                    f"k3s-label:{key}",
+                    labels.get(key) == wanted[key],
+                    labels.get(key, "absent"),
+                    wanted[key],
+                    source="Kubernetes Node object",
+                )
+            )
+    return results
+
+
+def _egress_checks(ctx: Context) -> list[CheckResult]:
+    name, policy = ctx.host.name, ctx.config.residency
+    allowed = sorted(policy.allowed_countries)
+    addresses = set(ctx.host.egress_ips)
+    for cidr in ctx.facts.get("addresses").split():
+        address = cidr.split("/")[0]
+        try:
+            if ipaddress.ip_address(address).is_global:
+                addresses.add(address)
+        except ValueError:
+            continue
+    if ctx.geoip is None:
+        return [
+            verdict(
+                "residency", name, "geoip-database", False, "missing", "DB-IP Lite Country database"
+            )
+        ]
+    results = [
+        verdict(
+            "residency",
+            name,
+            "geoip-database-fresh",
+            ctx.geoip.age_days() <= ctx.config.verification.geoip_max_age_days,
+            f"built {ctx.geoip.built.date()} ({ctx.geoip.age_days()} days old)",
+            f"at most {ctx.config.verification.geoip_max_age_days} days old",
+            database=ctx.geoip.describe(),
+        )
+    ]
+    for address in sorted(addresses):
+        country = ctx.geoip.country(address)
+        results.append(
+            verdict(
+                "residency",
+                name,
+                f"egress-ip:{address}",
+                country in policy.allowed_countries,
+                country or "unknown to the database",
+                f"one of {', '.join(allowed)}",
+                declared=address in ctx.host.egress_ips,
+            )
+        )
+    return results
+
+
+def _resolvers_in_use(facts: HostFacts) -> list[str]:
+    servers = re.findall(r"^nameserver\s+(\S+)", facts.get("resolv_conf"), re.MULTILINE)
+    for line in facts.get("resolved_dns").splitlines():
+        servers += [w.split("#")[0] for w in line.split(":", 1)[-1].split()]
+    uses_stub = (
+        servers and all(s.startswith("127.0.0.") for s in servers) and facts.get("resolved_dns")
+    )
+    return sorted({s for s in servers if not (uses_stub and s.startswith("127.0.0."))})
+
+
+def _dns_checks(ctx: Context) -> list[CheckResult]:
+    name, allowed = ctx.host.name, set(ctx.config.residency.dns_resolvers)
+    in_use = _resolvers_in_use(ctx.facts)
+    stray = [s for s in in_use if s not in allowed]
+    return [
+        verdict(
+            "residency",
+            name,
+            "dns-resolvers",
+            bool(in_use) and not stray,
+            ", ".join(in_use) or "none",
+            f"only {', '.join(sorted(allowed))}",
+        )
+    ]
+
+
+def _ntp_checks(ctx: Context) -> list[CheckResult]:
+    name, allowed = ctx.host.name, set(ctx.config.residency.ntp_servers)
+    configured = sorted(
+        {
+            line.split()[1]
+            for line in ctx.facts.get("ntp_config").splitlines()
+            if len(line.split()) > 1
+        }
+    )
+    stray = [s for s in configured if s not in allowed]
+    return [
+        verdict(
+            "residency",
+            name,
+            "ntp-servers",
+            bool(configured) and not stray,
+            ", ".join(configured) or "none",
+            f"only {', '.join(sorted(allowed))}",
+        )
+    ]
+
+
+def _registry_checks(ctx: Context) -> list[CheckResult]:
+    name, allowed = ctx.host.name, set(ctx.config.residency.allowed_registries)
+    text = ctx.facts.get("k3s_registries")
+    if not text:
+        return [skipped("residency", name, "registry-mirrors", "K3s is not installed on this host")]
+    mirrors = (yaml.safe_load(text) or {}).get("mirrors", {})
+    endpoints = sorted(
+        {
+            re.sub(r"^https?://", "", e).split("/")[0]
+            for m in mirrors.values()
+            for e in m.get("endpoint", [])
+        }
+    )
+    stray = [e for e in endpoints if e not in allowed]
+    results = [
+        verdict(
+            "residency",
+            name,
+            "registry-mirrors",
+            not stray,
+            ", ".join(endpoints) or "none",
+            f"only {', '.join(sorted(allowed))}",
+        )
+    ]
+    images_json = ctx.facts.get("images")
+    if images_json:
+        from components.config.models import image_registry  # noqa: PLC0415
+
+        tags = [
+            t
+            for image in json.loads(images_json).get("images", [])
+            for t in image.get("repoTags") or []
+        ]
+        foreign = sorted(
+            {
+                t
+                for t in tags
+                if image_registry(t) not in allowed and image_registry(t) not in mirrors
+            }
+        )
+        results.append(
+            verdict(
+                "residency",
+                name,
+                "images",
+                not foreign,
+                ", ".join(foreign) or "all from allowed registries",
+                "images only from allowed registries or their mirrors",
+            )
+        )
+    return results
+
+
+def _firewall_checks(ctx: Context) -> list[CheckResult]:
+    name = ctx.host.name
+    table = ctx.facts.get("firewall")
+    results = [
+        verdict(
+            "residency",
+            name,
+            "firewall",
+            "hook input" in table and "policy drop" in table,
+            "table inet sovereign loaded" if table else "no table inet sovereign",
+            "inbound policy drop",
+        )
+    ]
+    if ctx.config.residency.egress_allowlist is not None:
+        output = re.search(r"chain output \{[^}]*policy drop", table, re.DOTALL)
+        results.append(
+            verdict(
+                "residency",
+                name,
+                "egress-allowlist",
+                bool(output),
+                "enforced" if output else "no output policy drop",
+                "outbound only to the allowlist",
+            )
+        )
+        canary = ctx.facts.get("egress_canary")
+        if canary:
+            results.append(
+                verdict("residency", name, "egress-canary", canary == "blocked", canary, "blocked")
+            )
+    return results
+
+
+LAYER_FUNCTIONS: dict[str, Callable[[Context], list[CheckResult]]] = {
+    "host": host_layer,
+    "driver": driver_layer,
+    "runtime": runtime_layer,
+    "cache": cache_layer,
+    "k3s": k3s_layer,
+    "inference": inference_layer,
+    "residency": residency_layer,
+}
+
+
+def evaluate_host(ctx: Context, layers: tuple[str, ...] = LAYERS) -> list[CheckResult]:
+    if not ctx.facts.complete:
+        return [
+            verdict(
+                layer,
+                ctx.host.name,
+                "facts",
+                False,
+                "fact collection did not finish",
+                "a complete report",
+            )
+            for layer in layers
+        ]
+    return [r for layer in layers for r in LAYER_FUNCTIONS[layer](ctx)]
+
+
+def parse_json(text: str) -> Any:
+    return json.loads(text) if text else None

@@ -1,0 +1,154 @@
+"""Collect facts from every host in parallel (one SSH connection, one script each) and judge them."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from components.config.models import HostSpec, StackConfig
+from components.execution.outcome import StepError
+from components.execution.ssh import HostSession, HostTarget, SessionPool, on_hosts
+from components.plan.host_steps import PROBE_DIR
+from components.verification.geoip import (
+    GeoIpDatabase,
+    GeoIpUnavailable,
+    find_database,
+    open_database,
+)
+from components.verification.layers import LAYERS, Context, HostFacts, evaluate_host, parse_sections
+from components.verification.results import CheckResult, verdict
+
+COLLECTOR = Path(__file__).with_name("collect_facts.sh")
+PROBE = Path(__file__).with_name("gpu_probe.py")
+FACTS_TIMEOUT_SECONDS = 300
+
+
+@dataclass
+class HostRun:
+    host: str
+    facts: HostFacts | None
+    seconds: float
+    error: str = ""
+
+
+@dataclass
+class Verification:
+    results: list[CheckResult] = field(default_factory=list)
+    hosts: list[HostRun] = field(default_factory=list)
+    geoip: dict[str, str] | None = None
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[CheckResult]:
+        return [r for r in self.results if r.status == "fail"]
+
+
+def hosts_from_outputs(config: StackConfig, outputs: dict[str, Any]) -> list[HostSpec]:
+    """The stack's hosts, with connection facts as ``pulumi stack output --json`` reports them."""
+    exported = {h["name"]: h for h in outputs.get("hosts", [])}
+    hosts = []
+    for host in config.hosts:
+        entry = exported.get(host.name)
+        if entry is None:
+            hosts.append(host)
+            continue
+        ssh = host.ssh.model_copy(
+            update={
+                "port": int(entry.get("port", host.ssh.port)),
+                "user": entry.get("user", host.ssh.user),
+                "host_key": entry.get("hostKey") or host.ssh.host_key,
+            }
+        )
+        hosts.append(
+            host.model_copy(update={"address": entry.get("address", host.address), "ssh": ssh})
+        )
+    return hosts
+
+
+def collect_facts(session: HostSession, config: StackConfig) -> HostFacts:
+    env = {
+        "CACHE_MOUNT_POINT": config.cache.mount_point,
+        "PROBE_DIR": PROBE_DIR,
+        "CANARY": config.verification.egress_canary or "",
+    }
+    prelude = "".join(f"export {k}={_quote(v)}\n" for k, v in env.items())
+    result = session.run_script(
+        prelude + COLLECTOR.read_text(),
+        payloads={"gpu_probe.py": PROBE.read_bytes()},
+        timeout=FACTS_TIMEOUT_SECONDS,
+    )
+    return HostFacts(session.target.name, parse_sections(result.stdout))
+
+
+def _quote(value: str) -> str:
+    import shlex  # noqa: PLC0415
+
+    return shlex.quote(value)
+
+
+def verify_stack(
+    config: StackConfig,
+    project_dir: Path,
+    *,
+    hosts: Sequence[HostSpec] | None = None,
+    layers: tuple[str, ...] = LAYERS,
+    geoip: GeoIpDatabase | None = None,
+    on_host: Callable[[HostRun, list[CheckResult]], None] | None = None,
+) -> Verification:
+    """Verify every host in parallel; a host that cannot be reached fails every layer, clearly."""
+    started = time.monotonic()
+    targets = list(hosts if hosts is not None else config.hosts)
+    if geoip is None:
+        try:
+            geoip = open_database(find_database(project_dir))
+        except GeoIpUnavailable:
+            geoip = None
+    pool = SessionPool(config.ssh)
+    verification = Verification(geoip=geoip.describe() if geoip else None)
+
+    def run(host: HostSpec) -> tuple[HostRun, list[CheckResult]]:
+        t0 = time.monotonic()
+        session = pool.session(HostTarget.from_spec(host, project_dir))
+        try:
+            facts = collect_facts(session, config)
+        except StepError as exc:
+            run = HostRun(host.name, None, time.monotonic() - t0, str(exc))
+            results = [
+                verdict(
+                    layer,
+                    host.name,
+                    "reachable",
+                    False,
+                    str(exc),
+                    "an SSH session with the pinned key",
+                )
+                for layer in layers
+            ]
+        else:
+            run = HostRun(host.name, facts, time.monotonic() - t0)
+            results = evaluate_host(Context(config, host, facts, geoip), layers)
+        if on_host is not None:
+            on_host(run, results)
+        return run, results
+
+    try:
+        outcomes = on_hosts(targets, run, config.ssh.max_parallel_hosts)
+    finally:
+        pool.close()
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+        run_record, results = outcome
+        verification.hosts.append(run_record)
+        verification.results.extend(results)
+    verification.seconds = time.monotonic() - started
+    return verification
+
+
+def load_outputs(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data

@@ -1,0 +1,186 @@
+"""``verify`` against real lab hosts: passes on a prepared host, names what is wrong on broken ones."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from components.config.models import CacheDisk, SshSpec, StackConfig
+from components.execution.ssh import HostSession, HostTarget, run_step
+from components.lab.inventory import InventoryHost
+from components.plan.host_steps import render_host_steps
+from components.verification.results import CheckResult
+from components.verification.runner import verify_stack
+from tests.integration.test_host_steps import LAB_STEPS, lab_stack
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def stack_for(entries: list[InventoryHost]) -> StackConfig:
+    """The lab stack with its hosts replaced by these lab guests (first one the K3s server)."""
+    base = lab_stack()
+    template = base.hosts[0]
+    hosts = []
+    for i, entry in enumerate(entries):
+        hosts.append(
+            template.model_copy(
+                update={
+                    "name": entry.name,
+                    "role": "server" if i == 0 else "agent",
+                    "address": entry.address,
+                    "ssh": SshSpec(
+                        user=entry.user,
+                        port=entry.port,
+                        private_key=f"file:{entry.private_key}",
+                        host_key=entry.host_key,
+                    ),
+                    "nvme": tuple(CacheDisk(id=d, wipe=True) for d in entry.nvme),
+                }
+            )
+        )
+    return base.model_copy(update={"hosts": tuple(hosts)})
+
+
+def roll_out(stack: StackConfig) -> None:
+    for host in stack.hosts:
+        session = HostSession(HostTarget.from_spec(host, ROOT), stack.ssh)
+        try:
+            for step in render_host_steps(stack, host, only=LAB_STEPS):
+                run_step(session, step.name, step.script, payloads=step.payloads)
+        finally:
+            session.close()
+
+
+def failures(results: list[CheckResult]) -> dict[str, CheckResult]:
+    return {f"{r.layer}/{r.check}": r for r in results if r.status == "fail"}
+
+
+@pytest.fixture
+def prepared(
+    lab_hosts: Callable[..., list[InventoryHost]],
+) -> tuple[StackConfig, list[InventoryHost]]:
+    entries = lab_hosts(2)
+    stack = stack_for(entries)
+    roll_out(stack)
+    return stack, entries
+
+
+def run_on(stack: StackConfig, entry: InventoryHost, script: str) -> None:
+    host = next(h for h in stack.hosts if h.name == entry.name)
+    session = HostSession(HostTarget.from_spec(host, ROOT), stack.ssh)
+    try:
+        result = session.run_script(script)
+        assert result.exit_status == 0, result.stderr_tail
+    finally:
+        session.close()
+
+
+def test_verify_passes_on_prepared_hosts_then_names_each_breakage(
+    prepared: tuple[StackConfig, list[InventoryHost]],
+) -> None:
+    stack, (good, bad) = prepared
+    clean = verify_stack(stack, ROOT)
+    assert not failures(clean.results) or set(failures(clean.results)) == {
+        "residency/geoip-database-fresh"
+    }, [r.message() for r in clean.failed]
+    layers = {r.layer for r in clean.results}
+    assert layers == {"host", "driver", "runtime", "cache", "k3s", "inference", "residency"}
+
+    # break the second host four ways, on purpose
+    run_on(
+        stack,
+        bad,
+        "set -e\n"
+        "umount /var/lib/sovereign/weights\n"
+        "printf 'nameserver 8.8.8.8\\n' >/etc/resolv.conf\n"
+        "ip link add sov-test type dummy && ip addr add 8.8.4.4/32 dev sov-test\n"
+        "sed -i 's#^sovereign-inference/country=DE#sovereign-inference/country=US#' /etc/sovereign/node-labels\n",
+    )
+    broken = verify_stack(stack, ROOT)
+    by_host: dict[str, dict[str, CheckResult]] = {}
+    for r in broken.failed:
+        by_host.setdefault(r.host, {})[f"{r.layer}/{r.check}"] = r
+    assert not by_host.get(good.name), "the intact host must still pass"
+    found = by_host[bad.name]
+    assert "cache/mounted" in found
+    assert found["cache/mounted"].message() == (
+        f"[cache] {bad.name} mounted: observed not mounted, expected xfs at /var/lib/sovereign/weights"
+    )
+    assert "8.8.8.8" in found["residency/dns-resolvers"].observed
+    assert found["residency/egress-ip:8.8.4.4"].observed == "US"
+    assert found["residency/label:sovereign-inference/country"].observed == "US"
+    assert found["residency/label:sovereign-inference/country"].expected == "DE"
+
+
+def test_verify_cli_writes_evidence_and_junit(
+    prepared: tuple[StackConfig, list[InventoryHost]], tmp_path: Path
+) -> None:
+    stack, entries = prepared
+    inventory = {
+        "version": 1,
+        "hosts": [
+            {
+                "name": h.name,
+                "address": e.address,
+                "port": e.port,
+                "user": e.user,
+                "privateKey": str(e.private_key),
+                "hostKey": e.host_key,
+            }
+            for h, e in zip(stack.hosts, entries, strict=True)
+        ],
+    }
+    project = tmp_path / "project"
+    (project / "stacks").mkdir(parents=True)
+    (project / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
+    (project / "inventory.json").write_text(json.dumps(inventory))
+    text = (
+        (ROOT / "stacks" / "Pulumi.lab.yaml")
+        .read_text()
+        .replace(".lab/inventory.json", "inventory.json")
+    )
+    text = text.replace("name: lab-1", f"name: {entries[0].name}").replace(
+        "name: lab-2", f"name: {entries[1].name}"
+    )
+    for i, entry in enumerate(entries):
+        for j, drive in enumerate(entry.nvme):
+            text = text.replace(f"nvme-QEMU_NVMe_Ctrl_LAB{i + 1}NVME{j}", drive)
+    (project / "stacks" / "Pulumi.lab.yaml").write_text(text)
+    report_dir = tmp_path / "report"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "components",
+            "verify",
+            "--stack-file",
+            str(project / "stacks" / "Pulumi.lab.yaml"),
+            "--report",
+            str(report_dir),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    evidence = json.loads(next(report_dir.glob("*.json")).read_text())
+    assert evidence["environment"] == "lab"
+    assert evidence["summary"]["hosts"] == 2
+    assert len(evidence["stack_config_sha256"]) == 64
+    assert evidence["geoip_database"]["type"] == "country"
+    assert "DB-IP" in evidence["geoip_attribution"]
+    assert {c["layer"] for c in evidence["checks"]} >= {"host", "cache", "residency"}
+    junit = next(report_dir.glob("*.junit.xml")).read_text()
+    assert '<testsuite name="cache"' in junit
+    markdown = next(report_dir.glob("*.md")).read_text()
+    assert markdown.startswith("# Verification of `lab`")
+    failed = [c for c in evidence["checks"] if c["status"] == "fail"]
+    assert result.returncode == (1 if failed else 0), result.stderr
