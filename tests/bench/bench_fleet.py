@@ -1,0 +1,124 @@
+"""Benchmark: rollout (first run, no-op re-run) and verify on 1, 2 and 4 lab hosts.
+
+    .venv/bin/python tests/bench/bench_fleet.py --runs 3
+
+Each run starts fresh lab hosts from the template, rolls out every step that runs in the lab
+(preflight, base, NVMe cache, firewall, probe environment) with ``apply_stack``, runs it again
+(nothing to change), then verifies the hosts. Medians per fleet size, and each size's ratio to the
+one-host anchor measured in the same invocation. Not a test: it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from components.config import load_stack_file  # noqa: E402
+from components.config.models import CacheDisk, SshSpec, StackConfig  # noqa: E402
+from components.lab.hosts import HostRequest, start_hosts, stop_hosts  # noqa: E402
+from components.lab.image import default_recipe_dir  # noqa: E402
+from components.lab.inventory import InventoryHost  # noqa: E402
+from components.lab.settings import GuestShape, LabTimeouts, parse_size, resolve_cache_dir  # noqa: E402
+from components.lab.template import LabTemplate, prepare_template  # noqa: E402
+from components.plan.host_steps import render_host_steps  # noqa: E402
+from components.rollout import apply_stack  # noqa: E402
+from components.verification.runner import verify_stack  # noqa: E402
+
+LAB_STEPS = ("00-preflight", "10-base", "40-nvme-cache", "60-firewall", "70-probe-env")
+BASE_PORT = 2600
+
+
+def fleet_stack(entries: list[InventoryHost]) -> StackConfig:
+    base = load_stack_file(ROOT / "stacks" / "Pulumi.lab.yaml")
+    template = base.hosts[0]
+    hosts = tuple(
+        template.model_copy(
+            update={
+                "name": e.name,
+                "role": "server" if i == 0 else "agent",
+                "address": e.address,
+                "ssh": SshSpec(
+                    user=e.user,
+                    port=e.port,
+                    private_key=f"file:{e.private_key}",
+                    host_key=e.host_key,
+                ),
+                "nvme": tuple(CacheDisk(id=d, wipe=True) for d in e.nvme),
+            }
+        )
+        for i, e in enumerate(entries)
+    )
+    return base.model_copy(update={"hosts": hosts})
+
+
+def one_run(template: LabTemplate, lab_dir: Path, size: int) -> dict[str, float]:
+    timeouts = LabTimeouts()
+    requests = [HostRequest(i, BASE_PORT + i, 2, parse_size("2G")) for i in range(1, size + 1)]
+    entries = start_hosts(lab_dir, template, requests, timeouts, die_with_parent=True)
+    try:
+        stack = fleet_stack(entries)
+        plans = {h.name: render_host_steps(stack, h, only=LAB_STEPS) for h in stack.hosts}
+        timings = {}
+        for label in ("first", "noop"):
+            report = apply_stack(stack, ROOT, plans=plans)
+            if report.failed:
+                raise SystemExit(f"rollout failed: {[s.error for s in report.failed]}")
+            if label == "noop" and report.changed:
+                raise SystemExit(
+                    f"no-op re-run changed: {[(s.host, s.step) for s in report.changed]}"
+                )
+            timings[label] = report.seconds
+        started = time.monotonic()
+        verification = verify_stack(stack, ROOT)
+        timings["verify"] = time.monotonic() - started
+        if verification.failed:
+            raise SystemExit(f"verify failed: {[r.message() for r in verification.failed]}")
+        return timings
+    finally:
+        stop_hosts(lab_dir, {e.name for e in entries}, timeouts)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--sizes", default="1,2,4")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    template = prepare_template(
+        resolve_cache_dir(None), default_recipe_dir(), GuestShape(), LabTimeouts()
+    )
+    results: dict[int, dict[str, list[float]]] = {
+        s: {"first": [], "noop": [], "verify": []} for s in sizes
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-fleet-", dir=ROOT / ".lab") as tmp:
+        for run in range(args.runs):
+            for size in sizes:
+                timings = one_run(template, Path(tmp), size)
+                for key, value in timings.items():
+                    results[size][key].append(value)
+                print(
+                    f"run {run + 1} hosts {size}: "
+                    + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()),
+                    flush=True,
+                )
+    anchor = {k: statistics.median(v) for k, v in results[sizes[0]].items()}
+    print(f"\nmedians of {args.runs} run(s); ratio to {sizes[0]} host(s) in the same invocation")
+    print(f"{'hosts':>5} {'first run':>16} {'no-op re-run':>16} {'verify':>16}")
+    for size in sizes:
+        cells = []
+        for key in ("first", "noop", "verify"):
+            median = statistics.median(results[size][key])
+            cells.append(f"{median:6.1f}s ({median / anchor[key]:.2f}x)")
+        print(f"{size:>5} {cells[0]:>16} {cells[1]:>16} {cells[2]:>16}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

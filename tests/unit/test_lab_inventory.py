@@ -1,0 +1,92 @@
+"""The lab inventory file: exact keys, round trip, versioning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from components.lab.inventory import (
+    Inventory,
+    InventoryError,
+    InventoryHost,
+    inventory_path,
+    load_inventory,
+    save_inventory,
+)
+
+
+def _host(index: int, lab_dir: Path) -> InventoryHost:
+    return InventoryHost(
+        name=f"lab-{index}",
+        index=index,
+        address="127.0.0.1",
+        port=2200 + index,
+        user="root",
+        private_key=lab_dir / "id_ed25519",
+        host_key="SHA256:+fbNpjwgxE6bDmUPtq8ZNRzo6+gBw5c0jZ3phoOBXOg",
+        host_key_public="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKiWrWq1eHxPZVedWeZkBJhNmsJDeF3e1P43ijtEuHyZ",
+        nvme=(f"nvme-QEMU_NVMe_Ctrl_LAB{index}NVME0", f"nvme-QEMU_NVMe_Ctrl_LAB{index}NVME1"),
+        pid=4000 + index,
+        host_dir=lab_dir / "hosts" / f"lab-{index}",
+    )
+
+
+def test_round_trip_through_the_file(tmp_path: Path) -> None:
+    inventory = Inventory((_host(1, tmp_path), _host(2, tmp_path)))
+    save_inventory(tmp_path, inventory)
+    assert load_inventory(tmp_path) == inventory
+
+
+def test_the_file_has_the_documented_keys(tmp_path: Path) -> None:
+    save_inventory(tmp_path, Inventory((_host(1, tmp_path),)))
+    document = json.loads(inventory_path(tmp_path).read_text())
+    assert document["version"] == 1
+    (entry,) = document["hosts"]
+    assert entry == {
+        "name": "lab-1",
+        "address": "127.0.0.1",
+        "port": 2201,
+        "user": "root",
+        "privateKey": str(tmp_path / "id_ed25519"),
+        "hostKey": "SHA256:+fbNpjwgxE6bDmUPtq8ZNRzo6+gBw5c0jZ3phoOBXOg",
+        "hostKeyPublic": (
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKiWrWq1eHxPZVedWeZkBJhNmsJDeF3e1P43ijtEuHyZ"
+        ),
+        "nvme": ["nvme-QEMU_NVMe_Ctrl_LAB1NVME0", "nvme-QEMU_NVMe_Ctrl_LAB1NVME1"],
+        "pid": 4001,
+        "index": 1,
+        "hostDir": str(tmp_path / "hosts" / "lab-1"),
+    }
+
+
+def test_no_file_means_an_empty_lab(tmp_path: Path) -> None:
+    assert load_inventory(tmp_path) == Inventory()
+
+
+def test_saving_an_empty_inventory_removes_the_file(tmp_path: Path) -> None:
+    save_inventory(tmp_path, Inventory((_host(1, tmp_path),)))
+    save_inventory(tmp_path, Inventory())
+    assert not inventory_path(tmp_path).exists()
+
+
+def test_an_unknown_version_is_refused(tmp_path: Path) -> None:
+    inventory_path(tmp_path).write_text(json.dumps({"version": 2, "hosts": []}))
+    with pytest.raises(InventoryError, match="version 2"):
+        load_inventory(tmp_path)
+
+
+def test_a_host_missing_a_field_is_refused(tmp_path: Path) -> None:
+    entry = _host(1, tmp_path).to_json()
+    del entry["hostKey"]
+    inventory_path(tmp_path).write_text(json.dumps({"version": 1, "hosts": [entry]}))
+    with pytest.raises(InventoryError, match="hostKey"):
+        load_inventory(tmp_path)
+
+
+def test_hosts_stay_ordered_by_index_and_replace_by_name(tmp_path: Path) -> None:
+    inventory = Inventory().with_host(_host(3, tmp_path)).with_host(_host(1, tmp_path))
+    assert [host.name for host in inventory.hosts] == ["lab-1", "lab-3"]
+    assert len(inventory.with_host(_host(1, tmp_path)).hosts) == 2
+    assert [host.name for host in inventory.without({"lab-1"}).hosts] == ["lab-3"]
