@@ -290,11 +290,9 @@ class HostSession:
                 buffers["stderr"] += channel.recv_stderr(65536)
                 emit("stderr")
                 progressed = True
-            if (
-                channel.exit_status_ready()
-                and not channel.recv_ready()
-                and not channel.recv_stderr_ready()
-            ):
+            # OpenSSH may send the exit status before the last output: the end is EOF, not status
+            drained = not channel.recv_ready() and not channel.recv_stderr_ready()
+            if drained and channel.exit_status_ready() and (channel.eof_received or channel.closed):
                 break
             if channel.closed and not progressed:
                 break
@@ -307,6 +305,11 @@ class HostSession:
             if not progressed:
                 # block briefly on the channel instead of spinning
                 channel.status_event.wait(0.05)
+        # output that arrived between the last read and the end-of-file check
+        while channel.recv_ready():
+            buffers["stdout"] += channel.recv(65536)
+        while channel.recv_stderr_ready():
+            buffers["stderr"] += channel.recv_stderr(65536)
         emit("stdout", final=True)
         emit("stderr", final=True)
         status = channel.recv_exit_status()

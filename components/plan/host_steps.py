@@ -83,6 +83,11 @@ def _always(_config: StackConfig, _host: HostSpec) -> bool:
     return True
 
 
+# K3s's documented minimum for a node (agent): 512 MB of RAM. Real GPU servers have far more; the
+# floor only catches a wrong host (a rescue system, a tiny VM) before anything is installed.
+MIN_MEMORY_MIB = 512
+
+
 def _preflight_vars(config: StackConfig, host: HostSpec) -> dict[str, Any]:
     gpu = GPU_MODELS.get(host.gpu.model or "")
     return {
@@ -90,7 +95,7 @@ def _preflight_vars(config: StackConfig, host: HostSpec) -> dict[str, Any]:
         "expected_gpu_model": host.gpu.model or "none",
         "expected_gpu_device_id": gpu.pci_device_id if gpu else "",
         "nvme_ids": [d.id for d in host.nvme],
-        "min_memory_mib": 1024,
+        "min_memory_mib": MIN_MEMORY_MIB,
     }
 
 

@@ -149,19 +149,23 @@ def cache_layer(ctx: Context) -> list[CheckResult]:
             f"{cache.filesystem} at {cache.mount_point}",
         )
     ]
-    options = mount[2].split(",") if len(mount) >= 3 else []
-    results.append(
-        verdict("cache", name, "noatime", "noatime" in options, ",".join(options) or "-", "noatime")
-    )
+    if len(mount) >= 3:
+        options = mount[2].split(",")
+        results.append(
+            verdict("cache", name, "noatime", "noatime" in options, ",".join(options), "noatime")
+        )
+    else:
+        results.append(skipped("cache", name, "noatime", "the cache is not mounted"))
     uuid = mount[3] if len(mount) >= 4 else ""
+    by_uuid = bool(fstab) and fstab[0].startswith("UUID=")
     results.append(
         verdict(
             "cache",
             name,
             "persistent",
-            bool(fstab) and fstab[0] == f"UUID={uuid}" and bool(uuid),
+            by_uuid and (not uuid or fstab[0] == f"UUID={uuid}"),
             " ".join(fstab) or "no /etc/fstab entry",
-            f"/etc/fstab mounts UUID={uuid or '?'} at {cache.mount_point}",
+            f"/etc/fstab mounts UUID={uuid or '<filesystem uuid>'} at {cache.mount_point}",
         )
     )
     if len(ctx.host.nvme) > 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 
@@ -132,7 +133,7 @@ def test_concurrency_limit_is_respected(local_sshd: LocalSshd, tmp_path: Path) -
     assert time.monotonic() - started >= 0.9
     e = events(log)
     spans = sorted((e[("start", h, "10-a")], e[("end", h, "10-a")]) for h in plans)
-    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+    for (_, end), (start, _) in itertools.pairwise(spans):
         assert end <= start, "one host at a time"
 
 
