@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -115,7 +114,7 @@ def test_each_breakage_is_named(
     results = judge(stack, geoip, replace_section(RECORDED, section, body))
     assert results[check].status == "fail", results[check]
     assert observed in results[check].observed
-    assert results[check].message().startswith(f"[{check.split('/')[0]}] lab-1 ")
+    assert results[check].message().startswith(f"[{check.split('/', maxsplit=1)[0]}] lab-1 ")
 
 
 def test_declared_egress_ip_outside_the_eu_fails(stack: StackConfig, geoip: GeoIpDatabase) -> None:
