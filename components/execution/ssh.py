@@ -243,11 +243,15 @@ class HostSession:
             transport = self._client.get_transport()
             if transport is None:
                 raise HostUnreachable(f"{self.target.where}: connection lost")
-            channel = transport.open_session()
             try:
-                return self._stream(channel, command, prelude + script, limit, redact, on_line)
-            finally:
-                channel.close()
+                channel = transport.open_session()
+                try:
+                    return self._stream(channel, command, prelude + script, limit, redact, on_line)
+                finally:
+                    channel.close()
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                self.close()  # the next call reconnects (bounded retries)
+                raise HostUnreachable(f"{self.target.where}: connection lost: {exc!r}") from None
 
     def _stream(
         self,
@@ -329,11 +333,14 @@ class HostSession:
             assert self._client is not None
             transport = self._client.get_transport()
             if transport is not None:
-                channel = transport.open_session()
-                # detach so the command survives the connection going away
-                channel.exec_command(self._wrap("systemd-run --on-active=1 systemctl reboot"))
-                channel.recv_exit_status()
-                channel.close()
+                try:
+                    channel = transport.open_session()
+                    # a transient timer, so the reboot survives the connection going away
+                    channel.exec_command(self._wrap("systemd-run --on-active=1 systemctl reboot"))
+                    channel.recv_exit_status()
+                    channel.close()
+                except (paramiko.SSHException, EOFError, OSError):
+                    pass  # the host may drop us as it goes down; the boot id tells the rest
         self.close()
         deadline = time.monotonic() + self.settings.reboot_timeout_seconds
         while time.monotonic() < deadline:

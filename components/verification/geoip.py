@@ -59,9 +59,15 @@ class GeoIpDatabase:
 
 
 def find_database(project_dir: Path | None = None) -> Path:
+    """``$SOVEREIGN_GEOIP_DB``, else ``.cache/geoip`` in the project, the working directory, or
+    the checkout this package runs from (the first that exists)."""
     if DATABASE_ENV in os.environ:
         return Path(os.environ[DATABASE_ENV])
-    return (project_dir or Path.cwd()) / DEFAULT_DATABASE
+    checkout = Path(__file__).resolve().parents[2]
+    candidates = [
+        d / DEFAULT_DATABASE for d in (project_dir, Path.cwd(), checkout) if d is not None
+    ]
+    return next((c for c in candidates if c.exists()), candidates[0])
 
 
 def open_database(path: Path) -> GeoIpDatabase:

@@ -180,8 +180,10 @@ def test_disks_holding_data_are_refused_and_left_intact(
     prep = session.run_script(
         f"set -e\nmkfs.ext4 -q -F {first}\nmkdir -p /mnt/d\nmount {first} /mnt/d\n"
         "echo precious >/mnt/d/data.txt\numount /mnt/d\n"
-        f"printf 'label: gpt\\n,1MiB\\n' | sfdisk -q {second} || "
-        f"echo 'o\\nn\\np\\n1\\n\\n+1M\\nw' | fdisk {second} >/dev/null\n"
+        # an MBR partition table with one Linux partition, written byte by byte (no fdisk here)
+        f"printf '\\x00\\x20\\x21\\x00\\x83\\x20\\x21\\x00\\x00\\x08\\x00\\x00\\x00\\x08\\x00\\x00' | "
+        f"dd of={second} bs=1 seek=446 conv=notrunc status=none\n"
+        f"printf '\\x55\\xaa' | dd of={second} bs=1 seek=510 conv=notrunc status=none\n"
         f"wipefs -n --noheadings --output TYPE {second}\n",
     )
     assert prep.exit_status == 0, prep.stderr_tail
@@ -194,7 +196,7 @@ def test_disks_holding_data_are_refused_and_left_intact(
         f"blkid -p -s PTTYPE -o value {second}\ntest ! -e /dev/md/sovereign-cache && echo no-array\n"
     )
     assert check.exit_status == 0, check.stderr_tail
-    assert check.stdout.split() == ["precious", "gpt", "no-array"]
+    assert check.stdout.split() == ["precious", "dos", "no-array"]
 
 
 def test_wipeable_disks_with_data_are_wiped_and_used(
