@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -75,19 +76,13 @@ def collect_facts(session: HostSession, config: StackConfig) -> HostFacts:
         "PROBE_DIR": PROBE_DIR,
         "CANARY": config.verification.egress_canary or "",
     }
-    prelude = "".join(f"export {k}={_quote(v)}\n" for k, v in env.items())
+    prelude = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
     result = session.run_script(
         prelude + COLLECTOR.read_text(),
         payloads={"gpu_probe.py": PROBE.read_bytes()},
         timeout=FACTS_TIMEOUT_SECONDS,
     )
     return HostFacts(session.target.name, parse_sections(result.stdout))
-
-
-def _quote(value: str) -> str:
-    import shlex  # noqa: PLC0415
-
-    return shlex.quote(value)
 
 
 def verify_stack(
