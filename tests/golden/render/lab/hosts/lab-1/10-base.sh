@@ -92,6 +92,12 @@ PermitEmptyPasswords no
 X11Forwarding no
 MaxAuthTries 4'
 SSHD_DROPIN=/etc/ssh/sshd_config.d/50-sovereign.conf
+NODE_LABELS_CONTENT='sovereign-inference/country=DE
+sovereign-inference/environment=lab
+sovereign-inference/gpu-count=0
+sovereign-inference/provider=lab
+topology.kubernetes.io/region=lab
+topology.kubernetes.io/zone=lab-dc1'
 export DEBIAN_FRONTEND=noninteractive
 
 missing_packages() {
@@ -261,7 +267,14 @@ ensure_ssh_hardened() {
   change "reload sshd (passwords off, root by key only)" reload_sshd
 }
 
+# Where the host declares what it is (country, region, zone, provider): the labels K3s gets, kept
+# on the host too so verification can compare them with the stack even where K3s is not running.
+ensure_identity() {
+  ensure_file /etc/sovereign/node-labels 644 "$NODE_LABELS_CONTENT"
+}
+
 apply() {
+  ensure_identity
   ensure_packages
   ensure_kernel_settings
   ensure_time_sync

@@ -125,8 +125,8 @@ table inet sovereign {
     ct state established,related accept
     ct state invalid drop
     iif lo accept
-    meta l4proto icmp accept
-    meta l4proto ipv6-icmp accept
+    meta l4proto 1 accept comment "icmp"
+    meta l4proto 58 accept comment "ipv6-icmp"
     tcp dport { $(ssh_ports) } accept
     ip saddr @cluster_nodes tcp dport { 2379-2380, 5001, 6443, 10250 } accept
     ip saddr @cluster_nodes udp dport { 8472, 51820, 51821 } accept
@@ -148,7 +148,7 @@ RULES
     type filter hook output priority filter; policy drop;
     ct state established,related accept
     oif lo accept
-    meta l4proto icmp accept
+    meta l4proto 1 accept comment "icmp"
     ip daddr @cluster_nodes accept
     ip daddr @cluster_networks accept
     ip daddr @egress_allowed accept

@@ -92,6 +92,14 @@ PermitEmptyPasswords no
 X11Forwarding no
 MaxAuthTries 4'
 SSHD_DROPIN=/etc/ssh/sshd_config.d/50-sovereign.conf
+NODE_LABELS_CONTENT='nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3
+sovereign-inference/country=DE
+sovereign-inference/environment=prod-fra
+sovereign-inference/gpu-count=8
+sovereign-inference/gpu-model=H100-SXM5-80GB
+sovereign-inference/provider=colo
+topology.kubernetes.io/region=fra
+topology.kubernetes.io/zone=fr5'
 export DEBIAN_FRONTEND=noninteractive
 
 missing_packages() {
@@ -261,7 +269,14 @@ ensure_ssh_hardened() {
   change "reload sshd (passwords off, root by key only)" reload_sshd
 }
 
+# Where the host declares what it is (country, region, zone, provider): the labels K3s gets, kept
+# on the host too so verification can compare them with the stack even where K3s is not running.
+ensure_identity() {
+  ensure_file /etc/sovereign/node-labels 644 "$NODE_LABELS_CONTENT"
+}
+
 apply() {
+  ensure_identity
   ensure_packages
   ensure_kernel_settings
   ensure_time_sync

@@ -241,9 +241,9 @@ prepare_block_device() {
 
 make_filesystem() {
   if [ "$FILESYSTEM" = xfs ]; then
-    mkfs.xfs -q -L sovereign-cache "$TARGET"
+    mkfs.xfs -q -L sov-weights "$TARGET"
   else
-    mkfs.ext4 -q -L sovereign-cache "$TARGET"
+    mkfs.ext4 -q -L sov-weights "$TARGET"
   fi
   udevadm settle
 }

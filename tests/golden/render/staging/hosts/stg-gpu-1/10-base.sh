@@ -92,6 +92,13 @@ PermitEmptyPasswords no
 X11Forwarding no
 MaxAuthTries 4'
 SSHD_DROPIN=/etc/ssh/sshd_config.d/50-sovereign.conf
+NODE_LABELS_CONTENT='sovereign-inference/country=DE
+sovereign-inference/environment=staging
+sovereign-inference/gpu-count=1
+sovereign-inference/gpu-model=RTX-6000-ADA-48GB
+sovereign-inference/provider=hetzner
+topology.kubernetes.io/region=fsn1
+topology.kubernetes.io/zone=fsn1-dc14'
 export DEBIAN_FRONTEND=noninteractive
 
 missing_packages() {
@@ -261,7 +268,14 @@ ensure_ssh_hardened() {
   change "reload sshd (passwords off, root by key only)" reload_sshd
 }
 
+# Where the host declares what it is (country, region, zone, provider): the labels K3s gets, kept
+# on the host too so verification can compare them with the stack even where K3s is not running.
+ensure_identity() {
+  ensure_file /etc/sovereign/node-labels 644 "$NODE_LABELS_CONTENT"
+}
+
 apply() {
+  ensure_identity
   ensure_packages
   ensure_kernel_settings
   ensure_time_sync
