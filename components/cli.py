@@ -7,20 +7,27 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from components.config import StackConfigError, load_stack_file
+from components.config import StackConfig, StackConfigError, load_stack_file
 
 EXIT_INVALID = 2
+
+
+def _load_or_report(file: str | Path) -> StackConfig | None:
+    """The validated stack, or None after printing every problem as ``FILE: path: message``."""
+    try:
+        return load_stack_file(file)
+    except StackConfigError as exc:
+        for problem in exc.problems:
+            print(f"{file}: {problem}", file=sys.stderr)
+        return None
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     status = 0
     for file in args.files:
-        try:
-            config = load_stack_file(file)
-        except StackConfigError as exc:
+        config = _load_or_report(file)
+        if config is None:
             status = EXIT_INVALID
-            for problem in exc.problems:
-                print(f"{file}: {problem}", file=sys.stderr)
             continue
         print(f"{file}: ok ({config.environment}: {len(config.hosts)} host(s))")
     return status
@@ -29,11 +36,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_render(args: argparse.Namespace) -> int:
     from components.plan.render import RenderTargetNotEmpty, render_stack  # noqa: PLC0415
 
-    try:
-        config = load_stack_file(args.file)
-    except StackConfigError as exc:
-        for problem in exc.problems:
-            print(f"{args.file}: {problem}", file=sys.stderr)
+    config = _load_or_report(args.file)
+    if config is None:
         return EXIT_INVALID
     try:
         written = render_stack(config, Path(args.out))
@@ -50,11 +54,8 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     from components.rollout import StepReport, apply_stack, secret_env_for  # noqa: PLC0415
 
     stack_file = Path(args.file)
-    try:
-        config = load_stack_file(stack_file)
-    except StackConfigError as exc:
-        for problem in exc.problems:
-            print(f"{args.file}: {problem}", file=sys.stderr)
+    config = _load_or_report(stack_file)
+    if config is None:
         return EXIT_INVALID
     mode = "check" if args.check else "teardown" if args.teardown else "apply"
     try:
@@ -113,11 +114,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     )
 
     stack_file = Path(args.stack_file)
-    try:
-        config = load_stack_file(stack_file)
-    except StackConfigError as exc:
-        for problem in exc.problems:
-            print(f"{args.stack_file}: {problem}", file=sys.stderr)
+    config = _load_or_report(stack_file)
+    if config is None:
         return EXIT_INVALID
     hosts = hosts_from_outputs(config, load_outputs(Path(args.outputs))) if args.outputs else None
     if args.hosts:
@@ -150,11 +148,8 @@ def _cmd_policy_config(args: argparse.Namespace) -> int:
 
     from components.policy.residency import pack_config  # noqa: PLC0415
 
-    try:
-        config = load_stack_file(args.file)
-    except StackConfigError as exc:
-        for problem in exc.problems:
-            print(f"{args.file}: {problem}", file=sys.stderr)
+    config = _load_or_report(args.file)
+    if config is None:
         return EXIT_INVALID
     policy = config.residency
     print(
