@@ -20,6 +20,7 @@ import io
 import os
 import shlex
 import socket
+import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -233,7 +234,6 @@ class HostSession:
         secret_env = dict(secret_env or {})
         redact = Redactor(secret_env.values())
         prelude = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(secret_env.items()))
-        prelude += payload_prelude(payloads or {})
         assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items()))
         command = self._wrap(f"env {assignments} bash -s" if assignments else "bash -s")
         limit = timeout if timeout is not None else self.settings.step_timeout_seconds
@@ -244,27 +244,52 @@ class HostSession:
             if transport is None:
                 raise HostUnreachable(f"{self.target.where}: connection lost")
             try:
+                if payloads:
+                    # files travel on their own channel as a tar stream: bash reads a script from a
+                    # pipe byte by byte, which makes large inline payloads slow on slow hosts
+                    prelude += payload_prelude(
+                        self._upload(transport, payload_tar(payloads), limit)
+                    )
                 channel = transport.open_session()
                 try:
-                    return self._stream(channel, command, prelude + script, limit, redact, on_line)
+                    return self._stream(
+                        channel, command, (prelude + script).encode(), limit, redact, on_line
+                    )
                 finally:
                     channel.close()
             except (paramiko.SSHException, EOFError, OSError) as exc:
                 self.close()  # the next call reconnects (bounded retries)
                 raise HostUnreachable(f"{self.target.where}: connection lost: {exc!r}") from None
 
+    def _upload(self, transport: paramiko.Transport, archive: bytes, limit: float) -> str:
+        """Unpack ``archive`` into a new private directory on the host; return its path."""
+        command = self._wrap(
+            'sh -c \'umask 077; d=$(mktemp -d) && tar -x -f - -C "$d" && echo "$d"\''
+        )
+        channel = transport.open_session()
+        try:
+            result = self._stream(channel, command, archive, limit, Redactor(), None)
+        finally:
+            channel.close()
+        directory = result.stdout.strip()
+        if result.exit_status != 0 or not directory.startswith("/"):
+            raise StepFailed(
+                f"{self.target.where}: could not upload step files: {result.stderr_tail or 'no output'}"
+            )
+        return directory
+
     def _stream(
         self,
         channel: paramiko.Channel,
         command: str,
-        stdin_text: str,
+        stdin_data: bytes,
         limit: float,
         redact: Redactor,
         on_line: LineSink | None,
     ) -> RunResult:
         channel.settimeout(1.0)
         channel.exec_command(command)
-        channel.sendall(stdin_text.encode())
+        channel.sendall(stdin_data)
         channel.shutdown_write()
         deadline = time.monotonic() + limit
         buffers = {"stdout": b"", "stderr": b""}
@@ -359,28 +384,26 @@ class HostSession:
         )
 
 
-PAYLOAD_END = "SOVEREIGN_PAYLOAD_END"
+def payload_tar(payloads: Mapping[str, bytes]) -> bytes:
+    """The payload files as one uncompressed tar stream (binary-safe, unpacked by ``tar -x``)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in sorted(payloads.items()):
+            if "/" in name or name.startswith(".") or not name:
+                raise ValueError(f"payload name {name!r} must be a plain file name")
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o600
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
 
 
-def payload_prelude(payloads: Mapping[str, bytes]) -> str:
-    """Shell that unpacks files into a private temporary directory, removed when the step ends."""
-    if not payloads:
-        return ""
-    lines = [
-        'SOVEREIGN_PAYLOAD_DIR="$(mktemp -d)" || exit 1',
-        "export SOVEREIGN_PAYLOAD_DIR",
-        "trap 'rm -rf \"$SOVEREIGN_PAYLOAD_DIR\"' EXIT",
-    ]
-    for name, data in sorted(payloads.items()):
-        if "/" in name or name.startswith("."):
-            raise ValueError(f"payload name {name!r} must be a plain file name")
-        encoded = base64.encodebytes(data).decode()
-        lines.append(
-            f"base64 -d >\"$SOVEREIGN_PAYLOAD_DIR\"/{shlex.quote(name)} <<'{PAYLOAD_END}' || exit 1"
-        )
-        lines.append(encoded.rstrip("\n"))
-        lines.append(PAYLOAD_END)
-    return "\n".join(lines) + "\n"
+def payload_prelude(directory: str) -> str:
+    """Shell that points the step at its unpacked payloads and removes them when it ends."""
+    return (
+        f"export SOVEREIGN_PAYLOAD_DIR={shlex.quote(directory)}\n"
+        "trap 'rm -rf \"$SOVEREIGN_PAYLOAD_DIR\"' EXIT\n"
+    )
 
 
 def _port_open(address: str, port: int, timeout: float) -> bool:

@@ -49,7 +49,7 @@ _write_file_atomically() {
 # ensure_file PATH MODE CONTENT: write only when content or mode differ; never half-written.
 ensure_file() {
   local path="$1" mode="$2" content="$3"
-  if [ -f "$path" ] && [ "$(cat "$path")" = "$content" ] && [ "$(stat -c %a "$path")" = "$mode" ]; then
+  if [ -f "$path" ] && [ "$(<"$path")" = "$content" ] && [ "$(stat -c %a "$path")" = "$mode" ]; then
     return 0
   fi
   change "write $path" _write_file_atomically "$path" "$mode" "$content"
@@ -58,7 +58,7 @@ ensure_file() {
 # ensure_unit_file PATH CONTENT: a systemd unit, with the manager reloaded when it changed.
 ensure_unit_file() {
   local path="$1" content="$2"
-  if [ -f "$path" ] && [ "$(cat "$path")" = "$content" ]; then
+  if [ -f "$path" ] && [ "$(<"$path")" = "$content" ]; then
     return 0
   fi
   change "write $path" _write_file_atomically "$path" 644 "$content"
@@ -94,19 +94,20 @@ check_os() {
 }
 
 check_gpus() {
-  local dev class nvidia=0 matching=0
+  local dev vendor class device nvidia=0 matching=0
+  # read builtins, not cat: a server has dozens of PCI functions and every fork counts
   for dev in /sys/bus/pci/devices/*; do
     [ -r "$dev/vendor" ] || continue
-    if [ "$(cat "$dev/vendor")" != 0x10de ]; then
-      continue
-    fi
-    class="$(cat "$dev/class")"
+    read -r vendor <"$dev/vendor"
+    [ "$vendor" = 0x10de ] || continue
+    read -r class <"$dev/class"
     case "$class" in
       0x0300* | 0x0302*) ;;
       *) continue ;;
     esac
     nvidia=$((nvidia + 1))
-    if [ -n "$EXPECTED_GPU_DEVICE_ID" ] && [ "$(cat "$dev/device")" = "0x${EXPECTED_GPU_DEVICE_ID}" ]; then
+    read -r device <"$dev/device"
+    if [ -n "$EXPECTED_GPU_DEVICE_ID" ] && [ "$device" = "0x${EXPECTED_GPU_DEVICE_ID}" ]; then
       matching=$((matching + 1))
     fi
   done

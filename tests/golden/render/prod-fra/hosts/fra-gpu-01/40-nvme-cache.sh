@@ -51,7 +51,7 @@ _write_file_atomically() {
 # ensure_file PATH MODE CONTENT: write only when content or mode differ; never half-written.
 ensure_file() {
   local path="$1" mode="$2" content="$3"
-  if [ -f "$path" ] && [ "$(cat "$path")" = "$content" ] && [ "$(stat -c %a "$path")" = "$mode" ]; then
+  if [ -f "$path" ] && [ "$(<"$path")" = "$content" ] && [ "$(stat -c %a "$path")" = "$mode" ]; then
     return 0
   fi
   change "write $path" _write_file_atomically "$path" "$mode" "$content"
@@ -60,7 +60,7 @@ ensure_file() {
 # ensure_unit_file PATH CONTENT: a systemd unit, with the manager reloaded when it changed.
 ensure_unit_file() {
   local path="$1" content="$2"
-  if [ -f "$path" ] && [ "$(cat "$path")" = "$content" ]; then
+  if [ -f "$path" ] && [ "$(<"$path")" = "$content" ]; then
     return 0
   fi
   change "write $path" _write_file_atomically "$path" 644 "$content"
@@ -285,7 +285,7 @@ ensure_fstab() {
   others="$(awk -v mp="$MOUNT_POINT" '$2 != mp' /etc/fstab)"
   wanted="${others:+${others}
 }${line}"
-  if [ "$(cat /etc/fstab)" != "$wanted" ]; then
+  if [ "$(</etc/fstab)" != "$wanted" ]; then
     ensure_file /etc/fstab 644 "$wanted"
     change "reload systemd mount units" reload_systemd
   fi
@@ -330,7 +330,7 @@ teardown() {
     change "unmount ${MOUNT_POINT} (data is kept on the drives)" umount "$MOUNT_POINT"
   fi
   others="$(awk -v mp="$MOUNT_POINT" '$2 != mp' /etc/fstab)"
-  if [ "$(cat /etc/fstab)" != "$others" ]; then
+  if [ "$(</etc/fstab)" != "$others" ]; then
     ensure_file /etc/fstab 644 "$others"
   fi
   if [ -f "$MDADM_CONF" ] && grep -q -e "^ARRAY /dev/md/${ARRAY_NAME} " "$MDADM_CONF"; then

@@ -49,7 +49,7 @@ _write_file_atomically() {
 # ensure_file PATH MODE CONTENT: write only when content or mode differ; never half-written.
 ensure_file() {
   local path="$1" mode="$2" content="$3"
-  if [ -f "$path" ] && [ "$(cat "$path")" = "$content" ] && [ "$(stat -c %a "$path")" = "$mode" ]; then
+  if [ -f "$path" ] && [ "$(<"$path")" = "$content" ] && [ "$(stat -c %a "$path")" = "$mode" ]; then
     return 0
   fi
   change "write $path" _write_file_atomically "$path" "$mode" "$content"
@@ -58,7 +58,7 @@ ensure_file() {
 # ensure_unit_file PATH CONTENT: a systemd unit, with the manager reloaded when it changed.
 ensure_unit_file() {
   local path="$1" content="$2"
-  if [ -f "$path" ] && [ "$(cat "$path")" = "$content" ]; then
+  if [ -f "$path" ] && [ "$(<"$path")" = "$content" ]; then
     return 0
   fi
   change "write $path" _write_file_atomically "$path" 644 "$content"
@@ -103,11 +103,14 @@ topology.kubernetes.io/zone=fr5'
 export DEBIAN_FRONTEND=noninteractive
 
 missing_packages() {
-  local pkg
+  local installed pkg
+  # one dpkg-query for all packages: "name status" for those dpkg knows
+  installed=" $(dpkg-query -W -f='${Package}=${Status}\n' "${PACKAGES[@]}" 2>/dev/null | awk -F= '$2 == "install ok installed" {printf "%s ", $1}' || true)"
   for pkg in "${PACKAGES[@]}"; do
-    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
-      printf '%s ' "$pkg"
-    fi
+    case "$installed" in
+      *" ${pkg} "*) ;;
+      *) printf '%s ' "$pkg" ;;
+    esac
   done
 }
 
@@ -148,16 +151,21 @@ ensure_kernel_settings() {
     change "load kernel modules ${not_loaded% }" load_modules
   fi
   ensure_file /etc/sysctl.d/90-sovereign.conf 644 "$SYSCTL_CONTENT"
-  local key value current drifted=""
+  local key value drifted="" keys=() wanted=() current=()
   while IFS='=' read -r key value; do
     key="${key// /}"
-    value="${value# }"
     [ -n "$key" ] || continue
-    current="$(sysctl -n "$key" 2>/dev/null | tr -s '\t ' ' ' || true)"
-    if [ "$current" != "$value" ]; then
-      drifted="${drifted}${key} "
-    fi
+    keys+=("$key")
+    wanted+=("${value# }")
   done <<<"$SYSCTL_CONTENT"
+  # one sysctl call reads every key, in order
+  mapfile -t current < <(sysctl -n "${keys[@]}" 2>/dev/null || true)
+  local i
+  for i in "${!keys[@]}"; do
+    if [ "${current[$i]:-}" != "${wanted[$i]}" ]; then
+      drifted="${drifted}${keys[$i]} "
+    fi
+  done
   if [ -n "$drifted" ]; then
     change "apply sysctl ${drifted% }" apply_sysctl
   fi
@@ -224,13 +232,19 @@ hold_packages() {
 
 ensure_kernel_held() {
   local pkg held to_hold=()
-  held="$(apt-mark showhold)"
-  for pkg in "linux-image-$(uname -r)" linux-image-amd64 linux-image-generic linux-generic; do
-    if dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
-      if ! grep -qx "$pkg" <<<"$held"; then
-        to_hold+=("$pkg")
-      fi
-    fi
+  held=" $(apt-mark showhold | tr '\n' ' ')"
+  local candidates=("linux-image-$(uname -r)" linux-image-amd64 linux-image-generic linux-generic)
+  local installed
+  installed=" $(dpkg-query -W -f='${Package}=${Status}\n' "${candidates[@]}" 2>/dev/null | awk -F= '$2 == "install ok installed" {printf "%s ", $1}' || true)"
+  for pkg in "${candidates[@]}"; do
+    case "$installed" in
+      *" ${pkg} "*)
+        case "$held" in
+          *" ${pkg} "*) ;;
+          *) to_hold+=("$pkg") ;;
+        esac
+        ;;
+    esac
   done
   if [ "${#to_hold[@]}" -gt 0 ]; then
     change "hold kernel packages ${to_hold[*]}" hold_packages "${to_hold[@]}"
@@ -250,12 +264,12 @@ ensure_ssh_hardened() {
   if ! grep -Eqi '^[[:space:]]*Include[[:space:]]+/etc/ssh/sshd_config\.d/' /etc/ssh/sshd_config; then
     refuse "/etc/ssh/sshd_config does not include /etc/ssh/sshd_config.d/*.conf; add 'Include /etc/ssh/sshd_config.d/*.conf' at its top"
   fi
-  if [ -f "$SSHD_DROPIN" ] && [ "$(cat "$SSHD_DROPIN")" = "$SSHD_CONTENT" ]; then
+  if [ -f "$SSHD_DROPIN" ] && [ "$(<"$SSHD_DROPIN")" = "$SSHD_CONTENT" ]; then
     return 0
   fi
   local previous=""
   if [ -f "$SSHD_DROPIN" ]; then
-    previous="$(cat "$SSHD_DROPIN")"
+    previous="$(<"$SSHD_DROPIN")"
   fi
   ensure_file "$SSHD_DROPIN" 644 "$SSHD_CONTENT"
   if ! sshd -t 2>/dev/null; then

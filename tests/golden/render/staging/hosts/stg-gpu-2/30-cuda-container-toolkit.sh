@@ -49,7 +49,7 @@ _write_file_atomically() {
 # ensure_file PATH MODE CONTENT: write only when content or mode differ; never half-written.
 ensure_file() {
   local path="$1" mode="$2" content="$3"
-  if [ -f "$path" ] && [ "$(cat "$path")" = "$content" ] && [ "$(stat -c %a "$path")" = "$mode" ]; then
+  if [ -f "$path" ] && [ "$(<"$path")" = "$content" ] && [ "$(stat -c %a "$path")" = "$mode" ]; then
     return 0
   fi
   change "write $path" _write_file_atomically "$path" "$mode" "$content"
@@ -58,7 +58,7 @@ ensure_file() {
 # ensure_unit_file PATH CONTENT: a systemd unit, with the manager reloaded when it changed.
 ensure_unit_file() {
   local path="$1" content="$2"
-  if [ -f "$path" ] && [ "$(cat "$path")" = "$content" ]; then
+  if [ -f "$path" ] && [ "$(<"$path")" = "$content" ]; then
     return 0
   fi
   change "write $path" _write_file_atomically "$path" 644 "$content"
