@@ -69,7 +69,10 @@ fi
 section probe_env
 cat "${PROBE_DIR}/VERSION" 2>/dev/null
 section gpu_probe
-if command -v python3 >/dev/null && [ -n "${SOVEREIGN_PAYLOAD_DIR:-}" ]; then
+if [ ! -e /proc/driver/nvidia/version ] && ! ldconfig -p 2>/dev/null | grep -q 'libnvidia-ml\.so\.1'; then
+  # no kernel driver and no NVML library: the probe could only say so, without starting Python
+  echo '{"probe_version": 1, "nvml": "no-driver", "error": "no NVIDIA kernel driver loaded (/proc/driver/nvidia absent) and no libnvidia-ml.so.1"}'
+elif command -v python3 >/dev/null && [ -n "${SOVEREIGN_PAYLOAD_DIR:-}" ]; then
   python3 -I -S "${SOVEREIGN_PAYLOAD_DIR}/gpu_probe.py" --lib "${PROBE_DIR}/lib"
 else
   echo '{"probe_version": 1, "nvml": "no-python", "error": "python3 is not installed (the 70-probe-env step installs it)"}'

@@ -11,6 +11,7 @@ one-host anchor measured in the same invocation. Not a test: it asserts nothing.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -58,6 +59,16 @@ def fleet_stack(entries: list[InventoryHost]) -> StackConfig:
     return base.model_copy(update={"hosts": hosts})
 
 
+def guest_cpu_seconds(pids: list[int]) -> float:
+    """CPU time the guests' QEMU processes have used (user + system), in seconds."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
 def one_run(template: LabTemplate, lab_dir: Path, size: int) -> dict[str, float]:
     timeouts = LabTimeouts()
     requests = [HostRequest(i, BASE_PORT + i, 2, parse_size("2G")) for i in range(1, size + 1)]
@@ -66,8 +77,11 @@ def one_run(template: LabTemplate, lab_dir: Path, size: int) -> dict[str, float]
         stack = fleet_stack(entries)
         plans = {h.name: render_host_steps(stack, h, only=LAB_STEPS) for h in stack.hosts}
         timings = {}
+        pids = [e.pid for e in entries]
         for label in ("first", "noop"):
+            cpu_before = guest_cpu_seconds(pids)
             report = apply_stack(stack, ROOT, plans=plans)
+            timings[f"{label}-guest-cpu"] = guest_cpu_seconds(pids) - cpu_before
             if report.failed:
                 raise SystemExit(f"rollout failed: {[s.error for s in report.failed]}")
             if label == "noop" and report.changed:
@@ -117,6 +131,14 @@ def main() -> int:
             median = statistics.median(results[size][key])
             cells.append(f"{median:6.1f}s ({median / anchor[key]:.2f}x)")
         print(f"{size:>5} {cells[0]:>16} {cells[1]:>16} {cells[2]:>16}")
+    cores = os.cpu_count() or 1
+    print(f"\nguest CPU during the no-op re-run (QEMU user+system time; {cores} cores here)")
+    for size in sizes:
+        cpu = statistics.median(results[size]["noop-guest-cpu"])
+        wall = statistics.median(results[size]["noop"])
+        print(
+            f"{size:>5} hosts: {cpu:6.1f} CPU-s in {wall:5.1f} s wall = {cpu / wall:.2f} cores busy"
+        )
     return 0
 
 
