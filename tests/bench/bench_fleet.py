@@ -108,9 +108,8 @@ def main() -> int:
     template = prepare_template(
         resolve_cache_dir(None), default_recipe_dir(), GuestShape(), LabTimeouts()
     )
-    results: dict[int, dict[str, list[float]]] = {
-        s: {"first": [], "noop": [], "verify": []} for s in sizes
-    }
+    keys = ("first", "noop", "verify", "first-guest-cpu", "noop-guest-cpu")
+    results: dict[int, dict[str, list[float]]] = {s: {k: [] for k in keys} for s in sizes}
     with tempfile.TemporaryDirectory(prefix="bench-fleet-", dir=ROOT / ".lab") as tmp:
         for run in range(args.runs):
             for size in sizes:
