@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -184,3 +186,50 @@ def test_verify_cli_writes_evidence_and_junit(
     assert markdown.startswith("# Verification of `lab`")
     failed = [c for c in evidence["checks"] if c["status"] == "fail"]
     assert result.returncode == (1 if failed else 0), result.stderr
+
+
+def test_egress_allowlist_blocks_a_real_connection(lab_host: InventoryHost, tmp_path: Path) -> None:
+    """A TCP server on this machine's loopback is reachable from the guest (as 10.0.2.2 through
+    QEMU's NAT) until the firewall's egress allowlist, which leaves it out, is loaded."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    port = server.getsockname()[1]
+    accepted: list[str] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            accepted.append("connection")
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        base = stack_for([lab_host])
+        verification_spec = base.verification.model_copy(
+            update={"egress_canary": f"10.0.2.2:{port}"}
+        )
+        open_stack = base.model_copy(update={"verification": verification_spec})
+        policy = base.residency.model_copy(update={"egress_allowlist": ("10.0.2.3/32",)})
+        closed_stack = open_stack.model_copy(update={"residency": policy})
+        host = closed_stack.hosts[0]
+        session = HostSession(HostTarget.from_spec(host, ROOT), closed_stack.ssh)
+        try:
+            (firewall,) = render_host_steps(closed_stack, host, only=("60-firewall",))
+            before = verify_stack(closed_stack, ROOT, layers=("residency",))
+            canary = {r.check: r for r in before.results}["egress-canary"]
+            assert canary.observed == "connected", "without the firewall the canary must connect"
+            assert accepted, "the local server saw no connection"
+            run_step(session, firewall.name, firewall.script)
+            after = verify_stack(closed_stack, ROOT, layers=("residency",))
+            by_check = {r.check: r for r in after.results}
+            assert by_check["egress-allowlist"].status == "pass"
+            assert by_check["egress-canary"].status == "pass"
+            assert by_check["egress-canary"].observed == "blocked"
+        finally:
+            session.close()
+    finally:
+        server.close()

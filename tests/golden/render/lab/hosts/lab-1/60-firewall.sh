@@ -138,6 +138,10 @@ RULES
     ntp="$(resolve_v4 "${NTP_SERVERS[@]}")"
     # shellcheck disable=SC2086 # split the resolved addresses into set elements
     ntp="$(join_set ${ntp})"
+    local ntp_rule=""
+    if [ -n "$ntp" ]; then
+      ntp_rule="udp dport 123 ip daddr { ${ntp} } accept"
+    fi
     cat <<RULES
   set egress_allowed {
     type ipv4_addr
@@ -152,7 +156,7 @@ RULES
     ip daddr @cluster_nodes accept
     ip daddr @cluster_networks accept
     ip daddr @egress_allowed accept
-    ${ntp:+udp dport 123 ip daddr { ${ntp} } accept}
+    ${ntp_rule}
   }
 RULES
   fi
