@@ -57,6 +57,10 @@ section k3s_node
 if [ -f /etc/rancher/k3s/k3s.yaml ]; then
   /usr/local/bin/k3s kubectl get node "$(hostname)" -o json 2>/dev/null
 fi
+section inference_pods
+if [ -f /etc/rancher/k3s/k3s.yaml ]; then
+  /usr/local/bin/k3s kubectl get pods -n sovereign-inference -o json 2>/dev/null
+fi
 section images
 if [ -x /usr/local/bin/k3s ]; then
   /usr/local/bin/k3s crictl images -o json 2>/dev/null

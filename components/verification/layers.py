@@ -213,15 +213,66 @@ def k3s_layer(ctx: Context) -> list[CheckResult]:
     return results
 
 
+# Environment every inference container must carry so no usage data leaves the EU: vLLM's usage
+# stats, the Hugging Face hub's telemetry, and the cross-tool DO_NOT_TRACK convention.
+TELEMETRY_OPT_OUTS = {
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+}
+
+
 def inference_layer(ctx: Context) -> list[CheckResult]:
-    return [
-        skipped(
-            "inference",
-            ctx.host.name,
-            "endpoint",
-            "no inference objects are deployed by this stack yet",
-        )
-    ]
+    name = ctx.host.name
+    text = ctx.facts.get("inference_pods")
+    if not text:
+        return [
+            skipped(
+                "inference",
+                name,
+                "pods",
+                "no cluster API on this host (agents, or K3s not installed)",
+            )
+        ]
+    pods = json.loads(text).get("items", [])
+    if not pods:
+        return [
+            skipped("inference", name, "pods", "no inference pods are running (scaled to zero)")
+        ]
+    allowed = {e.rstrip("/") for e in ctx.config.residency.allowed_object_store_endpoints}
+    results = []
+    for pod in pods:
+        pod_name = pod.get("metadata", {}).get("name", "?")
+        for container in pod.get("spec", {}).get("containers", []):
+            env = {e.get("name"): e.get("value") for e in container.get("env", []) if "value" in e}
+            missing = [k for k, v in TELEMETRY_OPT_OUTS.items() if env.get(k) != v]
+            where = f"{pod_name}/{container.get('name')}"
+            results.append(
+                verdict(
+                    "inference",
+                    name,
+                    f"telemetry-off:{where}",
+                    not missing,
+                    f"missing {', '.join(missing)}" if missing else "all set",
+                    ", ".join(f"{k}={v}" for k, v in TELEMETRY_OPT_OUTS.items()),
+                )
+            )
+            endpoints = sorted(
+                {str(v).rstrip("/") for k, v in env.items() if k and "ENDPOINT" in k.upper() and v}
+            )
+            stray = [e for e in endpoints if e not in allowed]
+            if endpoints:
+                results.append(
+                    verdict(
+                        "inference",
+                        name,
+                        f"object-store:{where}",
+                        not stray,
+                        ", ".join(endpoints),
+                        "only allowed object-store endpoints",
+                    )
+                )
+    return results
 
 
 def residency_layer(ctx: Context) -> list[CheckResult]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -190,3 +191,51 @@ def test_report_formats(stack: StackConfig, geoip: GeoIpDatabase) -> None:
         '<testcase classname="cache.lab-1" name="mounted"><failure message="observed not mounted'
         in xml
     )
+
+
+def pods_json(*containers: Mapping[str, object]) -> str:
+    return json.dumps(
+        {
+            "items": [
+                {
+                    "metadata": {"name": "vllm-mistral-small-7d9f"},
+                    "spec": {"containers": list(containers)},
+                }
+            ]
+        }
+    )
+
+
+def test_inference_pods_keep_telemetry_off_and_weights_in_the_eu(
+    stack: StackConfig, geoip: GeoIpDatabase
+) -> None:
+    compliant = {
+        "name": "vllm",
+        "env": [
+            {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
+            {"name": "DO_NOT_TRACK", "value": "1"},
+            {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
+            {"name": "S3_ENDPOINT", "value": "https://objects.lab.internal"},
+        ],
+    }
+    good = judge(stack, geoip, replace_section(RECORDED, "inference_pods", pods_json(compliant)))
+    inference = {k: r for k, r in good.items() if k.startswith("inference/")}
+    assert inference
+    assert all(r.status == "pass" for r in inference.values())
+    leaky = {
+        "name": "vllm",
+        "env": [
+            {"name": "DO_NOT_TRACK", "value": "1"},
+            {"name": "AWS_ENDPOINT_URL", "value": "https://s3.us-east-1.amazonaws.com"},
+        ],
+    }
+    bad = judge(stack, geoip, replace_section(RECORDED, "inference_pods", pods_json(leaky)))
+    telemetry = bad["inference/telemetry-off:vllm-mistral-small-7d9f/vllm"]
+    assert telemetry.status == "fail"
+    assert "VLLM_NO_USAGE_STATS" in telemetry.observed
+    assert bad["inference/object-store:vllm-mistral-small-7d9f/vllm"].status == "fail"
+    idle = judge(
+        stack, geoip, replace_section(RECORDED, "inference_pods", json.dumps({"items": []}))
+    )
+    assert idle["inference/pods"].status == "skip"
+    assert "scaled to zero" in idle["inference/pods"].observed
