@@ -73,6 +73,36 @@ finish() {
     echo 'SOVEREIGN-RESULT unchanged'
   fi
 }
+# scan_nvidia_pci [DEVICE_ID]: one pass over the PCI bus (vendor 10de) setting
+#   NVIDIA_GPUS      display and 3D controllers (class 0300/0302)
+#   MATCHING_GPUS    those of device DEVICE_ID (lspci -n form, e.g. 2330)
+#   NVSWITCHES       NVSwitch bridges (class 0680)
+# read builtins, not cat: a server has dozens of PCI functions and every fork counts
+NVIDIA_GPUS=0
+MATCHING_GPUS=0
+NVSWITCHES=0
+scan_nvidia_pci() {
+  local wanted="${1:-}" dev vendor class device
+  NVIDIA_GPUS=0
+  MATCHING_GPUS=0
+  NVSWITCHES=0
+  for dev in /sys/bus/pci/devices/*; do
+    [ -r "$dev/vendor" ] || continue
+    read -r vendor <"$dev/vendor"
+    [ "$vendor" = 0x10de ] || continue
+    read -r class <"$dev/class"
+    case "$class" in
+      0x0300* | 0x0302*)
+        NVIDIA_GPUS=$((NVIDIA_GPUS + 1))
+        read -r device <"$dev/device"
+        if [ -n "$wanted" ] && [ "$device" = "0x${wanted}" ]; then
+          MATCHING_GPUS=$((MATCHING_GPUS + 1))
+        fi
+        ;;
+      0x0680*) NVSWITCHES=$((NVSWITCHES + 1)) ;;
+    esac
+  done
+}
 # NVIDIA's CUDA network repository (the source of pinned driver branches on Ubuntu and Debian 12),
 # with the keyring package fetched over TLS. Debian also needs contrib/non-free for firmware.
 NVIDIA_REPO_BASE=https://developer.download.nvidia.com/compute/cuda/repos
@@ -115,30 +145,6 @@ FABRIC_MANAGER=on
 EXPECTED_GPU_COUNT=8
 PIN_FILE=/etc/apt/preferences.d/sovereign-nvidia-driver
 export DEBIAN_FRONTEND=noninteractive
-
-nvidia_gpus_on_bus() {
-  local dev count=0
-  for dev in /sys/bus/pci/devices/*; do
-    [ -r "$dev/vendor" ] || continue
-    if [ "$(<"$dev/vendor")" = 0x10de ]; then
-      case "$(<"$dev/class")" in
-        0x0300* | 0x0302*) count=$((count + 1)) ;;
-      esac
-    fi
-  done
-  echo "$count"
-}
-
-nvswitches_on_bus() {
-  local dev count=0
-  for dev in /sys/bus/pci/devices/*; do
-    [ -r "$dev/vendor" ] || continue
-    if [ "$(<"$dev/vendor")" = 0x10de ] && [ "$(cut -c1-6 "$dev/class")" = 0x0680 ]; then
-      count=$((count + 1))
-    fi
-  done
-  echo "$count"
-}
 
 loaded_driver_version() {
   if [ -r /sys/module/nvidia/version ]; then
@@ -186,7 +192,8 @@ enable_unit() {
 
 apply() {
   local gpus loaded distro packages
-  gpus="$(nvidia_gpus_on_bus)"
+  scan_nvidia_pci
+  gpus=$NVIDIA_GPUS
   fact gpu_count "$gpus"
   if [ "$gpus" -eq 0 ]; then
     refuse "no NVIDIA GPU on the PCI bus (vendor 10de), but this host expects ${EXPECTED_GPU_COUNT}; check the hardware or set gpu.count: 0 for this host"
@@ -233,7 +240,7 @@ Pin-Priority: 1001"
     change "enable nvidia-persistenced" enable_unit nvidia-persistenced
   fi
   local switches
-  switches="$(nvswitches_on_bus)"
+  switches=$NVSWITCHES
   fact nvswitch_count "$switches"
   if [ "$FABRIC_MANAGER" = on ] || { [ "$FABRIC_MANAGER" = auto ] && [ "$switches" -gt 0 ]; }; then
     if ! dpkg-query -W -f='${Status}' "nvidia-fabricmanager-${DRIVER_BRANCH}" 2>/dev/null | grep -q "install ok installed"; then

@@ -72,6 +72,36 @@ finish() {
     echo 'SOVEREIGN-RESULT unchanged'
   fi
 }
+# scan_nvidia_pci [DEVICE_ID]: one pass over the PCI bus (vendor 10de) setting
+#   NVIDIA_GPUS      display and 3D controllers (class 0300/0302)
+#   MATCHING_GPUS    those of device DEVICE_ID (lspci -n form, e.g. 2330)
+#   NVSWITCHES       NVSwitch bridges (class 0680)
+# read builtins, not cat: a server has dozens of PCI functions and every fork counts
+NVIDIA_GPUS=0
+MATCHING_GPUS=0
+NVSWITCHES=0
+scan_nvidia_pci() {
+  local wanted="${1:-}" dev vendor class device
+  NVIDIA_GPUS=0
+  MATCHING_GPUS=0
+  NVSWITCHES=0
+  for dev in /sys/bus/pci/devices/*; do
+    [ -r "$dev/vendor" ] || continue
+    read -r vendor <"$dev/vendor"
+    [ "$vendor" = 0x10de ] || continue
+    read -r class <"$dev/class"
+    case "$class" in
+      0x0300* | 0x0302*)
+        NVIDIA_GPUS=$((NVIDIA_GPUS + 1))
+        read -r device <"$dev/device"
+        if [ -n "$wanted" ] && [ "$device" = "0x${wanted}" ]; then
+          MATCHING_GPUS=$((MATCHING_GPUS + 1))
+        fi
+        ;;
+      0x0680*) NVSWITCHES=$((NVSWITCHES + 1)) ;;
+    esac
+  done
+}
 
 EXPECTED_GPU_COUNT=1
 EXPECTED_GPU_MODEL=RTX-6000-ADA-48GB
@@ -94,23 +124,8 @@ check_os() {
 }
 
 check_gpus() {
-  local dev vendor class device nvidia=0 matching=0
-  # read builtins, not cat: a server has dozens of PCI functions and every fork counts
-  for dev in /sys/bus/pci/devices/*; do
-    [ -r "$dev/vendor" ] || continue
-    read -r vendor <"$dev/vendor"
-    [ "$vendor" = 0x10de ] || continue
-    read -r class <"$dev/class"
-    case "$class" in
-      0x0300* | 0x0302*) ;;
-      *) continue ;;
-    esac
-    nvidia=$((nvidia + 1))
-    read -r device <"$dev/device"
-    if [ -n "$EXPECTED_GPU_DEVICE_ID" ] && [ "$device" = "0x${EXPECTED_GPU_DEVICE_ID}" ]; then
-      matching=$((matching + 1))
-    fi
-  done
+  scan_nvidia_pci "$EXPECTED_GPU_DEVICE_ID"
+  local nvidia=$NVIDIA_GPUS matching=$MATCHING_GPUS
   fact gpu_count "$nvidia"
   fact gpu_matching "$matching"
   if [ "$EXPECTED_GPU_COUNT" -gt 0 ] && [ "$matching" -ne "$EXPECTED_GPU_COUNT" ]; then
