@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from components.plan.templates import environment
+
 SSHD = Path("/usr/sbin/sshd")
+
+
+def step_script(body: str, step_name: str = "99-test") -> str:
+    """A step script around ``body`` (shell functions apply/teardown) on the real step library."""
+    text = '{% include "_lib.sh.j2" %}\n' + body + '\n{% include "_run.sh.j2" %}\n'
+    return environment().from_string(text).render(step_name=step_name)
 
 
 @dataclass(frozen=True)

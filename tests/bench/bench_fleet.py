@@ -21,42 +21,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from components.config import load_stack_file  # noqa: E402
-from components.config.models import CacheDisk, SshSpec, StackConfig  # noqa: E402
 from components.lab.hosts import HostRequest, start_hosts, stop_hosts  # noqa: E402
 from components.lab.image import default_recipe_dir  # noqa: E402
-from components.lab.inventory import InventoryHost  # noqa: E402
 from components.lab.settings import GuestShape, LabTimeouts, parse_size, resolve_cache_dir  # noqa: E402
 from components.lab.template import LabTemplate, prepare_template  # noqa: E402
 from components.plan.host_steps import render_host_steps  # noqa: E402
 from components.rollout import apply_stack  # noqa: E402
 from components.verification.runner import verify_stack  # noqa: E402
+from tests.lab_stacks import LAB_STEPS, stack_for  # noqa: E402
 
-LAB_STEPS = ("00-preflight", "10-base", "40-nvme-cache", "60-firewall", "70-probe-env")
 BASE_PORT = 2600
-
-
-def fleet_stack(entries: list[InventoryHost]) -> StackConfig:
-    base = load_stack_file(ROOT / "stacks" / "Pulumi.lab.yaml")
-    template = base.hosts[0]
-    hosts = tuple(
-        template.model_copy(
-            update={
-                "name": e.name,
-                "role": "server" if i == 0 else "agent",
-                "address": e.address,
-                "ssh": SshSpec(
-                    user=e.user,
-                    port=e.port,
-                    private_key=f"file:{e.private_key}",
-                    host_key=e.host_key,
-                ),
-                "nvme": tuple(CacheDisk(id=d, wipe=True) for d in e.nvme),
-            }
-        )
-        for i, e in enumerate(entries)
-    )
-    return base.model_copy(update={"hosts": hosts})
 
 
 def guest_cpu_seconds(pids: list[int]) -> float:
@@ -74,7 +48,7 @@ def one_run(template: LabTemplate, lab_dir: Path, size: int) -> dict[str, float]
     requests = [HostRequest(i, BASE_PORT + i, 2, parse_size("2G")) for i in range(1, size + 1)]
     entries = start_hosts(lab_dir, template, requests, timeouts, die_with_parent=True)
     try:
-        stack = fleet_stack(entries)
+        stack = stack_for(entries)
         plans = {h.name: render_host_steps(stack, h, only=LAB_STEPS) for h in stack.hosts}
         timings = {}
         pids = [e.pid for e in entries]

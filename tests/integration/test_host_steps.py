@@ -10,22 +10,19 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
-from components.config import load_stack_file
-from components.config.models import CacheDisk, GpuSpec, HostSpec, SshSpec, StackConfig
+from components.config.models import HostSpec
 from components.execution.outcome import HostKeyMismatch, StepError, StepRefused
 from components.execution.ssh import HostSession, HostTarget, run_step
 from components.lab.inventory import InventoryHost
 from components.plan.host_steps import StepPlan, render_host_steps
-from components.plan.templates import environment
+from tests.conftest import step_script
+from tests.lab_stacks import LAB_STEPS, ROOT, lab_host_spec, lab_stack
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-LAB_STEPS = ("00-preflight", "10-base", "40-nvme-cache", "60-firewall", "70-probe-env")
 STATE_PROBE = r"""
 set -u
 echo "== mounts"; findmnt -rn -o TARGET,SOURCE,FSTYPE,OPTIONS | grep -v -e ' /proc' -e '^/sys' -e '^/run' -e '^/dev' | sort
@@ -41,26 +38,8 @@ echo "== held"; apt-mark showhold
 """
 
 
-def lab_stack() -> StackConfig:
-    return load_stack_file(ROOT / "stacks" / "Pulumi.lab.yaml")
-
-
 def spec_for(entry: InventoryHost, *, wipe: bool = True, gpus: int = 0) -> HostSpec:
-    base = lab_stack().hosts[0]
-    return base.model_copy(
-        update={
-            "name": entry.name,
-            "address": entry.address,
-            "ssh": SshSpec(
-                user=entry.user,
-                port=entry.port,
-                private_key=f"file:{entry.private_key}",
-                host_key=entry.host_key,
-            ),
-            "nvme": tuple(CacheDisk(id=d, wipe=wipe) for d in entry.nvme),
-            "gpu": GpuSpec(model="H100-SXM5-80GB", count=gpus) if gpus else GpuSpec(),
-        }
-    )
+    return lab_host_spec(entry, wipe=wipe, gpus=gpus)
 
 
 def steps_for(host: HostSpec, names: tuple[str, ...] = LAB_STEPS) -> list[StepPlan]:
@@ -252,8 +231,7 @@ def test_reboot_required_step_completes(
         '  fact booted "$boot"\n'
         "}\n"
     )
-    text = '{% include "_lib.sh.j2" %}\n' + body + '{% include "_run.sh.j2" %}\n'
-    script = environment().from_string(text).render(step_name="95-reboot")
+    script = step_script(body, "95-reboot")
     session = session_for(host)
     outcome = run_step(session, "95-reboot", script, reboot_allowed=True)
     assert outcome.rebooted

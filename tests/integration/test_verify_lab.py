@@ -12,52 +12,22 @@ from pathlib import Path
 
 import pytest
 
-from components.config.models import CacheDisk, SshSpec, StackConfig
+from components.config.models import StackConfig
 from components.execution.ssh import HostSession, HostTarget, run_step
 from components.lab.inventory import InventoryHost
 from components.plan.host_steps import render_host_steps
+from components.rollout import apply_stack
 from components.verification.results import CheckResult
 from components.verification.runner import verify_stack
-from tests.integration.test_host_steps import LAB_STEPS, lab_stack
+from tests.lab_stacks import LAB_STEPS, ROOT, stack_for
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def stack_for(entries: list[InventoryHost]) -> StackConfig:
-    """The lab stack with its hosts replaced by these lab guests (first one the K3s server)."""
-    base = lab_stack()
-    template = base.hosts[0]
-    hosts = []
-    for i, entry in enumerate(entries):
-        hosts.append(
-            template.model_copy(
-                update={
-                    "name": entry.name,
-                    "role": "server" if i == 0 else "agent",
-                    "address": entry.address,
-                    "ssh": SshSpec(
-                        user=entry.user,
-                        port=entry.port,
-                        private_key=f"file:{entry.private_key}",
-                        host_key=entry.host_key,
-                    ),
-                    "nvme": tuple(CacheDisk(id=d, wipe=True) for d in entry.nvme),
-                }
-            )
-        )
-    return base.model_copy(update={"hosts": tuple(hosts)})
-
 
 def roll_out(stack: StackConfig) -> None:
-    for host in stack.hosts:
-        session = HostSession(HostTarget.from_spec(host, ROOT), stack.ssh)
-        try:
-            for step in render_host_steps(stack, host, only=LAB_STEPS):
-                run_step(session, step.name, step.script, payloads=step.payloads)
-        finally:
-            session.close()
+    plans = {h.name: render_host_steps(stack, h, only=LAB_STEPS) for h in stack.hosts}
+    report = apply_stack(stack, ROOT, plans=plans)
+    assert not report.failed, [s.error for s in report.failed]
 
 
 def failures(results: list[CheckResult]) -> dict[str, CheckResult]:

@@ -19,8 +19,7 @@ from components.execution.outcome import (
     parse_step_output,
 )
 from components.execution.ssh import HostSession, HostTarget, on_hosts, run_step
-from components.plan.templates import environment
-from tests.conftest import LocalSshd
+from tests.conftest import LocalSshd, step_script
 
 FAST = SshDefaults(connect_timeout_seconds=3, connect_retries=1, retry_backoff_seconds=0)
 
@@ -34,12 +33,6 @@ def target(sshd: LocalSshd, *, key: str = "ed25519", host_key: str | None = "pin
         private_key=f"file:{sshd.client_keys[key]}",
         host_key=sshd.host_key_fingerprint if host_key == "pinned" else host_key,
     )
-
-
-def step_script(body: str) -> str:
-    """A script built on the real step library, as the templates are."""
-    text = '{% include "_lib.sh.j2" %}\n' + body + '\n{% include "_run.sh.j2" %}\n'
-    return environment().from_string(text).render(step_name="99-test")
 
 
 @pytest.mark.parametrize("key", ["ed25519", "ecdsa", "rsa"])

@@ -9,9 +9,8 @@ import pytest
 
 from components.config.models import HostSpec, SshDefaults, SshSpec
 from components.plan.host_steps import StepPlan
-from components.plan.templates import environment
 from components.providers.host_step import HostStepProvider
-from tests.conftest import LocalSshd
+from tests.conftest import LocalSshd, step_script
 
 
 def marker_step(marker: Path) -> StepPlan:
@@ -20,8 +19,7 @@ def marker_step(marker: Path) -> StepPlan:
         f'  fact marker "$(stat -c %s {marker})"\n}}\n'
         f'teardown() {{\n  if [ -f {marker} ]; then\n    change "remove {marker.name}" rm -f {marker}\n  fi\n}}\n'
     )
-    text = '{% include "_lib.sh.j2" %}\n' + body + '{% include "_run.sh.j2" %}\n'
-    script = environment().from_string(text).render(step_name="90-marker")
+    script = step_script(body, "90-marker")
     return StepPlan(host="local", name="90-marker", script=script, has_teardown=True)
 
 

@@ -11,9 +11,8 @@ import pytest
 from components.config import load_stack_file
 from components.config.models import StackConfig
 from components.plan.host_steps import StepPlan
-from components.plan.templates import environment
 from components.rollout import StepReport, apply_stack
-from tests.conftest import LocalSshd
+from tests.conftest import LocalSshd, step_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,16 +42,14 @@ def three_host_stack(sshd: LocalSshd) -> StackConfig:
 def timed_step(
     host: str, name: str, log: Path, body: str = "", waits: tuple[tuple[str, str], ...] = ()
 ) -> StepPlan:
-    text = (
-        '{% include "_lib.sh.j2" %}\n'
+    body = (
         "apply() {\n"
         f'  echo "start {host} {name} $(date +%s.%N)" >>{log}\n'
         f"  {body or 'true'}\n"
         f'  echo "end {host} {name} $(date +%s.%N)" >>{log}\n'
         "}\n"
-        '{% include "_run.sh.j2" %}\n'
     )
-    script = environment().from_string(text).render(step_name=name)
+    script = step_script(body, name)
     return StepPlan(host=host, name=name, script=script, waits_for=waits)
 
 
