@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from components.config.models import HostSpec, StackConfig
 from components.plan.cluster import node_labels
 
+# Verification layers, in the order they are judged and reported (see components.verification).
 LAYERS = ("host", "driver", "runtime", "cache", "k3s", "inference", "residency")
 
 

@@ -28,8 +28,6 @@ EXIT_OK = 0
 EXIT_REFUSED = 3  # a precondition does not hold; the message says what to fix
 EXIT_REBOOT_REQUIRED = 100  # the step changed something that needs a reboot; re-run after it
 
-MODES = ("apply", "check", "teardown")
-
 
 @dataclass(frozen=True)
 class StepPlan:

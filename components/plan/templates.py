@@ -48,10 +48,3 @@ def environment() -> jinja2.Environment:
 
 def render_template(name: str, **variables: Any) -> str:
     return environment().get_template(name).render(**variables)
-
-
-def step_template_names() -> list[str]:
-    """The numbered step templates, in order: ``NN-purpose.sh.j2``."""
-    return sorted(
-        p.name for p in template_dir().glob("*.sh.j2") if p.name[:2].isdigit() and p.name[2] == "-"
-    )

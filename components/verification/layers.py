@@ -12,17 +12,16 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import yaml
 
 from components.config.models import HostSpec, StackConfig
+from components.plan.checks import LAYERS
 from components.plan.cluster import node_labels
 from components.verification.geoip import GeoIpDatabase
 from components.verification.gpu_health import evaluate_gpu_probe
 from components.verification.results import CheckResult, skipped, verdict
 
-LAYERS = ("host", "driver", "runtime", "cache", "k3s", "inference", "residency")
 SUPPORTED_OS = ("debian-12", "ubuntu-22.04", "ubuntu-24.04")
 
 
@@ -541,7 +540,3 @@ def evaluate_host(ctx: Context, layers: tuple[str, ...] = LAYERS) -> list[CheckR
             for layer in layers
         ]
     return [r for layer in layers for r in LAYER_FUNCTIONS[layer](ctx)]
-
-
-def parse_json(text: str) -> Any:
-    return json.loads(text) if text else None

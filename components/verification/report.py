@@ -17,8 +17,8 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from components.config.models import StackConfig
+from components.plan.checks import LAYERS
 from components.verification.geoip import ATTRIBUTION
-from components.verification.layers import LAYERS
 from components.verification.runner import Verification
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from components.config.models import HostSpec, StackConfig
 from components.execution.outcome import StepError
 from components.execution.ssh import HostSession, HostTarget, SessionPool, on_hosts
+from components.plan.checks import LAYERS
 from components.plan.host_steps import PROBE_DIR
 from components.verification.geoip import (
     GeoIpDatabase,
@@ -20,7 +21,7 @@ from components.verification.geoip import (
     find_database,
     open_database,
 )
-from components.verification.layers import LAYERS, Context, HostFacts, evaluate_host, parse_sections
+from components.verification.layers import Context, HostFacts, evaluate_host, parse_sections
 from components.verification.results import CheckResult, verdict
 
 COLLECTOR = Path(__file__).with_name("collect_facts.sh")
