@@ -97,15 +97,55 @@ def _stack_config_section(
     return section, problems
 
 
+# Secrets inside structured keys, as paths below the top-level key (``*`` is every list item). The
+# engine marks the whole top-level key secret when any value inside it is; these are the leaves
+# that are secrets of their own.
+NESTED_SECRET_PATHS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "inference": (("gateway", "tenants", "*", "apiKey"),),
+}
+
+
+def _is_secure(value: object) -> bool:
+    return isinstance(value, dict) and set(value) == {"secure"}
+
+
+def _wrap_secure_values(value: Any) -> Any:
+    """Wrap every ``{secure: ...}`` value in a stack file's structured setting."""
+    if _is_secure(value):
+        return SecretInput(str(value["secure"]), encrypted=True)
+    if isinstance(value, dict):
+        return {k: _wrap_secure_values(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_wrap_secure_values(v) for v in value]
+    return value
+
+
+def _wrap_path(value: Any, path: tuple[str, ...]) -> Any:
+    """Wrap the plain strings at ``path`` (decrypted by the engine) as secrets."""
+    if not path:
+        return SecretInput(value, encrypted=False) if isinstance(value, str) else value
+    head, rest = path[0], path[1:]
+    if head == "*" and isinstance(value, list):
+        return [_wrap_path(item, rest) for item in value]
+    if isinstance(value, dict) and head in value:
+        return {**value, head: _wrap_path(value[head], rest)}
+    return value
+
+
 def _wrap_secrets(
     section: dict[str, Any], *, from_engine: bool, secret_keys: frozenset[str]
 ) -> None:
     """Mark secret values so the model can tell a real secret from a pasted plain value."""
     for key, value in list(section.items()):
-        if isinstance(value, dict) and set(value) == {"secure"}:
+        if _is_secure(value):
             section[key] = SecretInput(str(value["secure"]), encrypted=True)
+        elif from_engine and key in secret_keys and key in NESTED_SECRET_PATHS:
+            for path in NESTED_SECRET_PATHS[key]:
+                section[key] = _wrap_path(section[key], path)
         elif from_engine and key in secret_keys:
             section[key] = SecretInput(str(value), encrypted=False)
+        else:
+            section[key] = _wrap_secure_values(value)
 
 
 def _apply_inventory(section: dict[str, Any], base_dir: Path, problems: list[Problem]) -> None:

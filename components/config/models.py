@@ -49,6 +49,16 @@ _HOSTNAME = re.compile(
 )
 _FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
 _BY_ID = re.compile(r"^nvme-[A-Za-z0-9._:-]+$")
+_PARTITION_SUFFIX = re.compile(r"-part[0-9]+$")
+# REGISTRY/REPOSITORY[:TAG]@sha256:<64 hex>: an image pinned by content, not by a movable tag
+_PINNED_IMAGE = re.compile(
+    r"^(?P<name>[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]{1,5})?(/[a-z0-9]+([._-][a-z0-9]+)*)*)"
+    r"(:(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?@sha256:(?P<digest>[0-9a-f]{64})$"
+)
+_DNS_SUBDOMAIN = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LABEL_KEY = re.compile(
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 )
@@ -128,6 +138,10 @@ def _disk_id(value: str) -> str:
         )
     if not _BY_ID.match(name):
         raise ValueError("expected a /dev/disk/by-id name of an NVMe drive: nvme-<model>_<serial>")
+    if _PARTITION_SUFFIX.search(name):
+        raise ValueError(
+            "names a partition (-partN); expected the whole drive: the cache takes whole disks"
+        )
     return name
 
 
@@ -159,6 +173,25 @@ def _https_endpoint(value: str) -> str:
     if parts.scheme != "https" or not parts.hostname or parts.path not in {"", "/"}:
         raise ValueError("expected an https:// endpoint URL without a path")
     return value.rstrip("/")
+
+
+def _pinned_image(value: str) -> str:
+    if not _PINNED_IMAGE.match(value):
+        if "@sha256:" not in value:
+            raise ValueError(
+                "must be pinned by digest: REGISTRY/REPOSITORY[:TAG]@sha256:<64 hex digits> "
+                "(a tag alone can be moved to other content)"
+            )
+        raise ValueError(
+            "malformed image reference; expected REGISTRY/REPOSITORY[:TAG]@sha256:<64 hex>"
+        )
+    return value
+
+
+def _dns_subdomain(value: str) -> str:
+    if not _DNS_SUBDOMAIN.match(value):
+        raise ValueError("expected a Kubernetes object name: a lowercase DNS-1123 subdomain")
+    return value
 
 
 def _object_uri(value: str) -> str:
@@ -206,6 +239,8 @@ LabelKey = Annotated[str, AfterValidator(_label_key)]
 LabelValue = Annotated[str, AfterValidator(_label_value)]
 HttpsEndpoint = Annotated[str, AfterValidator(_https_endpoint)]
 ObjectUri = Annotated[str, AfterValidator(_object_uri)]
+PinnedImage = Annotated[str, AfterValidator(_pinned_image)]
+DnsSubdomain = Annotated[str, AfterValidator(_dns_subdomain)]
 StackSecret = Annotated[SecretStr, BeforeValidator(_require_secret)]
 
 
@@ -405,8 +440,27 @@ class WeightsSource(Model):
     revision: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
 
 
+class ModelGpuSpec(Model):
+    """Which GPU a model's replicas run on (node affinity on the node's GPU-model label)."""
+
+    model: str
+
+    @model_validator(mode="after")
+    def _known_model(self) -> ModelGpuSpec:
+        if self.model not in GPU_MODELS:
+            known = ", ".join(sorted(GPU_MODELS))
+            raise CrossFieldProblems(
+                [Problem("model", f"unknown GPU model {self.model!r}; expected {known}")]
+            )
+        return self
+
+
 class ModelSpec(Model):
-    """One served model behind the OpenAI-compatible endpoint."""
+    """One served model behind the OpenAI-compatible endpoint.
+
+    ``image``, ``args`` and ``env`` bring a team's own serving container (vLLM, TensorRT-LLM,
+    SGLang); the toolkit still owns probes, GPU requests, the cache mount and scaling.
+    """
 
     name: DnsLabel
     served_name: str | None = Field(default=None, min_length=1, max_length=128)
@@ -417,6 +471,36 @@ class ModelSpec(Model):
     idle_seconds: int = Field(default=300, ge=30, le=86400)
     prefetch: bool = True
     max_model_len: int | None = Field(default=None, ge=256)
+    # requests one replica serves at once before KEDA adds another (pending + in flight per replica)
+    target_concurrency: int = Field(default=8, ge=1, le=4096)
+    gpu: ModelGpuSpec | None = None
+    image: PinnedImage | None = None
+    args: tuple[Annotated[str, Field(max_length=4096)], ...] = ()
+    env: dict[str, Annotated[str, Field(max_length=4096)]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _env_names(self) -> ModelSpec:
+        problems = [
+            Problem(f"env.{name}", "expected an environment variable name: [A-Za-z_][A-Za-z0-9_]*")
+            for name in self.env
+            if not _ENV_NAME.match(name)
+        ]
+        if problems:
+            raise CrossFieldProblems(problems)
+        return self
+
+    @property
+    def served(self) -> str:
+        """The name clients send as ``model`` (``servedName``, else ``name``)."""
+        return self.served_name or self.name
+
+
+class TenantSpec(Model):
+    """A team sharing the GPU pool: told apart and charged by its API key."""
+
+    name: DnsLabel
+    api_key: StackSecret
+    max_concurrent_requests: int | None = Field(default=None, ge=1, le=100000)
 
 
 class GatewaySpec(Model):
@@ -427,32 +511,108 @@ class GatewaySpec(Model):
     request_timeout_seconds: int = Field(default=600, ge=1, le=3600)
     cold_start_timeout_seconds: int = Field(default=900, ge=10, le=3600)
     max_pending_requests: int = Field(default=1000, ge=1, le=100000)
-
-
-class InferenceSpec(Model):
-    """vLLM behind KEDA HTTP scale-to-zero, reached through one gateway."""
-
-    image: str = Field(min_length=3)
-    models: tuple[ModelSpec, ...] = ()
-    gateway: GatewaySpec = GatewaySpec()
+    replicas: int = Field(default=2, ge=1, le=32)
+    tls_secret: DnsSubdomain | None = None
+    tenants: tuple[TenantSpec, ...] = ()
 
     @model_validator(mode="after")
-    def _unique_models(self) -> InferenceSpec:
+    def _unique_tenants(self) -> GatewaySpec:
         seen: dict[str, int] = {}
+        keys: dict[str, int] = {}
         problems = []
-        for i, model in enumerate(self.models):
-            served = model.served_name or model.name
-            if served in seen:
+        for i, tenant in enumerate(self.tenants):
+            if tenant.name in seen:
+                problems.append(
+                    Problem(f"tenants[{i}].name", f"used twice (also tenants[{seen[tenant.name]}])")
+                )
+            seen.setdefault(tenant.name, i)
+            key = tenant.api_key.get_secret_value()
+            if key in keys:
+                # the value itself is never echoed: it is a secret
                 problems.append(
                     Problem(
-                        f"models[{i}].name",
-                        f"served name {served!r} used twice (also models[{seen[served]}])",
+                        f"tenants[{i}].apiKey",
+                        f"same key as tenants[{keys[key]}]; expected one key per tenant",
                     )
                 )
-            seen.setdefault(served, i)
+            keys.setdefault(key, i)
+            if len(key) < 16:
+                problems.append(
+                    Problem(
+                        f"tenants[{i}].apiKey",
+                        "too short; expected at least 16 characters (openssl rand -hex 32)",
+                    )
+                )
         if problems:
             raise CrossFieldProblems(problems)
         return self
+
+
+class ChartsSpec(Model):
+    """Pinned versions of the upstream Helm charts the inference stack installs."""
+
+    keda: Annotated[str, _version(r"\d+\.\d+\.\d+", "2.16.1")] = "2.16.1"
+    nvidia_device_plugin: Annotated[str, _version(r"\d+\.\d+\.\d+", "0.17.1")] = "0.17.1"
+    dcgm_exporter: Annotated[str, _version(r"\d+\.\d+\.\d+", "4.1.1")] = "4.1.1"
+
+
+class MeteringSpec(Model):
+    """What a GPU-hour costs, so the gateway can show per-second cost and the idle cost avoided."""
+
+    price_per_gpu_hour: float = Field(default=0.0, ge=0, le=10000)
+    currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
+
+
+class InferenceSpec(Model):
+    """vLLM per model, scaled 0..N by KEDA core, which the gateway drives as its external-push scaler."""
+
+    image: PinnedImage
+    gateway_image: PinnedImage
+    weights_image: PinnedImage
+    models: tuple[ModelSpec, ...] = ()
+    gateway: GatewaySpec = GatewaySpec()
+    charts: ChartsSpec = ChartsSpec()
+    metering: MeteringSpec = MeteringSpec()
+
+    @model_validator(mode="after")
+    def _unique_models(self) -> InferenceSpec:
+        served_seen: dict[str, int] = {}
+        names_seen: dict[str, int] = {}
+        problems = []
+        for i, model in enumerate(self.models):
+            if model.name in names_seen:
+                problems.append(
+                    Problem(
+                        f"models[{i}].name",
+                        f"model name {model.name!r} used twice (also models[{names_seen[model.name]}])",
+                    )
+                )
+            names_seen.setdefault(model.name, i)
+            served = model.served
+            if served in served_seen:
+                field = "servedName" if model.served_name else "name"
+                problems.append(
+                    Problem(
+                        f"models[{i}].{field}",
+                        f"served name {served!r} used twice (also models[{served_seen[served]}])",
+                    )
+                )
+            served_seen.setdefault(served, i)
+        if problems:
+            raise CrossFieldProblems(problems)
+        return self
+
+    def images(self) -> list[tuple[str, str]]:
+        """Every image the stack runs, with the field path that names it."""
+        found = [
+            ("inference.image", self.image),
+            ("inference.gatewayImage", self.gateway_image),
+            ("inference.weightsImage", self.weights_image),
+        ]
+        found += [
+            (f"inference.models[{i}].image", m.image) for i, m in enumerate(self.models) if m.image
+        ]
+        return found
 
 
 # --- residency -----------------------------------------------------------------------------
@@ -616,15 +776,16 @@ class StackConfig(Model):
                         f"{', '.join(sorted(policy.allowed_countries))}",
                     )
                 )
-        registry = image_registry(self.inference.image)
-        if registry not in policy.allowed_registries:
-            problems.append(
-                Problem(
-                    "inference.image",
-                    f"registry {registry} is not in residency.allowedRegistries "
-                    f"({', '.join(policy.allowed_registries)})",
+        for path, image in self.inference.images():
+            registry = image_registry(image)
+            if registry not in policy.allowed_registries:
+                problems.append(
+                    Problem(
+                        path,
+                        f"registry {registry} is not in residency.allowedRegistries "
+                        f"({', '.join(policy.allowed_registries)})",
+                    )
                 )
-            )
         for i, model in enumerate(self.inference.models):
             if model.source.endpoint not in policy.allowed_object_store_endpoints:
                 problems.append(
@@ -671,6 +832,18 @@ class StackConfig(Model):
     def _model_fit_problems(self) -> list[Problem]:
         problems = []
         for i, model in enumerate(self.inference.models):
+            if model.gpu is not None and not any(
+                h.gpu.model == model.gpu.model for h in self.hosts
+            ):
+                have = sorted({h.gpu.model for h in self.hosts if h.gpu.model})
+                problems.append(
+                    Problem(
+                        f"inference.models[{i}].gpu.model",
+                        f"no host has {model.gpu.model} GPUs; expected one of the stack's GPU "
+                        f"models ({', '.join(have) or 'none'})",
+                    )
+                )
+                continue
             if not any(self.host_fits(h, model) for h in self.hosts):
                 need = f"{model.gpus_per_replica} GPU(s)"
                 if model.min_gpu_memory_gib:
@@ -685,8 +858,10 @@ class StackConfig(Model):
 
     @staticmethod
     def host_fits(host: HostSpec, model: ModelSpec) -> bool:
-        """True when one replica of ``model`` fits on ``host``'s GPUs."""
+        """True when one replica of ``model`` fits on ``host``'s GPUs (of the model asked for)."""
         if host.gpu.count < model.gpus_per_replica:
+            return False
+        if model.gpu is not None and host.gpu.model != model.gpu.model:
             return False
         return host.gpu.memory_gib * model.gpus_per_replica >= model.min_gpu_memory_gib
 

@@ -108,12 +108,12 @@ def test_every_broken_field_is_named_by_its_path(tmp_path: Path) -> None:
             "100 GiB",
         ),
         (
-            lambda c: c[NS + "inference"].update(image="docker.io/vllm/vllm-openai:v0.11.0"),
+            lambda c: c[NS + "inference"].update(image="docker.io/vllm/vllm-openai:v0.11.0@sha256:" + "a" * 64),
             "inference.image",
             "docker.io is not in residency.allowedRegistries",
         ),
         (
-            lambda c: c[NS + "inference"].update(image="vllm/vllm-openai:v0.11.0"),
+            lambda c: c[NS + "inference"].update(image="vllm/vllm-openai@sha256:" + "b" * 64),
             "inference.image",
             "docker.io",
         ),

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible gateway: routes by model, holds cold starts, drives KEDA, meters usage."""
