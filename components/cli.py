@@ -23,10 +23,26 @@ def _load_or_report(file: str | Path) -> StackConfig | None:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from components.config.loader import project_dir_for  # noqa: PLC0415
+    from components.manifests import model_facts_for  # noqa: PLC0415
+    from components.plan.sizing import size_stack  # noqa: PLC0415
+
     status = 0
     for file in args.files:
         config = _load_or_report(file)
         if config is None:
+            status = EXIT_INVALID
+            continue
+        # offline: size only the models whose manifest `sovereign size` has kept locally
+        facts, _ = model_facts_for(
+            config, project_dir_for(Path(file)) / ".cache" / "manifests", fetch=False
+        )
+        report = size_stack(config, facts)
+        for warning in report.warnings:
+            print(f"{file}: warning: {warning}", file=sys.stderr)
+        if report.problems:
+            for problem in report.problems:
+                print(f"{file}: {problem}", file=sys.stderr)
             status = EXIT_INVALID
             continue
         print(f"{file}: ok ({config.environment}: {len(config.hosts)} host(s))")
@@ -165,6 +181,80 @@ def _cmd_policy_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _from_dir(text: str) -> tuple[str, Path]:
+    name, sep, directory = text.partition("=")
+    if not sep or not name or not directory:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=DIR")
+    return name, Path(directory)
+
+
+def _cmd_size(args: argparse.Namespace) -> int:
+    from components.config.loader import project_dir_for  # noqa: PLC0415
+    from components.manifests import model_facts_for  # noqa: PLC0415
+    from components.plan.sizing import size_stack  # noqa: PLC0415
+
+    stack_file = Path(args.file)
+    config = _load_or_report(stack_file)
+    if config is None:
+        return EXIT_INVALID
+    manifest_cache = (
+        Path(args.manifest_cache)
+        if args.manifest_cache
+        else project_dir_for(stack_file) / ".cache" / "manifests"
+    )
+    facts, missing = model_facts_for(
+        config, manifest_cache, dict(args.from_dir), fetch=not args.offline
+    )
+    report = size_stack(config, facts)
+    for sizing in report.models:
+        print(sizing.line())
+    for warning in report.warnings:
+        print(f"{args.file}: warning: {warning}", file=sys.stderr)
+    for problem in report.problems:
+        print(f"{args.file}: {problem}", file=sys.stderr)
+    for line in missing:
+        print(f"{args.file}: not sized: {line}", file=sys.stderr)
+    if report.problems:
+        return EXIT_INVALID
+    return 1 if missing else 0
+
+
+def _cmd_weights_publish(args: argparse.Namespace) -> int:
+    from sovereign_weights.__main__ import main as weights_main  # noqa: PLC0415
+
+    config = _load_or_report(args.stack)
+    if config is None:
+        return EXIT_INVALID
+    models = {m.name: m for m in config.inference.models}
+    if args.model not in models:
+        known = ", ".join(sorted(models)) or "none"
+        print(
+            f"sovereign weights: --model {args.model}: not in {args.stack} (models: {known})",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    source = models[args.model].source
+    argv = [
+        "publish",
+        str(args.directory),
+        "--endpoint",
+        source.endpoint,
+        "--uri",
+        source.uri,
+        "--revision",
+        source.revision,
+        "--model",
+        args.model,
+        "--allowed-endpoints",
+        ",".join(config.residency.allowed_object_store_endpoints),
+        "--jobs",
+        str(args.jobs),
+    ]
+    if args.part_size:
+        argv += ["--part-size", args.part_size]
+    return weights_main(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sovereign",
@@ -217,6 +307,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     policy.add_argument("file", metavar="FILE")
     policy.set_defaults(func=_cmd_policy_config)
+
+    size = sub.add_parser(
+        "size", help="VRAM each model needs per replica vs what its GPUs give (from manifests)"
+    )
+    size.add_argument("file", metavar="FILE", help="stacks/Pulumi.<env>.yaml")
+    size.add_argument(
+        "--from-dir",
+        type=_from_dir,
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="size model NAME from a local directory (config.json, safetensors or their index)",
+    )
+    size.add_argument(
+        "--manifest-cache",
+        metavar="DIR",
+        help="where manifests read from the store are kept (default: <project>/.cache/manifests)",
+    )
+    size.add_argument(
+        "--offline", action="store_true", help="use kept manifests only; never contact a store"
+    )
+    size.set_defaults(func=_cmd_size)
+
+    weights = sub.add_parser("weights", help="model weights in the stack's EU object store")
+    weights_sub = weights.add_subparsers(dest="weights_command", required=True)
+    publish = weights_sub.add_parser(
+        "publish", help="upload a model directory and its manifest to the model's source"
+    )
+    publish.add_argument("directory", type=Path, metavar="DIR")
+    publish.add_argument("--stack", required=True, type=Path, metavar="FILE")
+    publish.add_argument("--model", required=True, metavar="NAME", help="inference.models[].name")
+    publish.add_argument("--jobs", type=int, default=8, help="parallel uploads (default 8)")
+    publish.add_argument("--part-size", metavar="SIZE", help="multipart part size (64MiB)")
+    publish.set_defaults(func=_cmd_weights_publish)
 
     from components.lab.cli import register as register_lab  # noqa: PLC0415
 

@@ -1,0 +1,332 @@
+"""The manifest of a published model revision, and how it is built from a model directory.
+
+A manifest sits beside the model's objects (see :mod:`sovereign_weights.layout`). It lists every
+file with its size and sha256, so the warmer can verify what it fetched, and carries the facts the
+sizing rule needs (the parsed ``config.json``, total tensor bytes and their dtypes), so a model can
+be sized from its manifest alone, without its weights.
+
+Tensor bytes come from the safetensors headers of the files themselves (8-byte little-endian
+header length, then a JSON object mapping each tensor to ``dtype``, ``shape`` and
+``data_offsets``). A directory without weight files but with ``model.safetensors.index.json`` (as
+published beside every sharded Hugging Face checkpoint) is described from the index's
+``metadata.total_size`` instead. Pydantic and the stdlib only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic.alias_generators import to_camel
+
+from sovereign_weights.layout import MANIFEST_NAME, check_relative_path, check_segment
+
+CONFIG_NAME = "config.json"
+SAFETENSORS_SUFFIX = ".safetensors"
+SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
+# The safetensors reference implementation refuses headers above 100 MB (N_MAX in its
+# ``tensor.rs``); so does this reader, so a corrupt length cannot make it allocate gigabytes.
+SAFETENSORS_MAX_HEADER_BYTES = 100_000_000
+_HASH_CHUNK_BYTES = 8 * 1024 * 1024
+
+_SHA256_PATTERN = r"^[0-9a-f]{64}$"
+
+
+class ManifestError(ValueError):
+    """A manifest or a model directory that cannot be described or trusted."""
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True
+    )
+
+
+class ManifestFile(_Schema):
+    """One file of the model, as published."""
+
+    path: str = Field(min_length=1)
+    size: int = Field(ge=0)
+    sha256: str = Field(pattern=_SHA256_PATTERN)
+
+    @model_validator(mode="after")
+    def _path_in_layout(self) -> ManifestFile:
+        check_relative_path(self.path)
+        return self
+
+
+class Manifest(_Schema):
+    """What a published revision holds, and what sizing needs to know about it."""
+
+    schema_version: Literal[1] = 1
+    model: str
+    revision: str
+    files: tuple[ManifestFile, ...] = Field(min_length=1)
+    config: dict[str, JsonValue] | None = None
+    tensor_bytes: int = Field(ge=0)
+    tensor_dtypes: dict[str, int] = {}
+    """Bytes of tensor data per safetensors dtype (``BF16``, ``F8_E4M3``...)."""
+    tensor_source: Literal["safetensors-headers", "safetensors-index", "none"] = "none"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        check_segment(self.model, "model")
+        check_segment(self.revision, "revision")
+        seen: set[str] = set()
+        for entry in self.files:
+            if entry.path in seen:
+                raise ValueError(f"files: {entry.path!r} is listed twice")
+            seen.add(entry.path)
+        return self
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes the files take on disk once fetched (the cache's room check uses this)."""
+        return sum(f.size for f in self.files)
+
+    def file(self, path: str) -> ManifestFile:
+        for entry in self.files:
+            if entry.path == path:
+                return entry
+        raise KeyError(path)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes, source: str = "manifest") -> Manifest:
+        """Parse a manifest; a :class:`ManifestError` naming ``source`` and the bad field."""
+        try:
+            return cls.model_validate_json(text)
+        except ValueError as exc:
+            raise ManifestError(f"{source}: not a valid manifest: {_first_error(exc)}") from exc
+
+
+class ModelFacts(_Schema):
+    """What sizing reads from a model directory or a manifest: config and tensor bytes."""
+
+    config: dict[str, JsonValue] | None
+    tensor_bytes: int
+    tensor_dtypes: dict[str, int]
+    tensor_source: Literal["safetensors-headers", "safetensors-index", "none"]
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> ModelFacts:
+        return cls(
+            config=manifest.config,
+            tensor_bytes=manifest.tensor_bytes,
+            tensor_dtypes=manifest.tensor_dtypes,
+            tensor_source=manifest.tensor_source,
+        )
+
+
+def _first_error(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "(root)"
+        return f"{where}: {first.get('msg', exc)}"
+    return str(exc)
+
+
+# --- safetensors ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor in a safetensors header: its dtype and byte range in the data section."""
+
+    dtype: str
+    begin: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+
+def read_safetensors_header(path: Path) -> dict[str, TensorEntry]:
+    """The tensors listed in a safetensors file's header (``__metadata__`` left out).
+
+    Reads only the header. Checks what sizing relies on: each entry has a dtype and a
+    ``data_offsets`` pair inside the file's data section.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) != 8:
+            raise ManifestError(f"{path.name}: too short to be a safetensors file")
+        (length,) = struct.unpack("<Q", prefix)
+        if length > SAFETENSORS_MAX_HEADER_BYTES or 8 + length > size:
+            raise ManifestError(
+                f"{path.name}: safetensors header length {length} does not fit the file "
+                f"({size} bytes)"
+            )
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{path.name}: safetensors header is not JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise ManifestError(f"{path.name}: safetensors header is not a JSON object")
+    data_bytes = size - 8 - length
+    tensors: dict[str, TensorEntry] = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = entry.get("dtype") if isinstance(entry, dict) else None
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        match offsets:
+            case [int(begin), int(end)] if (
+                isinstance(dtype, str) and 0 <= begin <= end <= data_bytes
+            ):
+                tensors[name] = TensorEntry(dtype=dtype, begin=begin, end=end)
+            case _:
+                raise ManifestError(
+                    f"{path.name}: tensor {name!r}: expected dtype and data_offsets "
+                    f"[begin, end] within the {data_bytes} data bytes"
+                )
+    return tensors
+
+
+def safetensors_bytes(path: Path) -> dict[str, int]:
+    """Bytes of tensor data per dtype in one safetensors file."""
+    by_dtype: dict[str, int] = {}
+    for entry in read_safetensors_header(path).values():
+        by_dtype[entry.dtype] = by_dtype.get(entry.dtype, 0) + entry.nbytes
+    return by_dtype
+
+
+# --- describing a directory ----------------------------------------------------------------
+
+
+def model_files(directory: Path) -> list[str]:
+    """Relative POSIX paths of the files to publish from ``directory``, sorted.
+
+    Hidden entries (``.git``, ``.cache`` of huggingface-cli) are left out; symlinks are followed
+    (a Hugging Face snapshot directory is made of links into its blob store).
+    """
+    if not directory.is_dir():
+        raise ManifestError(f"{directory}: not a directory")
+    found: list[str] = []
+    for root, dirs, files in os.walk(directory, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            relative = Path(root, name).relative_to(directory).as_posix()
+            if name == MANIFEST_NAME:
+                raise ManifestError(
+                    f"{relative}: a model directory must not contain {MANIFEST_NAME}; it is "
+                    "written by publish"
+                )
+            found.append(check_relative_path(relative))
+    if not found:
+        raise ManifestError(f"{directory}: no files to publish")
+    return sorted(found)
+
+
+def _read_config(directory: Path) -> dict[str, JsonValue] | None:
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        return None
+    try:
+        parsed = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{CONFIG_NAME}: not JSON: {exc}") from exc
+    if not isinstance(parsed, dict):
+        raise ManifestError(f"{CONFIG_NAME}: expected a JSON object")
+    return parsed
+
+
+def _index_total_size(directory: Path) -> int | None:
+    path = directory / SAFETENSORS_INDEX_NAME
+    if not path.is_file():
+        return None
+    try:
+        parsed = json.loads(path.read_text(encoding="utf-8"))
+        total = parsed["metadata"]["total_size"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ManifestError(
+            f"{SAFETENSORS_INDEX_NAME}: expected metadata.total_size (bytes): {exc}"
+        ) from exc
+    if not isinstance(total, int) or total < 0:
+        raise ManifestError(f"{SAFETENSORS_INDEX_NAME}: metadata.total_size must be bytes (int)")
+    return total
+
+
+def describe_directory(directory: Path) -> ModelFacts:
+    """Sizing facts of a local model directory, from headers (or the index), without hashing."""
+    weights = [
+        directory / rel for rel in model_files(directory) if rel.endswith(SAFETENSORS_SUFFIX)
+    ]
+    config = _read_config(directory)
+    if weights:
+        by_dtype: dict[str, int] = {}
+        for path in weights:
+            for dtype, count in safetensors_bytes(path).items():
+                by_dtype[dtype] = by_dtype.get(dtype, 0) + count
+        return ModelFacts(
+            config=config,
+            tensor_bytes=sum(by_dtype.values()),
+            tensor_dtypes=dict(sorted(by_dtype.items())),
+            tensor_source="safetensors-headers",
+        )
+    total = _index_total_size(directory)
+    if total is not None:
+        return ModelFacts(
+            config=config, tensor_bytes=total, tensor_dtypes={}, tensor_source="safetensors-index"
+        )
+    return ModelFacts(config=config, tensor_bytes=0, tensor_dtypes={}, tensor_source="none")
+
+
+def sha256_of(path: Path, on_bytes: Callable[[int], None] | None = None) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in _chunks(handle):
+            digest.update(chunk)
+            if on_bytes is not None:
+                on_bytes(len(chunk))
+    return digest.hexdigest()
+
+
+def _chunks(handle: BinaryIO) -> Iterator[bytes]:
+    while chunk := handle.read(_HASH_CHUNK_BYTES):
+        yield chunk
+
+
+def build_manifest(
+    directory: Path,
+    model: str,
+    revision: str,
+    on_file: Callable[[str, int], None] | None = None,
+) -> Manifest:
+    """Hash every file of ``directory`` and describe it; ``on_file(path, size)`` after each."""
+    facts = describe_directory(directory)
+    entries: list[ManifestFile] = []
+    for relative in model_files(directory):
+        path = directory / relative
+        entries.append(
+            ManifestFile(path=relative, size=path.stat().st_size, sha256=sha256_of(path))
+        )
+        if on_file is not None:
+            on_file(relative, entries[-1].size)
+    try:
+        return Manifest(
+            model=model,
+            revision=revision,
+            files=tuple(entries),
+            config=facts.config,
+            tensor_bytes=facts.tensor_bytes,
+            tensor_dtypes=facts.tensor_dtypes,
+            tensor_source=facts.tensor_source,
+        )
+    except ValueError as exc:
+        raise ManifestError(f"{directory}: {_first_error(exc)}") from exc
