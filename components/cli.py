@@ -12,10 +12,13 @@ from components.config import StackConfig, StackConfigError, load_stack_file
 EXIT_INVALID = 2
 
 
-def _load_or_report(file: str | Path) -> StackConfig | None:
-    """The validated stack, or None after printing every problem as ``FILE: path: message``."""
+def _load_or_report(file: str | Path, *, require_inventory: bool = False) -> StackConfig | None:
+    """The validated stack, or None after printing every problem as ``FILE: path: message``.
+
+    ``require_inventory``: an ``inventory`` file the stack names must exist (commands that reach
+    hosts, and ``validate``); ``render`` reads the stack without it."""
     try:
-        return load_stack_file(file)
+        return load_stack_file(file, require_inventory=require_inventory)
     except StackConfigError as exc:
         for problem in exc.problems:
             print(f"{file}: {problem}", file=sys.stderr)
@@ -29,7 +32,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     status = 0
     for file in args.files:
-        config = _load_or_report(file)
+        config = _load_or_report(file, require_inventory=True)
         if config is None:
             status = EXIT_INVALID
             continue
@@ -70,7 +73,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     from components.rollout import StepReport, apply_stack, secret_env_for  # noqa: PLC0415
 
     stack_file = Path(args.file)
-    config = _load_or_report(stack_file)
+    config = _load_or_report(stack_file, require_inventory=True)
     if config is None:
         return EXIT_INVALID
     mode = "check" if args.check else "teardown" if args.teardown else "apply"
@@ -130,7 +133,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     )
 
     stack_file = Path(args.stack_file)
-    config = _load_or_report(stack_file)
+    config = _load_or_report(stack_file, require_inventory=not args.outputs)
     if config is None:
         return EXIT_INVALID
     hosts = hosts_from_outputs(config, load_outputs(Path(args.outputs))) if args.outputs else None

@@ -1,10 +1,13 @@
-"""Static facts the config boundary checks against: GPU models, the EU/EEA, CUDA/driver minimums.
+"""Static facts the config boundary checks against: GPU models, the EU/EEA, CUDA/driver minimums,
+and where each provider's regions and datacenters are.
 
-Kept as plain data so the plan, the preflight step and the verification suites share one source.
+Kept as plain data so the plan, the preflight step, the policy pack and the verification suites
+share one source.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -62,3 +65,81 @@ CUDA_MIN_DRIVER_BRANCH: dict[tuple[int, int], int] = {
     (12, 9): 575,
     (13, 0): 580,
 }
+
+# Where each provider's regions, zones and sites are (the providers' own location lists), as
+# ISO 3166-1 alpha-2 codes. Zones and numbered sites map through their region (see
+# :func:`region_country`). The config boundary refuses a host whose region or datacenter this table
+# places outside the residency policy, whatever its ``country`` says; the policy pack refuses cloud
+# resources placed there.
+PROVIDER_LOCATIONS: dict[str, dict[str, str]] = {
+    "aws": {
+        "eu-central-1": "DE", "eu-central-2": "CH", "eu-west-1": "IE", "eu-west-2": "GB",
+        "eu-west-3": "FR", "eu-north-1": "SE", "eu-south-1": "IT", "eu-south-2": "ES",
+        "us-east-1": "US", "us-east-2": "US", "us-west-1": "US", "us-west-2": "US",
+    },
+    "gcp": {
+        "europe-west1": "BE", "europe-west2": "GB", "europe-west3": "DE", "europe-west4": "NL",
+        "europe-west6": "CH", "europe-west8": "IT", "europe-west9": "FR", "europe-west10": "DE",
+        "europe-west12": "IT", "europe-north1": "FI", "europe-north2": "SE",
+        "europe-central2": "PL", "europe-southwest1": "ES", "us-central1": "US",
+    },
+    "azure": {
+        "westeurope": "NL", "northeurope": "IE", "germanywestcentral": "DE", "germanynorth": "DE",
+        "francecentral": "FR", "francesouth": "FR", "swedencentral": "SE", "polandcentral": "PL",
+        "italynorth": "IT", "spaincentral": "ES", "norwayeast": "NO", "norwaywest": "NO",
+        "switzerlandnorth": "CH", "uksouth": "GB", "eastus": "US",
+    },
+    "hetzner": {"fsn1": "DE", "nbg1": "DE", "hel1": "FI", "ash": "US", "hil": "US", "sin": "SG"},
+    "scaleway": {"fr-par": "FR", "nl-ams": "NL", "pl-waw": "PL"},
+    "ovh": {
+        "gra": "FR", "sbg": "FR", "rbx": "FR", "waw": "PL", "lim": "DE", "bhs": "CA", "uk": "GB",
+    },
+    "ionos": {"de/fra": "DE", "de/txl": "DE", "es/vit": "ES", "fr/par": "FR", "gb/lhr": "GB"},
+}  # fmt: skip
+
+# Other spellings of the providers above, as stack files and Pulumi packages name them.
+PROVIDER_ALIASES: dict[str, str] = {
+    "amazon": "aws",
+    "google": "gcp",
+    "googlecloud": "gcp",
+    "microsoft": "azure",
+    "hcloud": "hetzner",
+    "hetzner-cloud": "hetzner",
+    "hetzner-online": "hetzner",
+    "ovhcloud": "ovh",
+    "ionos-cloud": "ionos",
+}
+
+# Every provider's locations in one map (no two providers name one location differently).
+REGION_COUNTRIES: dict[str, str] = {
+    name: country for table in PROVIDER_LOCATIONS.values() for name, country in table.items()
+}
+
+
+def provider_locations(provider: str) -> dict[str, str] | None:
+    """One provider's location table, or None for a provider the table does not know."""
+    key = provider.strip().lower()
+    return PROVIDER_LOCATIONS.get(PROVIDER_ALIASES.get(key, key))
+
+
+def region_country(value: str, provider: str | None = None) -> str | None:
+    """The country of a region, zone or datacenter name, or None when it is not known.
+
+    A known ``provider``'s own table is asked first, then every provider's (a name no provider
+    shares: a stack that calls a Hetzner host's region ``us-east-1`` still placed it in the US).
+    """
+    own = provider_locations(provider) if provider else None
+    name = value.strip().lower()
+    candidates = (
+        name,
+        re.sub(r"(?<=[0-9])[a-z]$", "", name),  # eu-central-1a
+        re.sub(r"-[0-9]+$", "", name),  # fr-par-1
+        re.sub(r"-[a-z]$", "", name),  # europe-west3-a
+        name.split("-")[0],  # fsn1-dc14
+        re.sub(r"[0-9]+$", "", name),  # gra11, waw1
+    )
+    for table in (own or {}, REGION_COUNTRIES):
+        for candidate in candidates:
+            if candidate in table:
+                return table[candidate]
+    return None

@@ -19,6 +19,19 @@ class Problem:
         return f"{self.path}: {self.message}" if self.path else self.message
 
 
+# Longest value an error message may quote; longer ones are named by their field only (a value
+# that long may be a secret or key material pasted into the wrong field).
+MAX_ECHO = 24
+
+
+def echo(value: object, *, quote: bool = True) -> str:
+    """`` 'value'`` to splice into a message when the value is short, else nothing."""
+    text = str(value)
+    if len(text) > MAX_ECHO or not text.isprintable():
+        return ""
+    return f" {text!r}" if quote else f" {text}"
+
+
 class CrossFieldProblems(ValueError):
     """Raised by model validators that check rules spanning several fields.
 
@@ -47,7 +60,7 @@ def format_path(loc: Iterable[int | str]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part.startswith("function-") or part in {"list", "dict"}:
+        elif part.startswith("function-") or part in {"list", "dict", "[key]"}:
             continue  # pydantic internals for union branches and wrappers, not user paths
         else:
             out += f".{part}" if out else part
@@ -104,7 +117,6 @@ def _is_sensitive(loc: Iterable[int | str]) -> bool:
 
 
 def _short_repr(value: object) -> str | None:
-    if isinstance(value, dict | list):
-        return None  # containers are long; the path already says where
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    if isinstance(value, str | int | float | bool) or value is None:
+        return repr(value) if echo(value) else None
+    return None  # containers and other objects: the path already says where

@@ -4,13 +4,23 @@ Every component takes one of these models as its argument; nothing downstream re
 Field names are camelCase in stack files (Pulumi's convention) and snake_case in Python.
 Rules that span several fields live in ``model_validator``s that report every violation with the
 path of the field to fix (see :class:`~components.config.errors.CrossFieldProblems`).
+
+Every string that ends up in a file on a host (resolv.conf, chrony.conf, nft rules, the K3s
+config, fstab) has a strict ASCII grammar here: no whitespace, no control characters, no IPv6
+zone ids, canonical IPv4 only. Patterns use ``[0-9]`` and ``re.ASCII``: Python's ``\\d`` and
+``int()`` also accept other scripts' digits.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
+import posixpath
 import re
-from typing import Annotated, Literal
+import types
+import typing
+from typing import Annotated, Any, Literal, Union
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -20,53 +30,186 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    ValidationInfo,
     field_serializer,
+    field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
 
-from components.config.catalog import CUDA_MIN_DRIVER_BRANCH, EU_EEA_COUNTRIES, GPU_MODELS
-from components.config.errors import CrossFieldProblems, Problem
+from components.config.catalog import (
+    CUDA_MIN_DRIVER_BRANCH,
+    EU_EEA_COUNTRIES,
+    GPU_MODELS,
+    provider_locations,
+    region_country,
+)
+from components.config.errors import CrossFieldProblems, Problem, echo
+
+
+def _scalar_types(annotation: Any) -> set[type]:
+    """The plain scalar types a field annotation admits (``int | None`` -> {int, NoneType})."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _scalar_types(typing.get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        found: set[type] = set()
+        for arg in typing.get_args(annotation):
+            found |= _scalar_types(arg)
+        return found
+    return {annotation} if isinstance(annotation, type) else set()
+
+
+_ACCEPTED: dict[tuple[type, str], set[type]] = {}
+
+
+def _accepted_scalars(cls: type[BaseModel], name: str) -> set[type]:
+    key = (cls, name)
+    if key not in _ACCEPTED:
+        field = cls.model_fields.get(name)
+        _ACCEPTED[key] = _scalar_types(field.annotation) if field else set()
+    return _ACCEPTED[key]
 
 
 class Model(BaseModel):
-    """Base for every config model: frozen, unknown fields refused, camelCase in files."""
+    """Base for every config model: frozen, unknown fields refused, camelCase in files.
+
+    Values are taken as written: no whitespace trimmed, no "8" read as a number, no "yes" read as
+    a boolean, no NaN or infinity.
+    """
 
     model_config = ConfigDict(
         extra="forbid",
         frozen=True,
         alias_generator=to_camel,
         populate_by_name=True,
-        str_strip_whitespace=True,
+        allow_inf_nan=False,
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_type_juggling(cls, value: Any, info: ValidationInfo) -> Any:
+        accepted = _accepted_scalars(cls, info.field_name or "")
+        if bool in accepted and not isinstance(value, bool) and value is not None:
+            if str not in accepted:
+                raise ValueError("expected true or false")
+        elif accepted & {int, float} and str not in accepted:
+            if isinstance(value, bool):
+                raise ValueError("expected a number, not true/false")
+            if isinstance(value, str):
+                raise ValueError("expected a number, not a string (remove the quotes)")
+        return value
 
 
 # --- reusable field types -------------------------------------------------------------------
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_A = re.ASCII
+_LABEL = r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?"
+_DNS_LABEL = re.compile(_LABEL, _A)
+# RFC 1123 host names; the last label starts with a letter (top-level domains do), so that
+# nothing a resolver would read as a number (010.1.1.1, 256.1.1.1, 0x7f.1) passes as a name.
+_HOST_LABEL = r"[A-Za-z0-9](?:[-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(
-    r"^(?=.{1,253}$)([a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?)*$"
+    rf"(?=.{{1,253}}$)(?:{_HOST_LABEL}\.)*[A-Za-z](?:[-A-Za-z0-9]{{0,61}}[A-Za-z0-9])?", _A
 )
-_FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
-_BY_ID = re.compile(r"^nvme-[A-Za-z0-9._:-]+$")
-_PARTITION_SUFFIX = re.compile(r"-part[0-9]+$")
+_IP_CHARS = re.compile(r"[0-9A-Fa-f:.]+", _A)
+_FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}", _A)
+_BY_ID = re.compile(r"nvme-[A-Za-z0-9._:-]+", _A)
+_PARTITION_SUFFIX = re.compile(r"-part[0-9]+$", _A)
 # REGISTRY/REPOSITORY[:TAG]@sha256:<64 hex>: an image pinned by content, not by a movable tag
 _PINNED_IMAGE = re.compile(
-    r"^(?P<name>[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]{1,5})?(/[a-z0-9]+([._-][a-z0-9]+)*)*)"
-    r"(:(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?@sha256:(?P<digest>[0-9a-f]{64})$"
+    r"(?P<name>[a-z0-9]+(?:[._-][a-z0-9]+)*(?::(?P<port>[0-9]{1,5}))?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*)"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?@sha256:(?P<digest>[0-9a-f]{64})",
+    _A,
 )
-_DNS_SUBDOMAIN = re.compile(
-    r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+_DNS_SUBDOMAIN = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*", _A)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", _A)
+_LABEL_NAME = r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_LABEL_KEY = re.compile(rf"(?:(?P<prefix>[^/]{{1,253}})/)?{_LABEL_NAME}", _A)
+_LABEL_VALUE = re.compile(rf"(?:{_LABEL_NAME})?", _A)
+_SAFE_PATH = re.compile(r"/[A-Za-z0-9._/-]{0,4094}", _A)
+_SERVED_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._/:-]{0,126}[A-Za-z0-9])?", _A)
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", _A)
+_OBJECT_PREFIX = re.compile(r"[A-Za-z0-9._/=+-]{0,1024}", _A)
+_TAINT = re.compile(
+    rf"(?:[a-z0-9.-]{{1,253}}/)?{_LABEL_NAME}(?:=(?:{_LABEL_NAME})?)?:"
+    r"(?:NoSchedule|PreferNoSchedule|NoExecute)",
+    _A,
 )
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_LABEL_KEY = re.compile(
-    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+
+# Label keys the toolkit sets on nodes itself (see components.plan.cluster.node_labels), and the
+# Kubernetes namespaces a kubelet refuses to take from --node-labels: a stack's labels may not
+# override either.
+TOOLKIT_LABEL_PREFIXES = ("sovereign-inference", "topology.kubernetes.io")
+_KUBELET_REFUSED_LABEL_SUFFIXES = ("kubernetes.io", "k8s.io")
+_KUBELET_ALLOWED_LABEL_PREFIXES = ("kubelet.kubernetes.io", "node.kubernetes.io")
+
+# Private ranges a cluster may use for its pod and service networks: RFC 1918, RFC 6598 (shared
+# address space) and IPv6 unique local addresses (RFC 4193).
+PRIVATE_CLUSTER_RANGES = tuple(
+    ipaddress.ip_network(n)
+    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
 )
-_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+
+# Where the weight cache may never be mounted: each of these trees, anything inside one, and any
+# parent of one (mounting over /var would hide /var/lib/kubelet).
+SYSTEM_TREES = (
+    "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32",
+    "/lost+found", "/opt/cni", "/opt/sovereign", "/proc", "/root", "/run", "/sbin", "/snap",
+    "/sys", "/usr", "/var/cache", "/var/lib/apt", "/var/lib/cni", "/var/lib/containerd",
+    "/var/lib/docker", "/var/lib/dpkg", "/var/lib/kubelet", "/var/lib/mdadm",
+    "/var/lib/rancher", "/var/lib/systemd", "/var/lock", "/var/log", "/var/run", "/var/spool",
+    *("/tmp", "/var/tmp"),  # noqa: S108 - refused as mount points, never written to
+)  # fmt: skip
+
+Ip = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_ip(value: str) -> Ip:
+    """An IP address in its strict form: canonical IPv4, IPv6 without a zone id."""
+    if "%" in value:
+        raise ValueError("IPv6 zone ids (%interface) are not accepted; expected a plain address")
+    if not _IP_CHARS.fullmatch(value):
+        raise ValueError("expected an IPv4 or IPv6 address")
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(
+            "expected an IPv4 address in canonical form (four decimal octets 0-255, "
+            "no leading zeros) or an IPv6 address"
+        ) from None
+    if ip.version == 4 and str(ip) != value:
+        raise ValueError("expected an IPv4 address in canonical form (no leading zeros)")
+    return ip
+
+
+def parse_network(value: str) -> Network:
+    """A CIDR in its strict form: canonical address, no host bits set, prefix without zeros."""
+    address, slash, prefix = value.partition("/")
+    ip = parse_ip(address)
+    if slash and not re.fullmatch(r"0|[1-9][0-9]{0,2}", prefix, _A):
+        raise ValueError("expected a CIDR: ADDRESS/PREFIX-LENGTH, e.g. 10.42.0.0/16")
+    try:
+        return ipaddress.ip_network(f"{ip}/{prefix or ip.max_prefixlen}")
+    except ValueError as exc:
+        if "host bits" in str(exc):
+            raise ValueError(
+                "has host bits set; expected the network address of the range"
+            ) from None
+        raise ValueError("expected a CIDR: ADDRESS/PREFIX-LENGTH, e.g. 10.42.0.0/16") from None
+
+
+def host_key(value: str) -> str:
+    """The form two host names or addresses are compared in (IPv6 normalized, names lower-cased)."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return value.lower()
 
 
 def _dns_label(value: str) -> str:
-    if not _DNS_LABEL.match(value):
+    if not _DNS_LABEL.fullmatch(value):
         raise ValueError(
             "expected a DNS-1123 label: 1-63 lowercase letters, digits or '-', "
             "starting and ending with a letter or digit"
@@ -74,32 +217,74 @@ def _dns_label(value: str) -> str:
     return value
 
 
+def _looks_numeric(value: str) -> bool:
+    return bool(_IP_CHARS.fullmatch(value)) and (":" in value or not re.search("[a-fA-F]", value))
+
+
 def _host_or_ip(value: str) -> str:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        if not _HOSTNAME.match(value):
-            raise ValueError("expected an IPv4/IPv6 address or a DNS hostname") from None
+    if _looks_numeric(value) or "%" in value:
+        return str(parse_ip(value))
+    if not _HOSTNAME.fullmatch(value):
+        raise ValueError(
+            "expected an IP address (canonical IPv4 or IPv6, no zone id) or a DNS host name "
+            "(letters, digits, '-' and '.', the last label starting with a letter)"
+        )
     return value
 
 
+def _ip_only(value: str) -> str:
+    return str(parse_ip(value))
+
+
+def _cidr(value: str) -> str:
+    return str(parse_network(value))
+
+
+def _not_everything(value: str) -> str:
+    if ipaddress.ip_network(value).prefixlen == 0:
+        raise ValueError(
+            "allows every address, which is no allowlist; expected the ranges hosts may reach "
+            "(omit egressAllowlist to leave egress open)"
+        )
+    return value
+
+
+def _port(value: str) -> int:
+    if not re.fullmatch(r"[1-9][0-9]{0,4}", value, _A) or int(value) > 65535:
+        raise ValueError("expected a port from 1 to 65535")
+    return int(value)
+
+
+def _address_and_port(value: str) -> str:
+    match = re.fullmatch(
+        r"\[(?P<v6>[^\]]+)\]:(?P<port>[^:]+)|(?P<v4>[0-9.]+):(?P<port4>[^:]+)", value
+    )
+    if not match:
+        raise ValueError(
+            "expected ADDRESS:PORT, with an IPv6 address in brackets ([2001:db8::1]:443)"
+        )
+    address = match["v6"] or match["v4"]
+    ip = parse_ip(address)
+    if (ip.version == 6) != bool(match["v6"]):
+        raise ValueError("expected ADDRESS:PORT, with an IPv6 address in brackets")
+    port = _port(match["port"] or match["port4"])
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
 def _country(value: str) -> str:
-    if not re.fullmatch(r"[A-Z]{2}", value):
+    if not re.fullmatch(r"[A-Z]{2}", value, _A):
         raise ValueError("expected an ISO 3166-1 alpha-2 country code in capitals, e.g. DE")
     return value
 
 
 def _public_ip(value: str) -> str:
-    try:
-        ip = ipaddress.ip_address(value)
-    except ValueError:
-        raise ValueError("expected an IPv4 or IPv6 address") from None
+    ip = parse_ip(value)
     if not ip.is_global and not _is_documentation(ip):
         raise ValueError("expected a public (globally routable) egress address")
     return str(ip)
 
 
-def _is_documentation(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+def _is_documentation(ip: Ip) -> bool:
     # RFC 5737 / RFC 3849 ranges are accepted so example stacks can be written without real
     # addresses; verification geolocates them as unknown and fails them on a live fleet.
     doc_nets = ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")
@@ -107,10 +292,22 @@ def _is_documentation(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool
 
 
 def _fingerprint(value: str) -> str:
-    if not _FINGERPRINT.match(value):
+    expected = (
+        "expected an SSH host-key fingerprint as 'ssh-keygen -lf' prints it: "
+        "SHA256: followed by 43 base64 characters (a 32-byte SHA-256 digest)"
+    )
+    if not _FINGERPRINT.fullmatch(value):
+        raise ValueError(expected)
+    encoded = value.removeprefix("SHA256:")
+    try:
+        digest = base64.b64decode(encoded + "=", validate=True)
+    except binascii.Error:
+        raise ValueError(expected) from None
+    # 43 characters carry 258 bits: the last 2 must be zero, or two strings name one digest
+    if len(digest) != 32 or base64.b64encode(digest).decode().rstrip("=") != encoded:
         raise ValueError(
-            "expected an SSH host-key fingerprint as 'ssh-keygen -lf' prints it: "
-            "SHA256: followed by 43 base64 characters"
+            "is not canonical base64 of a 32-byte digest (its last character carries stray "
+            "bits); copy the fingerprint exactly as ssh-keygen -lf prints it"
         )
     return value
 
@@ -124,8 +321,10 @@ def _key_reference(value: str) -> str:
     scheme, _, rest = value.partition(":")
     if scheme not in {"file", "env"} or not rest:
         raise ValueError("expected a key reference: file:PATH or env:VARIABLE")
-    if scheme == "env" and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", rest):
+    if scheme == "env" and not _ENV_NAME.fullmatch(rest):
         raise ValueError("expected env:VARIABLE with a valid environment variable name")
+    if scheme == "file" and not re.fullmatch(r"[A-Za-z0-9._/~+@-]{1,4096}", rest, _A):
+        raise ValueError("expected file:PATH with a path of letters, digits and ._/~+@-")
     return value
 
 
@@ -136,7 +335,7 @@ def _disk_id(value: str) -> str:
             "kernel names like /dev/nvme0n1 are not stable across boots; "
             "expected the /dev/disk/by-id/nvme-<model>_<serial> name"
         )
-    if not _BY_ID.match(name):
+    if not _BY_ID.fullmatch(name) or len(name) > 255:
         raise ValueError("expected a /dev/disk/by-id name of an NVMe drive: nvme-<model>_<serial>")
     if _PARTITION_SUFFIX.search(name):
         raise ValueError(
@@ -146,7 +345,7 @@ def _disk_id(value: str) -> str:
 
 
 def _version(pattern: str, example: str) -> AfterValidator:
-    compiled = re.compile(pattern)
+    compiled = re.compile(pattern, _A)
 
     def check(value: str) -> str:
         if not compiled.fullmatch(value):
@@ -157,26 +356,83 @@ def _version(pattern: str, example: str) -> AfterValidator:
 
 
 def _label_key(value: str) -> str:
-    if not _LABEL_KEY.match(value) or len(value) > 316:
-        raise ValueError("expected a Kubernetes label key: [prefix/]name")
+    match = _LABEL_KEY.fullmatch(value)
+    prefix = match["prefix"] if match else None
+    if not match or (prefix is not None and not _DNS_SUBDOMAIN.fullmatch(prefix)):
+        raise ValueError(
+            "expected a Kubernetes label key: [prefix/]name, the prefix a DNS subdomain, "
+            "the name up to 63 of [A-Za-z0-9-_.]"
+        )
+    if prefix in TOOLKIT_LABEL_PREFIXES:
+        raise ValueError(
+            f"{prefix}/ labels are set by the toolkit from the host's fields; "
+            "expected a key under your own prefix"
+        )
+    if (
+        prefix is not None
+        and _in_domain(prefix, _KUBELET_REFUSED_LABEL_SUFFIXES)
+        and not _in_domain(prefix, _KUBELET_ALLOWED_LABEL_PREFIXES)
+    ):
+        raise ValueError(
+            "keys under kubernetes.io and k8s.io are reserved (the kubelet refuses them); "
+            "expected a key under your own prefix"
+        )
     return value
+
+
+def _in_domain(name: str, domains: tuple[str, ...]) -> bool:
+    return any(name == d or name.endswith("." + d) for d in domains)
 
 
 def _label_value(value: str) -> str:
-    if not _LABEL_VALUE.match(value):
-        raise ValueError("expected a Kubernetes label value: up to 63 of [A-Za-z0-9-_.]")
+    if not _LABEL_VALUE.fullmatch(value):
+        raise ValueError(
+            "expected a Kubernetes label value: up to 63 of [A-Za-z0-9-_.], "
+            "starting and ending with a letter or digit"
+        )
     return value
+
+
+def _label_safe_name(value: str) -> str:
+    """A name that also becomes a node label value (lower-cased): provider, datacenter."""
+    if not value or not _LABEL_VALUE.fullmatch(value):
+        raise ValueError(
+            "becomes a Kubernetes label value: expected 1-63 of [A-Za-z0-9-_.], "
+            "starting and ending with a letter or digit"
+        )
+    return value
+
+
+def _check_url_host(parts: Any) -> None:
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("credentials in a URL are not accepted; expected scheme://host")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError("expected a port from 1 to 65535")
+    _host_or_ip(parts.hostname or "")
 
 
 def _https_endpoint(value: str) -> str:
     parts = urlsplit(value)
-    if parts.scheme != "https" or not parts.hostname or parts.path not in {"", "/"}:
+    if (
+        parts.scheme != "https"
+        or not parts.hostname
+        or parts.path not in {"", "/"}
+        or parts.query
+        or parts.fragment
+        or not re.fullmatch(r"https://[A-Za-z0-9.:\[\]-]+/?", value, _A)
+    ):
         raise ValueError("expected an https:// endpoint URL without a path")
+    _check_url_host(parts)
     return value.rstrip("/")
 
 
 def _pinned_image(value: str) -> str:
-    if not _PINNED_IMAGE.match(value):
+    match = _PINNED_IMAGE.fullmatch(value)
+    if not match:
         if "@sha256:" not in value:
             raise ValueError(
                 "must be pinned by digest: REGISTRY/REPOSITORY[:TAG]@sha256:<64 hex digits> "
@@ -185,19 +441,71 @@ def _pinned_image(value: str) -> str:
         raise ValueError(
             "malformed image reference; expected REGISTRY/REPOSITORY[:TAG]@sha256:<64 hex>"
         )
+    if match["port"] is not None:
+        _port(match["port"])
     return value
 
 
 def _dns_subdomain(value: str) -> str:
-    if not _DNS_SUBDOMAIN.match(value):
+    if not _DNS_SUBDOMAIN.fullmatch(value):
         raise ValueError("expected a Kubernetes object name: a lowercase DNS-1123 subdomain")
     return value
 
 
 def _object_uri(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme != "s3" or not parts.hostname:
-        raise ValueError("expected an object-store URI: s3://bucket/prefix")
+    match = re.fullmatch(r"s3://(?P<bucket>[^/]*)(?P<prefix>/.*)?", value, _A | re.DOTALL)
+    if (
+        not match
+        or not _BUCKET.fullmatch(match["bucket"])
+        or not _OBJECT_PREFIX.fullmatch(match["prefix"] or "")
+    ):
+        raise ValueError(
+            "expected an object-store URI: s3://bucket/prefix (bucket: 3-63 of [a-z0-9.-]; "
+            "prefix: letters, digits and ._/=+-)"
+        )
+    return value
+
+
+def _mount_point(value: str) -> str:
+    if not _SAFE_PATH.fullmatch(value) or ".." in value.split("/"):
+        raise ValueError(
+            "expected an absolute path of letters, digits and ._-/ without '..' components"
+        )
+    normalized = posixpath.normpath(re.sub("/+", "/", value))
+    for system in SYSTEM_TREES:
+        if normalized == system or system.startswith(normalized.rstrip("/") + "/"):
+            raise ValueError(
+                "is a system location or a parent of one; expected a dedicated directory such "
+                "as /var/lib/sovereign/weights or /srv/weights"
+            )
+        if normalized.startswith(system + "/"):
+            raise ValueError(
+                f"lies inside {system}, a system location; expected a dedicated directory such "
+                "as /var/lib/sovereign/weights or /srv/weights"
+            )
+    return normalized
+
+
+def _host_path(value: str) -> str:
+    if not _SAFE_PATH.fullmatch(value) or ".." in value.split("/"):
+        raise ValueError(
+            "expected an absolute path of letters, digits and ._-/ without '..' components"
+        )
+    return posixpath.normpath(re.sub("/+", "/", value))
+
+
+def _served_name(value: str) -> str:
+    if not _SERVED_NAME.fullmatch(value):
+        raise ValueError(
+            "expected a model name of letters, digits and ._/:- (up to 128), "
+            "starting and ending with a letter or digit"
+        )
+    return value
+
+
+def _taint(value: str) -> str:
+    if not _TAINT.fullmatch(value):
+        raise ValueError("expected key[=value]:Effect (NoSchedule, PreferNoSchedule, NoExecute)")
     return value
 
 
@@ -220,6 +528,8 @@ class SecretInput:
 
 def _require_secret(value: object) -> object:
     if isinstance(value, SecretInput):
+        if not value.value:
+            raise ValueError("the secret is empty; expected a non-empty string")
         return value.value
     if isinstance(value, SecretStr):
         return value
@@ -230,6 +540,9 @@ def _require_secret(value: object) -> object:
 
 DnsLabel = Annotated[str, AfterValidator(_dns_label)]
 HostOrIp = Annotated[str, AfterValidator(_host_or_ip)]
+IpAddress = Annotated[str, AfterValidator(_ip_only)]
+Cidr = Annotated[str, AfterValidator(_cidr)]
+AllowlistEntry = Annotated[str, AfterValidator(_cidr), AfterValidator(_not_everything)]
 Country = Annotated[str, AfterValidator(_country)]
 PublicIp = Annotated[str, AfterValidator(_public_ip)]
 Fingerprint = Annotated[str, AfterValidator(_fingerprint)]
@@ -237,11 +550,30 @@ KeyReference = Annotated[str, AfterValidator(_key_reference)]
 DiskId = Annotated[str, AfterValidator(_disk_id)]
 LabelKey = Annotated[str, AfterValidator(_label_key)]
 LabelValue = Annotated[str, AfterValidator(_label_value)]
+LabelSafeName = Annotated[str, AfterValidator(_label_safe_name)]
 HttpsEndpoint = Annotated[str, AfterValidator(_https_endpoint)]
 ObjectUri = Annotated[str, AfterValidator(_object_uri)]
 PinnedImage = Annotated[str, AfterValidator(_pinned_image)]
 DnsSubdomain = Annotated[str, AfterValidator(_dns_subdomain)]
+MountPoint = Annotated[str, AfterValidator(_mount_point)]
+HostPath = Annotated[str, AfterValidator(_host_path)]
+ServedName = Annotated[str, AfterValidator(_served_name)]
+Taint = Annotated[str, AfterValidator(_taint)]
+AddressAndPort = Annotated[str, AfterValidator(_address_and_port)]
+Port = Annotated[int, Field(ge=1, le=65535)]
 StackSecret = Annotated[SecretStr, BeforeValidator(_require_secret)]
+
+
+def duplicate_problems(field: str, values: tuple[str, ...], what: str) -> list[Problem]:
+    """One problem per value listed again (compared normalized: IPv6 forms, letter case)."""
+    seen: dict[str, int] = {}
+    problems = []
+    for i, value in enumerate(values):
+        key = host_key(value)
+        if key in seen:
+            problems.append(Problem(f"{field}[{i}]", f"{what} listed twice (also [{seen[key]}])"))
+        seen.setdefault(key, i)
+    return problems
 
 
 # --- hosts ---------------------------------------------------------------------------------
@@ -251,7 +583,7 @@ class SshSpec(Model):
     """How to reach a host. The host key is pinned: a host presenting another key is refused."""
 
     user: str = Field(default="root", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
-    port: int = Field(default=22, ge=1, le=65535)
+    port: Port = 22
     private_key: KeyReference
     host_key: Fingerprint | None = None
 
@@ -269,7 +601,9 @@ class GpuSpec(Model):
             problems.append(Problem("model", "required when count > 0; one of the known models"))
         if self.model is not None and self.model not in GPU_MODELS:
             known = ", ".join(sorted(GPU_MODELS))
-            problems.append(Problem("model", f"unknown GPU model {self.model!r}; expected {known}"))
+            problems.append(
+                Problem("model", f"unknown GPU model{echo(self.model)}; expected {known}")
+            )
         if self.count == 0 and self.model is not None:
             problems.append(Problem("count", "is 0 but a model is set; expected count >= 1"))
         if problems:
@@ -296,15 +630,16 @@ class HostSpec(Model):
     source: Literal["byo"] = "byo"
     address: HostOrIp
     ssh: SshSpec
-    provider: str = Field(min_length=1, max_length=63)
-    datacenter: str = Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    region: str | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    # provider, datacenter and region become node labels (components.plan.cluster.node_labels)
+    provider: LabelSafeName
+    datacenter: LabelSafeName
+    region: DnsLabel | None = None
     country: Country
     egress_ips: tuple[PublicIp, ...] = ()
     gpu: GpuSpec = GpuSpec()
     nvme: tuple[CacheDisk, ...] = ()
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
-    taints: tuple[str, ...] = ()
+    taints: tuple[Taint, ...] = ()
 
     @model_validator(mode="after")
     def _unique_disks(self) -> HostSpec:
@@ -316,14 +651,52 @@ class HostSpec(Model):
                     Problem(f"nvme[{i}].id", f"disk listed twice (also nvme[{seen[disk.id]}])")
                 )
             seen.setdefault(disk.id, i)
-        for i, taint in enumerate(self.taints):
-            if not re.fullmatch(
-                r"[A-Za-z0-9./-]+(=[A-Za-z0-9._-]*)?:(NoSchedule|PreferNoSchedule|NoExecute)", taint
-            ):
-                problems.append(Problem(f"taints[{i}]", "expected key[=value]:Effect"))
+        problems += duplicate_problems("egressIps", self.egress_ips, "address")
+        site = self.datacenter.lower().split("-")[0]
+        if self.region is None and not _LABEL_VALUE.fullmatch(site):
+            problems.append(
+                Problem(
+                    "datacenter",
+                    "its site part (before the first '-') becomes the region label; expected it "
+                    "to start and end with a letter or digit, or set region",
+                )
+            )
         if problems:
             raise CrossFieldProblems(problems)
         return self
+
+    def location_problems(self, allowed_countries: frozenset[str]) -> list[Problem]:
+        """Region and datacenter against the provider location table (paths relative to the host).
+
+        A location the table places outside the allowed countries is refused whatever ``country``
+        says; for a provider the table knows, ``country`` must also agree with it.
+        """
+        problems = []
+        known_provider = provider_locations(self.provider) is not None
+        for field in ("region", "datacenter"):
+            value: str | None = getattr(self, field)
+            if value is None:
+                continue
+            placed = region_country(value, self.provider)
+            if placed is None:
+                continue
+            if placed not in allowed_countries:
+                problems.append(
+                    Problem(
+                        field,
+                        f"the provider location table places{echo(value)} in {placed}, outside "
+                        "the residency policy (whatever country says); expected an EU/EEA location",
+                    )
+                )
+            elif known_provider and placed != self.country in allowed_countries:
+                problems.append(
+                    Problem(
+                        "country",
+                        f"is {self.country} but the provider location table places the {field} "
+                        f"in {placed}; expected {placed}",
+                    )
+                )
+        return problems
 
 
 # --- host software pins --------------------------------------------------------------------
@@ -332,10 +705,12 @@ class HostSpec(Model):
 class NvidiaSpec(Model):
     """Pinned NVIDIA driver, CUDA and container toolkit versions."""
 
-    driver_version: Annotated[str, _version(r"\d{3}\.\d{2,3}(\.\d{2,3})?", "570.172.08")]
+    driver_version: Annotated[str, _version(r"[0-9]{3}\.[0-9]{2,3}(\.[0-9]{2,3})?", "570.172.08")]
     open_kernel_modules: bool = True
-    cuda_version: Annotated[str, _version(r"\d{2}\.\d(\.\d{1,2})?", "12.8 or 12.8.1")]
-    container_toolkit_version: Annotated[str, _version(r"\d+\.\d+\.\d+(-\d+)?", "1.17.8")]
+    cuda_version: Annotated[str, _version(r"[0-9]{2}\.[0-9](\.[0-9]{1,2})?", "12.8 or 12.8.1")]
+    container_toolkit_version: Annotated[
+        str, _version(r"[0-9]{1,4}\.[0-9]{1,4}\.[0-9]{1,4}(-[0-9]{1,4})?", "1.17.8")
+    ]
     fabric_manager: Literal["auto", "on", "off"] = "auto"
 
     @property
@@ -367,19 +742,11 @@ class NvidiaSpec(Model):
 class CacheSpec(Model):
     """The NVMe weight cache every GPU host builds from its ``nvme`` disks."""
 
-    mount_point: str = Field(default="/var/lib/sovereign/weights", pattern=r"^/[A-Za-z0-9._/-]+$")
+    # normalized (//usr -> /usr, /etc/. -> /etc) before the system locations are refused
+    mount_point: MountPoint = "/var/lib/sovereign/weights"
     raid_level: Literal[0] = 0
     filesystem: Literal["xfs", "ext4"] = "xfs"
     array_name: str = Field(default="sovereign-cache", pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")
-
-    @model_validator(mode="after")
-    def _not_a_system_path(self) -> CacheSpec:
-        reserved = ("/", "/boot", "/etc", "/usr", "/var", "/bin", "/sbin", "/lib", "/root", "/home")
-        if self.mount_point.rstrip("/") in reserved or ".." in self.mount_point.split("/"):
-            raise CrossFieldProblems(
-                [Problem("mountPoint", "must be a dedicated directory, not a system path")]
-            )
-        return self
 
 
 class SshDefaults(Model):
@@ -400,11 +767,12 @@ class K3sSpec(Model):
     """The K3s cluster: pinned release, network ranges, and what goes into its config."""
 
     install: bool = True
-    version: Annotated[str, _version(r"v1\.\d{2}\.\d{1,2}\+k3s\d", "v1.31.6+k3s1")]
+    version: Annotated[str, _version(r"v1\.[0-9]{2}\.[0-9]{1,2}\+k3s[0-9]", "v1.31.6+k3s1")]
     installer_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    airgap_bundle: str | None = None
-    cluster_cidr: str = "10.42.0.0/16"
-    service_cidr: str = "10.43.0.0/16"
+    # a directory on every host holding k3s-airgap-images-*.tar*
+    airgap_bundle: HostPath | None = None
+    cluster_cidr: Cidr = "10.42.0.0/16"
+    service_cidr: Cidr = "10.43.0.0/16"
     tls_sans: tuple[HostOrIp, ...] = ()
     secrets_encryption: bool = True
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
@@ -412,19 +780,37 @@ class K3sSpec(Model):
     @model_validator(mode="after")
     def _networks(self) -> K3sSpec:
         problems = []
-        nets = {}
-        for field in ("cluster_cidr", "service_cidr"):
-            try:
-                nets[field] = ipaddress.ip_network(getattr(self, field))
-            except ValueError:
-                problems.append(Problem(to_camel(field), "expected a CIDR such as 10.42.0.0/16"))
-        if len(nets) == 2 and nets["cluster_cidr"].overlaps(nets["service_cidr"]):
+        nets = {"clusterCidr": self.cluster_network, "serviceCidr": self.service_network}
+        for field, net in nets.items():
+            if not any(
+                net.version == r.version and net.subnet_of(r)  # type: ignore[arg-type]
+                for r in PRIVATE_CLUSTER_RANGES
+            ):
+                problems.append(
+                    Problem(
+                        field,
+                        "expected a private range: inside 10.0.0.0/8, 172.16.0.0/12, "
+                        "192.168.0.0/16, 100.64.0.0/10 (RFC 6598) or fc00::/7 (ULA)",
+                    )
+                )
+        if self.cluster_network.version != self.service_network.version:
+            problems.append(Problem("serviceCidr", "expected the same IP version as clusterCidr"))
+        elif self.cluster_network.overlaps(self.service_network):
             problems.append(
                 Problem("serviceCidr", "overlaps clusterCidr; expected disjoint ranges")
             )
+        problems += duplicate_problems("tlsSans", self.tls_sans, "name")
         if problems:
             raise CrossFieldProblems(problems)
         return self
+
+    @property
+    def cluster_network(self) -> Network:
+        return ipaddress.ip_network(self.cluster_cidr)
+
+    @property
+    def service_network(self) -> Network:
+        return ipaddress.ip_network(self.service_cidr)
 
 
 # --- inference -----------------------------------------------------------------------------
@@ -450,7 +836,7 @@ class ModelGpuSpec(Model):
         if self.model not in GPU_MODELS:
             known = ", ".join(sorted(GPU_MODELS))
             raise CrossFieldProblems(
-                [Problem("model", f"unknown GPU model {self.model!r}; expected {known}")]
+                [Problem("model", f"unknown GPU model{echo(self.model)}; expected {known}")]
             )
         return self
 
@@ -463,7 +849,7 @@ class ModelSpec(Model):
     """
 
     name: DnsLabel
-    served_name: str | None = Field(default=None, min_length=1, max_length=128)
+    served_name: ServedName | None = None
     source: WeightsSource
     gpus_per_replica: int = Field(default=1, ge=1, le=16)
     min_gpu_memory_gib: int = Field(default=0, ge=0)
@@ -483,7 +869,7 @@ class ModelSpec(Model):
         problems = [
             Problem(f"env.{name}", "expected an environment variable name: [A-Za-z_][A-Za-z0-9_]*")
             for name in self.env
-            if not _ENV_NAME.match(name)
+            if not _ENV_NAME.fullmatch(name)
         ]
         if problems:
             raise CrossFieldProblems(problems)
@@ -507,7 +893,7 @@ class GatewaySpec(Model):
     """The OpenAI-compatible entry point that holds requests while a model wakes up."""
 
     host: HostOrIp = "inference.local"
-    port: int = Field(default=8080, ge=1, le=65535)
+    port: Port = 8080
     request_timeout_seconds: int = Field(default=600, ge=1, le=3600)
     cold_start_timeout_seconds: int = Field(default=900, ge=10, le=3600)
     max_pending_requests: int = Field(default=1000, ge=1, le=100000)
@@ -548,12 +934,15 @@ class GatewaySpec(Model):
         return self
 
 
+_SEMVER = r"[0-9]{1,4}\.[0-9]{1,4}\.[0-9]{1,4}"
+
+
 class ChartsSpec(Model):
     """Pinned versions of the upstream Helm charts the inference stack installs."""
 
-    keda: Annotated[str, _version(r"\d+\.\d+\.\d+", "2.16.1")] = "2.16.1"
-    nvidia_device_plugin: Annotated[str, _version(r"\d+\.\d+\.\d+", "0.17.1")] = "0.17.1"
-    dcgm_exporter: Annotated[str, _version(r"\d+\.\d+\.\d+", "4.1.1")] = "4.1.1"
+    keda: Annotated[str, _version(_SEMVER, "2.16.1")] = "2.16.1"
+    nvidia_device_plugin: Annotated[str, _version(_SEMVER, "0.17.1")] = "0.17.1"
+    dcgm_exporter: Annotated[str, _version(_SEMVER, "4.1.1")] = "4.1.1"
 
 
 class MeteringSpec(Model):
@@ -584,7 +973,8 @@ class InferenceSpec(Model):
                 problems.append(
                     Problem(
                         f"models[{i}].name",
-                        f"model name {model.name!r} used twice (also models[{names_seen[model.name]}])",
+                        f"model name{echo(model.name)} used twice "
+                        f"(also models[{names_seen[model.name]}])",
                     )
                 )
             names_seen.setdefault(model.name, i)
@@ -594,7 +984,7 @@ class InferenceSpec(Model):
                 problems.append(
                     Problem(
                         f"models[{i}].{field}",
-                        f"served name {served!r} used twice (also models[{served_seen[served]}])",
+                        f"served name{echo(served)} used twice (also models[{served_seen[served]}])",
                     )
                 )
             served_seen.setdefault(served, i)
@@ -624,9 +1014,11 @@ class ResidencyPolicy(Model):
     allowed_countries: frozenset[Country] = EU_EEA_COUNTRIES
     allowed_registries: tuple[HostOrIp, ...] = Field(min_length=1)
     allowed_object_store_endpoints: tuple[HttpsEndpoint, ...] = Field(min_length=1)
-    dns_resolvers: tuple[Annotated[str, AfterValidator(_host_or_ip)], ...] = Field(min_length=1)
+    # resolv.conf and resolved.conf take addresses only
+    dns_resolvers: tuple[IpAddress, ...] = Field(min_length=1)
     ntp_servers: tuple[HostOrIp, ...] = Field(min_length=1)
-    egress_allowlist: tuple[str, ...] | None = None
+    # CIDRs (IPv4 and IPv6) hosts may reach besides the cluster, DNS and NTP; unset: no limit
+    egress_allowlist: tuple[AllowlistEntry, ...] | None = None
 
     @field_serializer("allowed_countries")
     def _sorted_countries(self, countries: frozenset[str]) -> list[str]:
@@ -635,16 +1027,26 @@ class ResidencyPolicy(Model):
     @model_validator(mode="after")
     def _policy_itself_is_sound(self) -> ResidencyPolicy:
         problems = []
-        for i, resolver in enumerate(self.dns_resolvers):
-            try:
-                ipaddress.ip_address(resolver)
-            except ValueError:
-                problems.append(Problem(f"dnsResolvers[{i}]", "expected an IP address"))
-        for i, cidr in enumerate(self.egress_allowlist or ()):
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                problems.append(Problem(f"egressAllowlist[{i}]", "expected a CIDR"))
+        problems += duplicate_problems("allowedRegistries", self.allowed_registries, "registry")
+        problems += duplicate_problems(
+            "allowedObjectStoreEndpoints", self.allowed_object_store_endpoints, "endpoint"
+        )
+        problems += duplicate_problems("dnsResolvers", self.dns_resolvers, "resolver")
+        problems += duplicate_problems("ntpServers", self.ntp_servers, "server")
+        allowlist = self.egress_allowlist or ()
+        problems += duplicate_problems("egressAllowlist", allowlist, "range")
+        for version, everything in ((4, "0.0.0.0/0"), (6, "::/0")):
+            nets = [ipaddress.ip_network(c) for c in allowlist]
+            family = [n for n in nets if n.version == version and n.prefixlen > 0]
+            merged = list(ipaddress.collapse_addresses(family))  # type: ignore[type-var]
+            if [str(n) for n in merged] == [everything]:
+                problems.append(
+                    Problem(
+                        "egressAllowlist",
+                        f"its IPv{version} ranges together cover every address ({everything}); "
+                        "expected the ranges hosts may reach",
+                    )
+                )
         if problems:
             raise CrossFieldProblems(problems)
         return self
@@ -682,7 +1084,7 @@ class VerificationSpec(Model):
     geoip_max_age_days: int = Field(default=62, ge=1, le=3650)
     # host:port outside the allowed countries that every host must fail to reach when an egress
     # allowlist is configured; unset, the allowlist is checked in the ruleset only.
-    egress_canary: str | None = Field(default=None, pattern=r"^[0-9a-fA-F.:]+:\d{1,5}$")
+    egress_canary: AddressAndPort | None = None
 
 
 # --- the whole stack -----------------------------------------------------------------------
@@ -700,7 +1102,8 @@ class StackConfig(Model):
     """One environment: its hosts, pins, cluster, inference stack and residency policy."""
 
     environment: DnsLabel
-    inventory: str | None = None
+    # relative to the project directory; written by `sovereign lab up` or an ordering step
+    inventory: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._/-]{1,4096}$")
     ssh: SshDefaults = SshDefaults()
     hosts: tuple[HostSpec, ...] = Field(min_length=1)
     nvidia: NvidiaSpec
@@ -732,17 +1135,17 @@ class StackConfig(Model):
                 problems.append(
                     Problem(
                         f"hosts[{i}].name",
-                        f"duplicate host name {host.name!r} (also hosts[{names[host.name]}])",
+                        f"duplicate host name{echo(host.name)} (also hosts[{names[host.name]}])",
                     )
                 )
             names.setdefault(host.name, i)
-            endpoint = (host.address, host.ssh.port)
+            endpoint = (host_key(host.address), host.ssh.port)
             if endpoint in endpoints:
                 problems.append(
                     Problem(
                         f"hosts[{i}].address",
-                        f"{host.address}:{host.ssh.port} is already used by hosts[{endpoints[endpoint]}]; "
-                        "expected one address (and SSH port) per host",
+                        f"address and SSH port {host.ssh.port} already used by "
+                        f"hosts[{endpoints[endpoint]}]; expected one address (and SSH port) per host",
                     )
                 )
             endpoints.setdefault(endpoint, i)
@@ -776,14 +1179,17 @@ class StackConfig(Model):
                         f"{', '.join(sorted(policy.allowed_countries))}",
                     )
                 )
+            problems += [
+                Problem(f"hosts[{i}].{p.path}", p.message)
+                for p in host.location_problems(policy.allowed_countries)
+            ]
         for path, image in self.inference.images():
             registry = image_registry(image)
-            if registry not in policy.allowed_registries:
+            if host_key(registry) not in {host_key(r) for r in policy.allowed_registries}:
                 problems.append(
                     Problem(
                         path,
-                        f"registry {registry} is not in residency.allowedRegistries "
-                        f"({', '.join(policy.allowed_registries)})",
+                        f"registry{echo(registry, quote=False)} is not in residency.allowedRegistries",
                     )
                 )
         for i, model in enumerate(self.inference.models):
@@ -791,7 +1197,7 @@ class StackConfig(Model):
                 problems.append(
                     Problem(
                         f"inference.models[{i}].source.endpoint",
-                        f"{model.source.endpoint} is not in residency.allowedObjectStoreEndpoints",
+                        "is not in residency.allowedObjectStoreEndpoints",
                     )
                 )
         return problems
@@ -813,6 +1219,23 @@ class StackConfig(Model):
                     "required: the sha256 of the K3s install script, or an airgapBundle on the hosts",
                 )
             )
+        for field, net in (
+            ("k3s.clusterCidr", self.k3s.cluster_network),
+            ("k3s.serviceCidr", self.k3s.service_network),
+        ):
+            for i, host in enumerate(self.hosts):
+                try:
+                    address = ipaddress.ip_address(host.address)
+                except ValueError:
+                    continue  # a host name: its address is not known here
+                if address in net:
+                    problems.append(
+                        Problem(
+                            field,
+                            f"contains the address of hosts[{i}]; expected a range no host "
+                            "address is in (pods and services would shadow the host)",
+                        )
+                    )
         return problems + self._server_count_problems()
 
     def _server_count_problems(self) -> list[Problem]:

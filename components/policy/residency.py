@@ -8,7 +8,6 @@ country of GPU hosts. Configure allowed registries and endpoints with the pack's
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -20,34 +19,11 @@ from pulumi_policy import (
     ResourceValidationPolicy,
 )
 
-from components.config.catalog import EU_EEA_COUNTRIES
+# The provider location table lives with the config boundary's other static facts: the pack and
+# ``sovereign validate`` read the same one.
+from components.config.catalog import EU_EEA_COUNTRIES, region_country
 from components.config.models import image_registry
 
-# Where each provider's regions are (providers' own region lists). Zones map to their region.
-REGION_COUNTRIES: dict[str, str] = {
-    # AWS
-    "eu-central-1": "DE", "eu-central-2": "CH", "eu-west-1": "IE", "eu-west-2": "GB",
-    "eu-west-3": "FR", "eu-north-1": "SE", "eu-south-1": "IT", "eu-south-2": "ES",
-    "us-east-1": "US", "us-east-2": "US", "us-west-1": "US", "us-west-2": "US",
-    # Google Cloud
-    "europe-west1": "BE", "europe-west2": "GB", "europe-west3": "DE", "europe-west4": "NL",
-    "europe-west6": "CH", "europe-west8": "IT", "europe-west9": "FR", "europe-west10": "DE",
-    "europe-west12": "IT", "europe-north1": "FI", "europe-north2": "SE",
-    "europe-central2": "PL", "europe-southwest1": "ES", "us-central1": "US",
-    # Azure
-    "westeurope": "NL", "northeurope": "IE", "germanywestcentral": "DE", "germanynorth": "DE",
-    "francecentral": "FR", "francesouth": "FR", "swedencentral": "SE", "polandcentral": "PL",
-    "italynorth": "IT", "spaincentral": "ES", "norwayeast": "NO", "norwaywest": "NO",
-    "switzerlandnorth": "CH", "uksouth": "GB", "eastus": "US",
-    # Hetzner Cloud
-    "fsn1": "DE", "nbg1": "DE", "hel1": "FI", "ash": "US", "hil": "US", "sin": "SG",
-    # Scaleway
-    "fr-par": "FR", "nl-ams": "NL", "pl-waw": "PL",
-    # OVHcloud
-    "gra": "FR", "sbg": "FR", "rbx": "FR", "waw": "PL", "lim": "DE", "bhs": "CA", "uk": "GB",
-    # IONOS
-    "de/fra": "DE", "de/txl": "DE", "es/vit": "ES", "fr/par": "FR", "gb/lhr": "GB",
-}  # fmt: skip
 LOCATION_KEYS = ("region", "location", "zone", "availabilityZone", "datacenter")
 WORKLOAD_TYPES = {
     "kubernetes:core/v1:Pod",
@@ -58,23 +34,6 @@ WORKLOAD_TYPES = {
     "kubernetes:batch/v1:CronJob",
 }
 GPU_HOST_TYPE = "sovereign:gpu_host:GpuHost"
-
-
-def region_country(value: str) -> str | None:
-    """The country of a region or zone name, or None when it is not known."""
-    name = value.strip().lower()
-    candidates = [
-        name,
-        re.sub(r"[a-z]$", "", name) if re.search(r"\d[a-z]$", name) else name,  # eu-central-1a
-        re.sub(r"-\d+$", "", name),  # fr-par-1
-        re.sub(r"-[a-z]$", "", name),  # europe-west3-a
-        name.split("-")[0],  # fsn1-dc14
-        re.sub(r"\d+$", "", name),  # gra11, waw1
-    ]
-    for candidate in candidates:
-        if candidate in REGION_COUNTRIES:
-            return REGION_COUNTRIES[candidate]
-    return None
 
 
 def _allowed_countries(config: Mapping[str, Any]) -> set[str]:

@@ -39,10 +39,24 @@ def isolated_project(tmp_path: Path) -> Path:
     return project
 
 
-def test_validate_accepts_every_shipped_stack() -> None:
-    result = sovereign("validate", *[str(p) for p in STACKS])
+def test_validate_accepts_every_shipped_stack(tmp_path: Path) -> None:
+    from tests.unit.test_config_files import lab_inventory
+
+    project = isolated_project(tmp_path)
+    lab_inventory(project)  # the lab stack names the inventory `sovereign lab up` writes
+    stacks = sorted(str(p) for p in (project / "stacks").glob("Pulumi.*.yaml"))
+    result = sovereign("validate", *stacks, cwd=project)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count(": ok (") == len(STACKS)
+
+
+def test_validate_refuses_the_lab_stack_before_the_lab_is_up(tmp_path: Path) -> None:
+    project = isolated_project(tmp_path)
+    result = sovereign("validate", "stacks/Pulumi.lab.yaml", cwd=project)
+    assert result.returncode == 2
+    assert "inventory: file '.lab/inventory.json' not found" in result.stderr
+    assert "sovereign lab up --hosts 2 --nvme 2" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
 
 
 def test_validate_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
@@ -53,7 +67,7 @@ def test_validate_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
     data["config"]["sovereign-inference:k3s"]["version"] = "latest"
     bad = tmp_path / "Pulumi.bad.yaml"
     bad.write_text(yaml.safe_dump(data))
-    good = STACKS[0]
+    good = ROOT / "stacks" / "Pulumi.staging.yaml"
     result = sovereign("validate", str(good), str(bad))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

@@ -108,7 +108,9 @@ def test_every_broken_field_is_named_by_its_path(tmp_path: Path) -> None:
             "100 GiB",
         ),
         (
-            lambda c: c[NS + "inference"].update(image="docker.io/vllm/vllm-openai:v0.11.0@sha256:" + "a" * 64),
+            lambda c: c[NS + "inference"].update(
+                image="docker.io/vllm/vllm-openai:v0.11.0@sha256:" + "a" * 64
+            ),
             "inference.image",
             "docker.io is not in residency.allowedRegistries",
         ),
@@ -174,7 +176,11 @@ def test_every_broken_field_is_named_by_its_path(tmp_path: Path) -> None:
             "k3s.serviceCidr",
             "overlaps",
         ),
-        (lambda c: c[NS + "cache"].update(mountPoint="/var"), "cache.mountPoint", "system path"),
+        (
+            lambda c: c[NS + "cache"].update(mountPoint="/var"),
+            "cache.mountPoint",
+            "system location",
+        ),
         (
             lambda c: c[NS + "inference"]["models"].append(
                 copy.deepcopy(c[NS + "inference"]["models"][0])

@@ -9,11 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pulumi_policy import PolicyResourceOptions, ResourceValidationArgs
 
+from components.config import StackConfigError
+from components.config.catalog import PROVIDER_LOCATIONS, region_country
+from components.config.loader import load_stack_data
 from components.policy.residency import (
     pack_config,
-    region_country,
     residency_policies,
     validate_endpoints,
     validate_gpu_hosts,
@@ -87,6 +90,49 @@ def test_regions_outside_the_allowed_countries_are_refused() -> None:
         validate_regions, "hcloud:index/server:Server", {"location": "ash"}, "eu-regions-only"
     )
     assert "in US" in us
+
+
+def _every_location() -> list[tuple[str, str, str]]:
+    return [
+        (provider, name, country)
+        for provider, table in PROVIDER_LOCATIONS.items()
+        for name, country in table.items()
+        if "/" not in name  # IONOS "de/fra" names a location, never a datacenter label value
+    ]
+
+
+@pytest.mark.parametrize(("provider", "name", "country"), _every_location())
+def test_the_pack_and_validate_read_one_location_table(
+    provider: str, name: str, country: str
+) -> None:
+    """Each location of the table is judged the same way by the policy pack (a cloud resource's
+    region) and by the config boundary (a host's datacenter, whatever its country says)."""
+    allowed = {"DE", "FR", "NL"}
+    pack = run(validate_regions, "aws:s3/bucketV2:BucketV2", {"region": name}, "eu-regions-only")
+    assert bool(pack) == (country not in allowed)
+    data = yaml.safe_load((ROOT / "stacks" / "Pulumi.staging.yaml").read_text())
+    config = data["config"]
+    config["sovereign-inference:residency"]["allowedCountries"] = sorted(allowed)
+    for host in config["sovereign-inference:hosts"]:
+        host.update(provider=provider, datacenter=name, country="DE")
+    try:
+        load_stack_data(data, "case", ROOT)
+        problems: list[str] = []
+    except StackConfigError as exc:
+        problems = [p.path for p in exc.problems]
+    assert ("hosts[0].datacenter" in problems) == (country not in allowed)
+
+
+def test_the_pack_has_no_location_table_of_its_own() -> None:
+    import components.policy.residency as pack
+
+    tables = [
+        name
+        for name, value in vars(pack).items()
+        if isinstance(value, dict) and len(value) > 20 and not name.startswith("__")
+    ]
+    assert tables == []
+    assert vars(pack)["region_country"] is region_country
 
 
 def deployment(*images: str) -> dict[str, Any]:
