@@ -1,0 +1,183 @@
+"""The route table: which models the gateway serves, where their replicas listen, and the limits.
+
+One home for the schema. ``sovereign render`` writes it (camelCase JSON) and the gateway reads it; both
+import these models. Only pydantic and the standard library are imported here.
+
+Example::
+
+    {"models": [{"name": "meta-llama/Llama-3.3-70B-Instruct",
+                 "upstream": "http://llama-70b.sovereign-models.svc:8000",
+                 "targetConcurrency": 8, "maxPendingRequests": 1000,
+                 "coldStartTimeoutSeconds": 900, "requestTimeoutSeconds": 600,
+                 "gpusPerReplica": 4}],
+     "tenants": [{"name": "team-a", "maxConcurrentRequests": 16}],
+     "metering": {"pricePerGpuHour": 2.5, "currency": "EUR"}}
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+_TENANT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True
+    )
+
+
+class ModelRoute(_Schema):
+    """One model: the name clients send as ``model`` and the base URL of its replicas' Service."""
+
+    name: Annotated[str, Field(min_length=1, max_length=256)]
+    upstream: str
+    target_concurrency: Annotated[int, Field(ge=1)] = 8
+    max_pending_requests: Annotated[int, Field(ge=1)] = 1000
+    cold_start_timeout_seconds: Annotated[float, Field(gt=0)] = 900.0
+    request_timeout_seconds: Annotated[float, Field(gt=0)] = 600.0
+    gpus_per_replica: Annotated[int, Field(ge=0)] = 1
+
+    @field_validator("name")
+    @classmethod
+    def _printable_name(cls, value: str) -> str:
+        if value != value.strip() or not value.isprintable():
+            raise ValueError(
+                f"expected a model name without surrounding spaces or control characters, got {value!r}"
+            )
+        return value
+
+    @field_validator("upstream")
+    @classmethod
+    def _http_base_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"expected an http(s) base URL such as http://llama.models.svc:8000, got {value!r}"
+            )
+        if parts.query or parts.fragment:
+            raise ValueError(f"expected a base URL without query or fragment, got {value!r}")
+        try:
+            parts.port  # noqa: B018  (raises on a port out of range)
+        except ValueError as error:
+            raise ValueError(f"expected a valid port in {value!r}: {error}") from None
+        return value.rstrip("/")
+
+
+class TenantLimit(_Schema):
+    """A tenant named in the API-key file, with its optional cap on concurrent requests."""
+
+    name: str
+    max_concurrent_requests: Annotated[int, Field(ge=1)] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, value: str) -> str:
+        if not _TENANT_NAME.fullmatch(value):
+            raise ValueError(
+                f"expected a DNS label (lowercase letters, digits, '-'), got {value!r}"
+            )
+        return value
+
+
+class Metering(_Schema):
+    """How GPU time is priced in ``/usage``."""
+
+    price_per_gpu_hour: Annotated[float, Field(ge=0)] = 0.0
+    currency: str = "EUR"
+
+    @field_validator("currency")
+    @classmethod
+    def _iso_currency(cls, value: str) -> str:
+        if not _CURRENCY.fullmatch(value):
+            raise ValueError(f"expected an ISO 4217 currency code such as EUR, got {value!r}")
+        return value
+
+
+class RouteTable(_Schema):
+    """The whole file: models, tenants, metering."""
+
+    models: list[ModelRoute]
+    tenants: list[TenantLimit] = Field(default_factory=list)
+    metering: Metering = Field(default_factory=Metering)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> RouteTable:
+        for kind, names in (
+            ("models", [model.name for model in self.models]),
+            ("tenants", [tenant.name for tenant in self.tenants]),
+        ):
+            seen: set[str] = set()
+            for index, name in enumerate(names):
+                if name in seen:
+                    raise ValueError(
+                        f"{kind}[{index}].name: {name!r} appears twice; names must be unique"
+                    )
+                seen.add(name)
+        return self
+
+    def model(self, name: str) -> ModelRoute | None:
+        """The route for ``name``, or None when no model of that name is configured."""
+        for route in self.models:
+            if route.name == name:
+                return route
+        return None
+
+    def tenant(self, name: str) -> TenantLimit | None:
+        """The limits of tenant ``name``, or None when the table names none for it."""
+        for tenant in self.tenants:
+            if tenant.name == name:
+                return tenant
+        return None
+
+    def to_json(self) -> str:
+        """The camelCase JSON text the gateway reads (stable key order, trailing newline)."""
+        return json.dumps(self.model_dump(mode="json", by_alias=True), indent=2) + "\n"
+
+
+class RouteTableError(ValueError):
+    """The route-table file is missing, not JSON, or does not match the schema."""
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def parse_route_table(text: str, source: str = "route table") -> RouteTable:
+    """Parse route-table JSON text; errors name the field (camelCase, as in the file)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise RouteTableError(
+            f"{source}: expected JSON, line {error.lineno} column {error.colno}: {error.msg}"
+        ) from None
+    try:
+        # the file speaks camelCase only; snake_case names are for Python callers
+        return RouteTable.model_validate(data, by_alias=True, by_name=False)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{_location(tuple(item['loc']))}: {item['msg'].removeprefix('Value error, ')}"
+            for item in error.errors()
+        )
+        raise RouteTableError(f"{source}: {problems}") from None
+
+
+def load_route_table(path: str | Path) -> RouteTable:
+    """Read and validate the route-table file at ``path``."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as error:
+        raise RouteTableError(f"route table {file}: cannot read: {error.strerror}") from None
+    return parse_route_table(text, source=f"route table {file}")

@@ -1,0 +1,109 @@
+"""KEDA's external-push scaler over gRPC: IsActive, StreamIsActive, GetMetricSpec, GetMetrics.
+
+A ScaledObject names its model in the trigger metadata key ``model``. The metric is the model's
+pending plus in-flight requests summed over every live gateway replica; its per-replica target is
+the model's ``targetConcurrency``; the model is active while that sum is above zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+
+from sovereign_gateway.counts import Counts
+from sovereign_gateway.proto import externalscaler_pb2 as pb
+from sovereign_gateway.proto import externalscaler_pb2_grpc as pb_grpc
+from sovereign_gateway.routes import ModelRoute, RouteTable
+
+METADATA_MODEL_KEY = "model"
+"""The ScaledObject trigger metadata key that holds the model's name (the route's ``name``)."""
+
+METRIC_NAME = "gateway-requests"
+"""The metric's name as GetMetricSpec gives it (KEDA prefixes it with the trigger index)."""
+
+_Context = grpc.aio.ServicerContext
+
+
+class ExternalScaler(pb_grpc.ExternalScalerServicer):
+    """Answers KEDA for the models of the current route table."""
+
+    def __init__(self, counts: Counts, routes: Callable[[], RouteTable]) -> None:
+        self._counts = counts
+        self._routes = routes
+
+    async def _route(
+        self, ref: pb.ScaledObjectRef, context: _Context[object, object]
+    ) -> ModelRoute:
+        name = ref.scalerMetadata.get(METADATA_MODEL_KEY, "")
+        if not name:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"ScaledObject {ref.namespace}/{ref.name}: expected the trigger metadata key "
+                f"'{METADATA_MODEL_KEY}' naming a model of the route table",
+            )
+        route = self._routes().model(name)
+        if route is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"ScaledObject {ref.namespace}/{ref.name}: model {name!r} is not in the route table",
+            )
+        assert route is not None  # abort raises
+        return route
+
+    def _active(self, model: str) -> bool:
+        return self._counts.total_model(model).total > 0
+
+    async def IsActive(  # noqa: N802  (gRPC method name)
+        self, request: pb.ScaledObjectRef, context: _Context[object, object]
+    ) -> pb.IsActiveResponse:
+        route = await self._route(request, context)
+        return pb.IsActiveResponse(result=self._active(route.name))
+
+    async def StreamIsActive(  # noqa: N802  (gRPC method name)
+        self, request: pb.ScaledObjectRef, context: _Context[object, object]
+    ) -> AsyncIterator[pb.IsActiveResponse]:
+        """Sends the current value at once, then each change as it happens."""
+        route = await self._route(request, context)
+        last: bool | None = None
+        while True:
+            changed = self._counts.signal.current()
+            active = self._active(route.name)
+            if active != last:
+                yield pb.IsActiveResponse(result=active)
+                last = active
+            await changed.wait()
+
+    async def GetMetricSpec(  # noqa: N802  (gRPC method name)
+        self, request: pb.ScaledObjectRef, context: _Context[object, object]
+    ) -> pb.GetMetricSpecResponse:
+        route = await self._route(request, context)
+        return pb.GetMetricSpecResponse(
+            metricSpecs=[
+                pb.MetricSpec(
+                    metricName=METRIC_NAME,
+                    targetSize=route.target_concurrency,
+                    targetSizeFloat=float(route.target_concurrency),
+                )
+            ]
+        )
+
+    async def GetMetrics(  # noqa: N802  (gRPC method name)
+        self, request: pb.GetMetricsRequest, context: _Context[object, object]
+    ) -> pb.GetMetricsResponse:
+        route = await self._route(request.scaledObjectRef, context)
+        value = self._counts.total_model(route.name).total
+        return pb.GetMetricsResponse(
+            metricValues=[
+                pb.MetricValue(
+                    metricName=request.metricName or METRIC_NAME,
+                    metricValue=value,
+                    metricValueFloat=float(value),
+                )
+            ]
+        )
+
+
+def add_scaler(server: grpc.aio.Server, scaler: ExternalScaler) -> None:
+    """Register the scaler on ``server`` (the generated registration function is untyped)."""
+    pb_grpc.add_ExternalScalerServicer_to_server(scaler, server)  # type: ignore[no-untyped-call]

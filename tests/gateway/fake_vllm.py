@@ -1,0 +1,204 @@
+"""A fake vLLM server for gateway tests: the OpenAI surface, streamed or not, with usage.
+
+Run as ``python -m tests.gateway.fake_vllm --port N``. It behaves like a replica seen from outside:
+``--start-delay S`` keeps the port closed (connections refused) for S seconds, as during a cold
+start, then listens. ``--reuse-port`` lets a second replica share the port, the kernel spreading
+connections between them like a Service. A request may steer the reply through a ``fake`` object in
+its body: ``chunks`` (streamed chunks), ``interval`` (seconds between chunks), ``delay`` (seconds
+before answering), ``die_after`` (the process exits after sending that many chunks). Every streamed
+chunk carries ``sent``, the server's ``time.monotonic()`` when it was written (the clock is shared by
+the processes of one machine). ``GET /fake/stats`` tells when it started listening and when the
+first request arrived.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import time
+from typing import Any
+
+from aiohttp import web
+
+MODEL = web.AppKey("model", str)
+_STATS: dict[str, Any] = {"listening_since": None, "first_request_at": None, "requests": 0}
+
+
+def _fake(body: dict[str, Any]) -> dict[str, Any]:
+    value = body.get("fake")
+    return value if isinstance(value, dict) else {}
+
+
+def _count_request() -> None:
+    if _STATS["first_request_at"] is None:
+        _STATS["first_request_at"] = time.monotonic()
+    _STATS["requests"] += 1
+
+
+def _prompt_tokens(body: dict[str, Any]) -> int:
+    text = json.dumps(body.get("messages") or body.get("prompt") or body.get("input") or "")
+    return max(1, len(text) // 4)
+
+
+async def _health(request: web.Request) -> web.Response:
+    return web.Response(text="")
+
+
+async def _stats(request: web.Request) -> web.Response:
+    return web.json_response({**_STATS, "pid": os.getpid()})
+
+
+async def _model_info(request: web.Request) -> web.Response:
+    """What routers that discover a worker's model ask for (vllm-router, sglang-router)."""
+    name = request.app[MODEL]
+    return web.json_response({"model_id": name, "model_path": name, "is_generation": True})
+
+
+async def _models(request: web.Request) -> web.Response:
+    name = request.app[MODEL]
+    return web.json_response({"object": "list", "data": [{"id": name, "object": "model"}]})
+
+
+async def _completion(request: web.Request) -> web.StreamResponse:
+    _count_request()
+    body = await request.json()
+    fake = _fake(body)
+    chunks = int(fake.get("chunks", 3))
+    interval = float(fake.get("interval", 0.0))
+    die_after = fake.get("die_after")
+    if fake.get("delay"):
+        await asyncio.sleep(float(fake["delay"]))
+    chat = request.path.endswith("/chat/completions")
+    model = body.get("model", request.app[MODEL])
+    prompt_tokens = _prompt_tokens(body)
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": chunks,
+        "total_tokens": prompt_tokens + chunks,
+    }
+    created = int(time.time())
+    if body.get("stream") is not True:
+        text = " ".join(f"tok{i}" for i in range(chunks))
+        choice: dict[str, Any] = (
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            if chat
+            else {"index": 0, "text": text, "finish_reason": "stop"}
+        )
+        return web.json_response(
+            {
+                "id": "cmpl-fake",
+                "object": "chat.completion" if chat else "text_completion",
+                "created": created,
+                "model": model,
+                "choices": [choice],
+                "usage": usage,
+                "pid": os.getpid(),
+            }
+        )
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    for index in range(chunks):
+        if die_after is not None and index >= int(die_after):
+            os._exit(3)  # the replica dies mid-stream: the kernel closes its sockets
+        delta = {"content": f"tok{index} "}
+        event: dict[str, Any] = {
+            "id": "cmpl-fake",
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": created,
+            "model": model,
+            "choices": [
+                {"index": 0, "delta": delta, "finish_reason": None}
+                if chat
+                else {"index": 0, "text": delta["content"], "finish_reason": None}
+            ],
+            "seq": index,
+            "sent": time.monotonic(),
+            "pid": os.getpid(),
+        }
+        if include_usage:
+            event["usage"] = None
+        await response.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+        if interval:
+            await asyncio.sleep(interval)
+    if include_usage:
+        final = {
+            "id": "cmpl-fake",
+            "object": "chat.completion.chunk",
+            "choices": [],
+            "usage": usage,
+        }
+        await response.write(b"data: " + json.dumps(final).encode() + b"\n\n")
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
+
+
+async def _embeddings(request: web.Request) -> web.Response:
+    _count_request()
+    body = await request.json()
+    inputs = body.get("input")
+    items = inputs if isinstance(inputs, list) else [inputs]
+    prompt_tokens = _prompt_tokens(body)
+    return web.json_response(
+        {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
+                for i in range(len(items))
+            ],
+            "model": body.get("model"),
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+        }
+    )
+
+
+def build_app(model: str) -> web.Application:
+    app = web.Application()
+    app[MODEL] = model
+    app.router.add_get("/health", _health)
+    app.router.add_get("/fake/stats", _stats)
+    app.router.add_get("/v1/models", _models)
+    app.router.add_get("/get_model_info", _model_info)
+    app.router.add_get("/get_server_info", _model_info)
+    app.router.add_post("/v1/chat/completions", _completion)
+    app.router.add_post("/v1/completions", _completion)
+    app.router.add_post("/v1/embeddings", _embeddings)
+    return app
+
+
+async def _main(args: argparse.Namespace) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    if args.start_delay > 0:
+        await asyncio.sleep(args.start_delay)
+    runner = web.AppRunner(build_app(args.model), access_log=None)
+    await runner.setup()
+    await web.TCPSite(
+        runner, args.host, args.port, reuse_port=args.reuse_port, backlog=1024
+    ).start()
+    _STATS["listening_since"] = time.monotonic()
+    print(json.dumps({"event": "listening", "t": _STATS["listening_since"]}), flush=True)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="fake-vllm")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--model", default="fake/model")
+    parser.add_argument("--start-delay", type=float, default=0.0)
+    parser.add_argument("--reuse-port", action="store_true")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_main(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
