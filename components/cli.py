@@ -89,6 +89,8 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 
     def show_step(step: StepReport) -> None:
         detail = f"  ({'; '.join(step.changes)})" if step.changes else ""
+        if step.drift:
+            detail = f"  (would change: {step.drift})"
         if step.error:
             detail = f"  {step.error}"
         print(

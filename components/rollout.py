@@ -40,6 +40,7 @@ class StepReport:
     changes: tuple[str, ...] = ()
     facts: dict[str, str] = field(default_factory=dict)
     error: str = ""
+    drift: str = ""  # check mode: what an apply would change
 
 
 @dataclass
@@ -120,6 +121,7 @@ def _run_one(
         time.monotonic() - started,
         outcome.changes,
         dict(outcome.facts),
+        drift=outcome.drift or "",
     )
 
 

@@ -41,6 +41,7 @@ def step_props(
         "hasTeardown": step.has_teardown,
         "rebootAllowed": step.reboot_allowed,
         "payloads": step.payloads_base64(),
+        "secretNames": list(step.secret_env),
         "secretEnv": pulumi.Output.secret(wanted),
     }
 

@@ -316,11 +316,16 @@ def _key_reference(value: str) -> str:
     if "PRIVATE KEY" in value or value.startswith("-----"):
         raise ValueError(
             "this looks like a private key itself; never put key material in a stack file, "
-            "give a reference instead: file:PATH or env:VARIABLE"
+            "give a reference instead: file:PATH, agent:SHA256:<fingerprint> or env:VARIABLE"
         )
     scheme, _, rest = value.partition(":")
-    if scheme not in {"file", "env"} or not rest:
-        raise ValueError("expected a key reference: file:PATH or env:VARIABLE")
+    if scheme not in {"file", "env", "agent"} or not rest:
+        raise ValueError(
+            "expected a key reference: file:PATH, agent:SHA256:<fingerprint> (a key in the "
+            "running ssh-agent) or env:VARIABLE"
+        )
+    if scheme == "agent":
+        _fingerprint(rest)
     if scheme == "env" and not _ENV_NAME.fullmatch(rest):
         raise ValueError("expected env:VARIABLE with a valid environment variable name")
     if scheme == "file" and not re.fullmatch(r"[A-Za-z0-9._/~+@-]{1,4096}", rest, _A):

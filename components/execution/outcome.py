@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 from components.plan.host_steps import EXIT_OK, EXIT_REBOOT_REQUIRED, EXIT_REFUSED
 
 Result = Literal["changed", "unchanged", "drift"]
+
+# The protocol tags a step prints on stdout (see host-setup/_lib.sh.j2).
+FACT_TAG = "SOVEREIGN-FACT"
+CHANGE_TAG = "SOVEREIGN-CHANGE"
+DRIFT_TAG = "SOVEREIGN-DRIFT"
+REFUSED_TAG = "SOVEREIGN-REFUSED"
+REBOOT_TAG = "SOVEREIGN-REBOOT"
+RESULT_TAG = "SOVEREIGN-RESULT"
+PROTOCOL_TAGS = (FACT_TAG, CHANGE_TAG, DRIFT_TAG, REFUSED_TAG, REBOOT_TAG, RESULT_TAG)
+
+
+def redact_protocol_line(line: str, redact: Callable[[str], str]) -> str:
+    """``redact`` applied to what a protocol line carries, never to its tag (nor to the fixed
+    word of a result line), so that a short secret cannot break the protocol."""
+    tag, separator, rest = line.partition(" ")
+    if tag == RESULT_TAG:
+        return line
+    if tag in PROTOCOL_TAGS:
+        return tag + separator + redact(rest)
+    return redact(line)
 
 
 class StepError(Exception):
@@ -59,18 +80,18 @@ def parse_step_output(stdout: str) -> ParsedOutput:
     drift = refused = reboot = None
     for raw in stdout.splitlines():
         tag, _, rest = raw.partition(" ")
-        if tag == "SOVEREIGN-FACT":
+        if tag == FACT_TAG:
             key, _, value = rest.partition("=")
             facts[key] = value
-        elif tag == "SOVEREIGN-CHANGE":
+        elif tag == CHANGE_TAG:
             changes.append(rest)
-        elif tag == "SOVEREIGN-DRIFT":
+        elif tag == DRIFT_TAG:
             drift = rest
-        elif tag == "SOVEREIGN-REFUSED":
+        elif tag == REFUSED_TAG:
             refused = rest
-        elif tag == "SOVEREIGN-REBOOT":
+        elif tag == REBOOT_TAG:
             reboot = rest
-        elif tag == "SOVEREIGN-RESULT" and rest in ("changed", "unchanged", "drift"):
+        elif tag == RESULT_TAG and rest in ("changed", "unchanged", "drift"):
             result = rest  # type: ignore[assignment]  # narrowed by the membership test
     return ParsedOutput(result, facts, tuple(changes), drift, refused, reboot)
 

@@ -6,7 +6,10 @@ It runs a rendered step script on a host over one pinned, authenticated connecti
   anything runs, with both fingerprints in the message, and never retried;
 * connection attempts are bounded (count, timeout, backoff from :class:`SshDefaults`);
 * scripts go over stdin to ``bash -s`` (with ``sudo -n`` when the user is not root); secret values
-  are exported at the top of stdin, never on a command line, and redacted from every log line;
+  are set at the top of stdin as shell variables of the script, never exported (so no program the
+  step starts inherits them, and no installer copies them into a service's environment file) and
+  never on a command line; they are redacted from everything that comes back: log lines, the
+  stdout the step's facts, changes and refusals are read from, and the stderr tail of errors;
 * output is streamed line by line to a callback while the step runs, within the step timeout;
 * exit status 100 means "reboot required": the executor reboots the host, waits for it with a new
   boot id (bounded), and runs the step again, which must then finish.
@@ -38,6 +41,7 @@ from components.execution.outcome import (
     StepFailed,
     StepOutcome,
     interpret_exit,
+    redact_protocol_line,
 )
 
 LineSink = Callable[[str, str], None]  # (stream "stdout"|"stderr", line)
@@ -59,7 +63,7 @@ class HostTarget:
     address: str
     port: int
     user: str
-    private_key: str  # reference: file:PATH or env:VARIABLE
+    private_key: str  # reference: file:PATH, env:VARIABLE or agent:SHA256:...
     host_key: str | None
     base_dir: str = "."  # where relative key paths are resolved (the project directory)
 
@@ -81,8 +85,12 @@ class HostTarget:
 
 
 def load_private_key(reference: str, base_dir: str = ".") -> paramiko.PKey:
-    """Load an ed25519, ECDSA or RSA key from ``file:PATH`` or ``env:VARIABLE``."""
+    """Load an ed25519, ECDSA or RSA key from ``file:PATH``, ``env:VARIABLE`` or
+    ``agent:SHA256:...`` (the key with that fingerprint in the running ssh-agent; the key
+    material then never leaves the agent)."""
     scheme, _, rest = reference.partition(":")
+    if scheme == "agent":
+        return _agent_key(rest)
     if scheme == "file":
         path = Path(os.path.expanduser(rest))
         if not path.is_absolute():
@@ -108,7 +116,23 @@ def load_private_key(reference: str, base_dir: str = ".") -> paramiko.PKey:
             except (paramiko.SSHException, ValueError):
                 continue
         raise HostUnreachable(f"environment variable {rest} does not hold a supported private key")
-    raise HostUnreachable(f"unsupported key reference {scheme!r}; expected file: or env:")
+    raise HostUnreachable(f"unsupported key reference {scheme!r}; expected file:, env: or agent:")
+
+
+def _agent_key(fingerprint: str) -> paramiko.PKey:
+    """The key with this ``SHA256:`` fingerprint from the ssh-agent at ``$SSH_AUTH_SOCK``."""
+    if not os.environ.get("SSH_AUTH_SOCK"):
+        raise HostUnreachable(
+            f"key reference agent:{fingerprint} needs a running ssh-agent, but SSH_AUTH_SOCK is not set"
+        )
+    agent = paramiko.Agent()  # each key it returns keeps the agent connection for signing
+    for key in agent.get_keys():
+        if fingerprint_of(key) == fingerprint:
+            return key
+    agent.close()
+    raise HostUnreachable(
+        f"the ssh-agent holds no key with fingerprint {fingerprint} (ssh-add -l lists its keys)"
+    )
 
 
 class _PinnedHostKeyPolicy(paramiko.MissingHostKeyPolicy):
@@ -134,15 +158,28 @@ class _PinnedHostKeyPolicy(paramiko.MissingHostKeyPolicy):
             )
 
 
+REDACTED = "[secret]"
+
+
 class Redactor:
-    """Replaces every secret value in a line with a marker before it is logged."""
+    """Replaces every secret value in a line with a marker, whatever the secret's length.
+
+    Output is handled line by line, so a secret that spans lines is also redacted line by line:
+    each of its non-empty lines counts as a secret of its own. Longer values are replaced first,
+    so a secret that contains another is never half-redacted.
+    """
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+        values: set[str] = set()
+        for secret in secrets:
+            values.add(secret)
+            values.update(secret.splitlines())
+        values.discard("")
+        self._secrets = sorted(values, key=len, reverse=True)
 
     def __call__(self, line: str) -> str:
         for secret in self._secrets:
-            line = line.replace(secret, "[secret]")
+            line = line.replace(secret, REDACTED)
         return line
 
 
@@ -233,7 +270,7 @@ class HostSession:
         env = dict(env or {})
         secret_env = dict(secret_env or {})
         redact = Redactor(secret_env.values())
-        prelude = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(secret_env.items()))
+        prelude = secret_prelude(secret_env)
         assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items()))
         command = self._wrap(f"env {assignments} bash -s" if assignments else "bash -s")
         limit = timeout if timeout is not None else self.settings.step_timeout_seconds
@@ -304,10 +341,13 @@ class HostSession:
                 rest = b""
             buffers[stream] = rest
             for raw in lines:
+                # redacted before anything keeps it: stdout becomes facts, changes and refusal
+                # messages, which end up in non-secret Pulumi outputs and error messages
                 line = raw.decode(errors="replace")
+                line = redact_protocol_line(line, redact) if stream == "stdout" else redact(line)
                 (stdout_lines if stream == "stdout" else stderr_lines).append(line)
                 if on_line is not None:
-                    on_line(stream, redact(line))
+                    on_line(stream, line)
 
         while True:
             progressed = False
@@ -344,7 +384,7 @@ class HostSession:
         status = channel.recv_exit_status()
         if status == -1:
             raise HostUnreachable(f"{self.target.where}: connection dropped while the step ran")
-        tail = "\n".join(redact(x) for x in stderr_lines[-20:])
+        tail = "\n".join(stderr_lines[-20:])
         return RunResult(status, "\n".join(stdout_lines), tail)
 
     def boot_id(self) -> str:
@@ -382,6 +422,21 @@ class HostSession:
             f"{self.target.where}: did not come back within {self.settings.reboot_timeout_seconds} s "
             "after reboot (ssh.rebootTimeoutSeconds)"
         )
+
+
+def secret_prelude(secret_env: Mapping[str, str]) -> str:
+    """Shell that sets each secret as a variable of the step script only, never exported.
+
+    Programs the step starts (an installer, ``systemctl``, ``curl``) do not inherit them; a step
+    hands a secret on by writing it to a root-only file (the K3s token file), nothing else.
+    """
+    lines = []
+    for name, value in sorted(secret_env.items()):
+        if not name.isidentifier() or not name.isascii():
+            raise ValueError(f"secret name {name!r} must be a shell variable name")
+        # declare +x: not exported even where the login environment already exported that name
+        lines.append(f"declare +x {name}={shlex.quote(value)}\n")
+    return "".join(lines)
 
 
 def payload_tar(payloads: Mapping[str, bytes]) -> bytes:

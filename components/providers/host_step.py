@@ -9,6 +9,9 @@ by reference): moving or renaming them breaks ``pulumi destroy`` of existing sta
   (a driver upgraded by hand, an unmounted cache) as ``inSync: false`` plus what it would change.
 * delete: run the step's teardown where it has one. Teardowns never destroy cache data.
 
+Secrets (``secretEnv``, a Pulumi secret) go to the host only under the names the step declares
+(``secretNames``), in every mode: a value under any other name stays in the provider.
+
 Log lines go to stderr, which the Pulumi CLI shows for dynamic providers (there is no engine
 connection in the provider process, so ``pulumi.log`` is not available here).
 """
@@ -71,6 +74,18 @@ def _log(props: dict[str, Any]) -> Any:
     return sink
 
 
+def declared_secrets(props: dict[str, Any]) -> dict[str, str]:
+    """The secret values this step declares it needs, and no others.
+
+    State written before ``secretNames`` existed carries only the declared secrets in
+    ``secretEnv`` (the wiring filtered them then), so there every name in it counts as declared.
+    """
+    values = {str(k): str(v) for k, v in (props.get("secretEnv") or {}).items()}
+    names = props.get("secretNames")
+    declared = set(values) if names is None else {str(n) for n in names}
+    return {k: v for k, v in values.items() if k in declared}
+
+
 def run_step_from_props(props: dict[str, Any], mode: str) -> dict[str, Any]:
     """Run the step described by resource properties; return the output properties."""
     from components.execution.ssh import run_step  # noqa: PLC0415
@@ -80,7 +95,7 @@ def run_step_from_props(props: dict[str, Any], mode: str) -> dict[str, Any]:
         str(props["step"]),
         str(props["script"]),
         mode=mode,
-        secret_env=dict(props.get("secretEnv") or {}),
+        secret_env=declared_secrets(props),
         payloads={k: base64.b64decode(v) for k, v in (props.get("payloads") or {}).items()},
         reboot_allowed=bool(props.get("rebootAllowed")),
         on_line=_log(props),

@@ -263,3 +263,27 @@ def _all_plain(stack: str) -> dict[str, str]:
 
     walk(yaml.safe_load((ROOT / "stacks" / f"Pulumi.{stack}.yaml").read_text())["config"])
     return found
+
+
+@pytest.mark.parametrize(
+    ("reference", "accepted"),
+    [
+        ("agent:SHA256:kR2pN9xW4vB7cL1mZ6tH3sQ8fD5gJ0aE2uY7iO4nT1w", True),
+        ("file:~/.ssh/deploy_ed25519", True),
+        ("agent:SHA256:not-a-fingerprint", False),
+        ("agent:", False),
+        ("ssh-agent:SHA256:kR2pN9xW4vB7cL1mZ6tH3sQ8fD5gJ0aE2uY7iO4nT1w", False),
+    ],
+)
+def test_deploy_keys_are_referenced_by_file_or_agent(
+    tmp_path: Path, reference: str, accepted: bool
+) -> None:
+    data = copy.deepcopy(stack_data("staging"))
+    data["config"][NS + "hosts"][0]["ssh"]["privateKey"] = reference
+    path = write_stack(tmp_path, data)
+    if accepted:
+        assert load_stack_file(path).hosts[0].ssh.private_key == reference
+    else:
+        assert "hosts[0].ssh.privateKey" in problems_for(
+            tmp_path, lambda c: c[NS + "hosts"][0]["ssh"].update(privateKey=reference)
+        )

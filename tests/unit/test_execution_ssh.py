@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,15 @@ from components.execution.outcome import (
     StepRefused,
     parse_step_output,
 )
-from components.execution.ssh import HostSession, HostTarget, on_hosts, run_step
+from components.execution.ssh import (
+    REDACTED,
+    HostSession,
+    HostTarget,
+    Redactor,
+    on_hosts,
+    run_step,
+    secret_prelude,
+)
 from tests.conftest import LocalSshd, step_script
 
 FAST = SshDefaults(connect_timeout_seconds=3, connect_retries=1, retry_backoff_seconds=0)
@@ -63,6 +73,59 @@ def test_key_from_environment_variable(
         assert session.run_script("true\n").exit_status == 0
     finally:
         session.close()
+
+
+@pytest.fixture
+def ssh_agent(tmp_path: Path) -> Iterator[Path]:
+    """A real ssh-agent on a private socket; the test's environment points at it."""
+    socket_path = tmp_path / "agent.sock"
+    agent = subprocess.Popen(
+        ["ssh-agent", "-D", "-a", str(socket_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while not socket_path.exists():
+        if agent.poll() is not None or time.monotonic() > deadline:
+            agent.kill()
+            pytest.fail("ssh-agent did not start")
+        time.sleep(0.05)
+    try:
+        yield socket_path
+    finally:
+        agent.terminate()
+        agent.wait(timeout=10)
+
+
+def test_key_from_ssh_agent_by_fingerprint(
+    local_sshd: LocalSshd, ssh_agent: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key material stays in the agent: the stack names only its fingerprint."""
+    key_file = local_sshd.client_keys["ed25519"]
+    monkeypatch.setenv("SSH_AUTH_SOCK", str(ssh_agent))
+    subprocess.run(["ssh-add", "-q", str(key_file)], check=True, capture_output=True)
+    fingerprint = subprocess.run(
+        ["ssh-keygen", "-lf", f"{key_file}.pub"], check=True, capture_output=True, text=True
+    ).stdout.split()[1]
+    t = HostTarget(
+        "local",
+        "127.0.0.1",
+        local_sshd.port,
+        local_sshd.user,
+        f"agent:{fingerprint}",
+        local_sshd.host_key_fingerprint,
+    )
+    session = HostSession(t, FAST)
+    try:
+        assert session.run_script("echo via-agent\n").stdout == "via-agent"
+    finally:
+        session.close()
+    other = HostTarget(*(t.name, t.address, t.port, t.user), "agent:SHA256:" + "A" * 43, t.host_key)
+    with pytest.raises(HostUnreachable, match="holds no key with fingerprint"):
+        HostSession(other, FAST).connect()
+    monkeypatch.delenv("SSH_AUTH_SOCK")
+    with pytest.raises(HostUnreachable, match="SSH_AUTH_SOCK is not set"):
+        HostSession(t, FAST).connect()
 
 
 def test_host_key_mismatch_is_refused_before_anything_runs(
@@ -188,6 +251,89 @@ def test_secrets_reach_the_script_but_never_the_log(local_sshd: LocalSshd) -> No
     assert ("stderr", "token is [secret]") in lines
     assert token not in repr(lines)
     assert token not in result.stderr_tail
+
+
+# "E" occurs in every protocol tag and "changed" is a result word: redaction must not break the
+# protocol the outcome is read from
+@pytest.mark.parametrize("secret", ["x", "E", "changed", "tok-" + "9" * 60])
+def test_a_secret_of_any_length_is_redacted_from_stdout_facts_changes_and_logs(
+    local_sshd: LocalSshd, secret: str
+) -> None:
+    """stdout becomes facts, changes and refusal messages: non-secret Pulumi outputs."""
+    lines: list[tuple[str, str]] = []
+    script = step_script(
+        "apply() {\n"
+        '  fact cluster.token "$K3S_TOKEN"\n'
+        '  change "write token $K3S_TOKEN" true\n'
+        '  echo "progress with $K3S_TOKEN" >&2\n'
+        "}\n"
+    )
+    session = HostSession(target(local_sshd), FAST)
+    try:
+        outcome = run_step(
+            session,
+            "99-test",
+            script,
+            secret_env={"K3S_TOKEN": secret},
+            on_line=lambda stream, line: lines.append((stream, line)),
+        )
+        with pytest.raises(StepRefused) as refused:
+            run_step(
+                session,
+                "99-test",
+                step_script('apply() {\n  refuse "token $K3S_TOKEN is not accepted"\n}\n'),
+                secret_env={"K3S_TOKEN": secret},
+            )
+        with pytest.raises(StepFailed) as failed:
+            run_step(
+                session,
+                "99-test",
+                step_script('apply() {\n  echo "bad $K3S_TOKEN" >&2\n  exit 9\n}\n'),
+                secret_env={"K3S_TOKEN": secret},
+            )
+    finally:
+        session.close()
+    assert outcome.facts == {"cluster.token": REDACTED}
+    assert outcome.changes == (f"write token {REDACTED}",)
+    assert ("stderr", f"progress with {REDACTED}") in lines
+    assert f"token {REDACTED} is not accepted" in str(refused.value)
+    assert f"bad {REDACTED}" in str(failed.value)
+    if len(secret) > 8:  # a short one also occurs in the messages' own words
+        for text in (repr(lines), repr(outcome), str(refused.value), str(failed.value)):
+            assert secret not in text, text
+
+
+def test_secrets_are_not_exported_to_programs_the_step_starts(local_sshd: LocalSshd) -> None:
+    """An installer that copies K3S_* variables into a service file never sees the token."""
+    token = "k3s-token-" + os.urandom(8).hex()
+    session = HostSession(target(local_sshd), FAST)
+    try:
+        result = session.run_script(
+            'echo "script:${K3S_TOKEN:-unset}"\n'
+            "sh -c 'echo \"child:${K3S_TOKEN:-unset}\"'\n"
+            "env | grep -c '^K3S_TOKEN=' || true\n",
+            # already exported by the login environment: the secret must still not be inherited
+            env={"K3S_TOKEN": "exported-before"},
+            secret_env={"K3S_TOKEN": token},
+        )
+    finally:
+        session.close()
+    assert result.stdout.splitlines() == [f"script:{REDACTED}", "child:unset", "0"]
+
+
+def test_redactor_handles_empty_nested_and_multiline_secrets() -> None:
+    redact = Redactor(["", "abc", "abcdef", "line-one\nline-two"])
+    assert redact("x abcdef y abc z") == f"x {REDACTED} y {REDACTED} z"
+    assert redact("got line-two here") == f"got {REDACTED} here"
+    assert redact("nothing secret") == "nothing secret"
+    assert Redactor()("as is") == "as is"
+
+
+def test_secret_names_must_be_shell_variables() -> None:
+    assert secret_prelude({"K3S_TOKEN": "a'b"}) == "declare +x K3S_TOKEN='a'\"'\"'b'\n"
+    for bad in ("K3S-TOKEN", "1TOKEN", "TOK EN", "TÖKEN", ""):
+        with pytest.raises(ValueError, match="shell variable name"):
+            secret_prelude({bad: "x"})
 
 
 def test_output_is_streamed_while_the_step_runs(local_sshd: LocalSshd) -> None:

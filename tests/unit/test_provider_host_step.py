@@ -154,3 +154,60 @@ def test_unknown_mode_is_refused(local_sshd: LocalSshd, tmp_path: Path, mode: st
     assert run_step_from_props(props, mode)["result"] in {"changed", "unchanged"}
     with pytest.raises(StepRefused, match="unknown SOVEREIGN_MODE"):
         run_step_from_props(props, "destroy-everything")
+
+
+def secret_probe_step(log: Path) -> StepPlan:
+    """Records which secrets reached it, per mode, and reports the token as a fact."""
+    record = (
+        '  echo "$SOVEREIGN_MODE" ${K3S_TOKEN:+K3S_TOKEN} ${OTHER_SECRET:+OTHER_SECRET} >>'
+        f"{log}\n"
+    )
+    body = (
+        f'apply() {{\n{record}  fact token "${{K3S_TOKEN:-none}}"\n}}\nteardown() {{\n{record}}}\n'
+    )
+    return StepPlan(
+        host="local",
+        name="50-k3s",
+        script=step_script(body, "50-k3s"),
+        secret_env=("K3S_TOKEN",),
+        has_teardown=True,
+    )
+
+
+def test_secrets_reach_a_step_only_under_the_names_it_declares_in_every_mode(
+    local_sshd: LocalSshd, tmp_path: Path
+) -> None:
+    log = tmp_path / "seen"
+    provider = HostStepProvider()
+    props = props_for(local_sshd, secret_probe_step(log))
+    token = "x1"  # short: redaction must not depend on length
+    props["secretNames"] = ["K3S_TOKEN"]
+    props["secretEnv"] = {"K3S_TOKEN": token, "OTHER_SECRET": "not-for-this-step"}
+
+    created = provider.create(props)
+    assert created.outs is not None
+    assert created.outs["facts"] == {"token": "[secret]"}, "facts are non-secret outputs"
+    read = provider.read(created.id, created.outs)
+    assert read.outs is not None
+    updated = provider.update(created.id, read.outs, props)
+    assert updated.outs is not None
+    provider.delete(created.id, updated.outs)
+    undeclared = {**props, "secretNames": []}
+    provider.create(undeclared)
+
+    seen = [line.split() for line in log.read_text().splitlines()]
+    assert seen == [
+        ["apply", "K3S_TOKEN"],
+        ["check", "K3S_TOKEN"],
+        ["apply", "K3S_TOKEN"],
+        ["teardown", "K3S_TOKEN"],
+        ["apply"],
+    ]
+
+
+def test_state_from_before_secret_names_keeps_its_filtered_secrets() -> None:
+    from components.providers.host_step import declared_secrets
+
+    assert declared_secrets({"secretEnv": {"K3S_TOKEN": "t"}}) == {"K3S_TOKEN": "t"}
+    assert declared_secrets({"secretEnv": {"K3S_TOKEN": "t"}, "secretNames": []}) == {}
+    assert declared_secrets({}) == {}

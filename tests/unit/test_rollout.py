@@ -137,3 +137,49 @@ def test_concurrency_limit_is_respected(local_sshd: LocalSshd, tmp_path: Path) -
 def test_unknown_host_is_refused(local_sshd: LocalSshd) -> None:
     with pytest.raises(ValueError, match="no such host"):
         apply_stack(three_host_stack(local_sshd), ROOT, hosts=["nope"])
+
+
+def secret_probe_step(host: str, name: str, log: Path, declares: tuple[str, ...]) -> StepPlan:
+    """A step that records, per mode, which secret variables reached it."""
+    # unquoted: a variable that is not set leaves no word
+    record = (
+        f'  echo "{host} {name} $SOVEREIGN_MODE" '
+        "${K3S_TOKEN:+K3S_TOKEN} ${OTHER_SECRET:+OTHER_SECRET} >>" + str(log) + "\n"
+    )
+    body = f"apply() {{\n{record}}}\nteardown() {{\n{record}}}\n"
+    return StepPlan(
+        host=host,
+        name=name,
+        script=step_script(body, name),
+        secret_env=declares,
+        has_teardown=True,
+    )
+
+
+@pytest.mark.parametrize("mode", ["apply", "check", "teardown"])
+def test_secrets_reach_only_the_steps_that_declare_them(
+    local_sshd: LocalSshd, tmp_path: Path, mode: str
+) -> None:
+    config = three_host_stack(local_sshd)
+    log = tmp_path / "seen"
+    plans = {
+        h.name: [
+            secret_probe_step(h.name, "10-base", log, ()),
+            secret_probe_step(h.name, "50-k3s", log, ("K3S_TOKEN",)),
+            secret_probe_step(h.name, "60-other", log, ("OTHER_SECRET",)),
+        ]
+        for h in config.hosts
+    }
+    secrets = {"K3S_TOKEN": "tok-" + "a" * 40, "OTHER_SECRET": "b"}
+    report = apply_stack(config, ROOT, mode=mode, plans=plans, secret_env=secrets)
+    assert not report.failed, report.failed
+    seen = {}
+    for line in log.read_text().splitlines():
+        host, step, ran_in, *names = line.split()
+        seen[(host, step, ran_in)] = names
+    expected: dict[tuple[str, str, str], list[str]] = {}
+    for host in ("srv-1", "agent-2", "agent-3"):
+        expected[(host, "10-base", mode)] = []
+        expected[(host, "50-k3s", mode)] = ["K3S_TOKEN"]
+        expected[(host, "60-other", mode)] = ["OTHER_SECRET"]
+    assert seen == expected
