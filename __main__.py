@@ -1,45 +1,36 @@
-"""The Pulumi program: load the stack's config, build the components, export what verification needs."""
+"""The Pulumi program: load the stack's config, build the components, export what users need."""
 
 from pathlib import Path
 
 import pulumi
 
 from components.config import load_pulumi_config
-from components.gpu_host import GpuHost, GpuHostSpec, rollout_order
+from components.fleet import Fleet, FleetSpec
+from components.inference_stack import InferenceStack
+from components.k3s_cluster import K3sCluster, K3sClusterSpec
+from components.plan.kubernetes import InferenceStackSpec
 
-project_dir = Path.cwd()
-stack = load_pulumi_config(project_dir)
+project_dir = str(Path.cwd())
+stack = load_pulumi_config(Path(project_dir))
 
-secret_env: dict[str, pulumi.Input[str]] = {}
-if stack.k3s_token is not None:
-    secret_env["K3S_TOKEN"] = pulumi.Output.secret(stack.k3s_token.get_secret_value())
-
-fleet_steps: dict[tuple[str, str], pulumi.Resource] = {}
-hosts = {
-    host.name: GpuHost(
-        host.name,
-        GpuHostSpec(host=host, stack=stack, project_dir=str(project_dir)),
-        secret_env=secret_env,
-        fleet_steps=fleet_steps,
-    )
-    for host in rollout_order(stack)
-}
-
+fleet = Fleet(stack.environment, FleetSpec(stack=stack, project_dir=project_dir))
 pulumi.export("environment", stack.environment)
-pulumi.export(
-    "hosts",
-    [
-        {
-            "name": host.name,
-            "role": host.role,
-            "address": host.address,
-            "port": host.ssh.port,
-            "user": host.ssh.user,
-            "hostKey": host.ssh.host_key,
-            "country": host.country,
-            "datacenter": host.datacenter,
-        }
-        for host in stack.hosts
-    ],
-)
-pulumi.export("facts", {name: node.facts for name, node in hosts.items()})
+pulumi.export("hosts", fleet.hosts)
+pulumi.export("facts", fleet.facts)
+
+if stack.k3s.install:
+    cluster = K3sCluster(
+        f"{stack.environment}-k3s",
+        K3sClusterSpec(stack=stack, project_dir=project_dir),
+        pulumi.ResourceOptions(depends_on=fleet.last_steps),
+    )
+    pulumi.export("kubeconfig", cluster.kubeconfig)
+    if stack.inference.models:
+        inference = InferenceStack(
+            f"{stack.environment}-inference",
+            InferenceStackSpec.from_stack(stack),
+            pulumi.ResourceOptions(depends_on=[cluster.access]),
+            provider=cluster.provider,
+        )
+        pulumi.export("gatewayUrl", inference.gateway_url)
+        pulumi.export("models", inference.models)

@@ -138,7 +138,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     config = _load_or_report(stack_file, require_inventory=not args.outputs)
     if config is None:
         return EXIT_INVALID
-    hosts = hosts_from_outputs(config, load_outputs(Path(args.outputs))) if args.outputs else None
+    outputs = load_outputs(Path(args.outputs)) if args.outputs else {}
+    hosts = hosts_from_outputs(config, outputs) if args.outputs else None
+    kubeconfig = outputs.get("kubeconfig")
     if args.hosts:
         wanted = set(args.hosts.split(","))
         hosts = [h for h in (hosts or config.hosts) if h.name in wanted]
@@ -152,7 +154,13 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         for result in failed:
             print(f"  FAIL {result.message()}", file=sys.stderr, flush=True)
 
-    verification = verify_stack(config, project_dir_for(stack_file), hosts=hosts, on_host=progress)
+    verification = verify_stack(
+        config,
+        project_dir_for(stack_file),
+        hosts=hosts,
+        on_host=progress,
+        kubeconfig=kubeconfig if isinstance(kubeconfig, str) else None,
+    )
     report = evidence(config, verification, str(stack_file))
     files = write_report(report, Path(args.report))
     summary = report["summary"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pulumi
@@ -14,6 +15,8 @@ from components.plan.host_steps import render_host_steps
 from components.wiring import host_step
 
 CACHE_STEP = "40-nvme-cache"
+
+StepKey = tuple[str, str]  # (host name, step name)
 
 
 class GpuHostSpec(Model):
@@ -34,6 +37,9 @@ class GpuHost(pulumi.ComponentResource):
     Outputs: ``node_name``, ``node_labels``, ``facts`` (everything the steps found, by key),
     ``cache_mount_point``.
 
+    Steps that wait for a step on another host (a joining K3s node waits for the first server)
+    find it in ``peer_steps``; ``Fleet`` builds the hosts in rollout order and passes them.
+
     Example::
 
         from components.config import load_stack_file
@@ -48,11 +54,8 @@ class GpuHost(pulumi.ComponentResource):
         spec: GpuHostSpec,
         opts: pulumi.ResourceOptions | None = None,
         secret_env: dict[str, pulumi.Input[str]] | None = None,
-        fleet_steps: dict[tuple[str, str], pulumi.Resource] | None = None,
+        peer_steps: Mapping[StepKey, pulumi.Resource] | None = None,
     ) -> None:
-        """``fleet_steps`` is shared by the hosts of one stack: steps that wait for a step on
-        another host (a joining K3s node waits for the first server) find it there. Build the
-        first K3s server's ``GpuHost`` first; :func:`rollout_order` gives that order."""
         stack, host = spec.stack, spec.host
         # where the host is, as inputs: the residency policy pack checks them at preview time
         placement = {
@@ -62,21 +65,24 @@ class GpuHost(pulumi.ComponentResource):
             "role": host.role,
         }
         super().__init__("sovereign:gpu_host:GpuHost", name, placement, opts)
-        fleet = fleet_steps if fleet_steps is not None else {}
+        peers = peer_steps or {}
         previous: list[pulumi.Resource] = []
         facts: list[pulumi.Output[Any]] = []
         self.cache: NvmeWeightCache | None = None
         self.steps: list[pulumi.Resource] = []
+        # this host's steps by (host, step), for the hosts built after it
+        self.step_index: dict[StepKey, pulumi.Resource] = {}
         for step in render_host_steps(stack, host):
             waits = []
             for other in step.waits_for:
-                if other not in fleet:
+                if other not in peers:
                     raise ValueError(
                         f"{host.name}/{step.name} waits for {other[0]}/{other[1]}, which is not "
-                        "built yet: build the hosts in rollout_order()"
+                        "built yet: build the hosts through Fleet (rollout order)"
                     )
-                waits.append(fleet[other])
+                waits.append(peers[other])
             depends = pulumi.ResourceOptions(parent=self, depends_on=[*previous, *waits])
+            resource: pulumi.Resource
             if step.name == CACHE_STEP:
                 self.cache = NvmeWeightCache(
                     f"{name}-cache",
@@ -84,19 +90,25 @@ class GpuHost(pulumi.ComponentResource):
                         host=host, cache=stack.cache, ssh=stack.ssh, project_dir=spec.project_dir
                     ),
                     depends,
+                    step=step,
                 )
                 facts.append(self.cache.step.facts)
                 previous = [self.cache]
-                self.steps.append(self.cache.step)
-                fleet[(host.name, step.name)] = self.cache.step
-                continue
-            resource = host_step(
-                f"{name}-{step.name}", host, step, stack.ssh, spec.project_dir, depends, secret_env
-            )
-            facts.append(resource.facts)
-            previous = [resource]
+                resource = self.cache.step
+            else:
+                resource = host_step(
+                    f"{name}-{step.name}",
+                    host,
+                    step,
+                    stack.ssh,
+                    spec.project_dir,
+                    depends,
+                    secret_env,
+                )
+                facts.append(resource.facts)
+                previous = [resource]
             self.steps.append(resource)
-            fleet[(host.name, step.name)] = resource
+            self.step_index[(host.name, step.name)] = resource
         self.last_step: pulumi.Resource | None = previous[0] if previous else None
         self.node_name: pulumi.Output[str] = pulumi.Output.from_input(host.name)
         self.node_labels: pulumi.Output[dict[str, str]] = pulumi.Output.from_input(
@@ -114,12 +126,6 @@ class GpuHost(pulumi.ComponentResource):
                 "cache_mount_point": self.cache_mount_point,
             }
         )
-
-
-def rollout_order(stack: StackConfig) -> list[HostSpec]:
-    """Hosts in the order their components must be built: the first K3s server first."""
-    first = stack.servers[0].name
-    return sorted(stack.hosts, key=lambda h: h.name != first)
 
 
 def _merge_facts(per_step: list[dict[str, str] | None]) -> dict[str, str]:

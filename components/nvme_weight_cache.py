@@ -8,7 +8,7 @@ import pulumi
 from pydantic import Field
 
 from components.config.models import CacheSpec, HostSpec, Model, SshDefaults
-from components.plan.host_steps import render_cache_step
+from components.plan.host_steps import StepPlan, render_cache_step
 from components.wiring import host_step
 
 
@@ -42,9 +42,17 @@ class NvmeWeightCache(pulumi.ComponentResource):
         name: str,
         spec: NvmeWeightCacheSpec,
         opts: pulumi.ResourceOptions | None = None,
+        step: StepPlan | None = None,
     ) -> None:
+        """``step`` is the cache step already rendered with the rest of the host's steps (as
+        ``GpuHost`` does); without it the step is rendered here from ``spec``."""
         super().__init__("sovereign:nvme_weight_cache:NvmeWeightCache", name, None, opts)
-        step = render_cache_step(spec.host, spec.cache)
+        if step is None:
+            step = render_cache_step(spec.host, spec.cache)
+        elif step.host != spec.host.name:
+            raise ValueError(
+                f"{name}: the cache step given is {step.host}'s, not {spec.host.name}'s"
+            )
         self.step = host_step(
             f"{name}-{step.name}",
             spec.host,

@@ -36,6 +36,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+from sovereign_weights.layout import LayoutError, check_segment
 
 from components.config.catalog import (
     CUDA_MIN_DRIVER_BRANCH,
@@ -821,6 +822,16 @@ class K3sSpec(Model):
 # --- inference -----------------------------------------------------------------------------
 
 
+def _cache_segment(value: str) -> str:
+    try:
+        return check_segment(value, "revision")
+    except LayoutError:
+        raise ValueError(
+            "expected 1-128 of [A-Za-z0-9._-], not starting with '.' or '-' (a directory name "
+            "in the node cache)"
+        ) from None
+
+
 class WeightsSource(Model):
     """Where a model's weights live: an EU object store, pinned to a revision."""
 
@@ -828,7 +839,8 @@ class WeightsSource(Model):
 
     uri: ObjectUri
     endpoint: HttpsEndpoint
-    revision: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
+    # one path segment of the node cache (<cache>/<model>/<revision>/): the warmer's own rule
+    revision: Annotated[str, AfterValidator(_cache_segment)]
 
 
 class ModelGpuSpec(Model):

@@ -7,7 +7,6 @@ from typing import Any
 from components.config.models import HostSpec, StackConfig
 
 LABEL_PREFIX = "sovereign-inference"
-NAMESPACE = "sovereign-inference"
 
 
 def node_region(host: HostSpec) -> str:
@@ -33,17 +32,21 @@ def node_labels(config: StackConfig, host: HostSpec) -> dict[str, str]:
 
 
 def kubernetes_objects(config: StackConfig) -> list[dict[str, Any]]:
-    """Every Kubernetes object of the stack, in apply order."""
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "Namespace",
-            "metadata": {
-                "name": NAMESPACE,
-                "labels": {
-                    f"{LABEL_PREFIX}/environment": config.environment,
-                    "pod-security.kubernetes.io/enforce": "baseline",
-                },
-            },
-        },
-    ]
+    """Every Kubernetes object of the stack's inference platform, in apply order (Helm charts
+    aside); none when the stack serves no model."""
+    if not config.inference.models:
+        return []
+    # the inference plan imports this module's labels: import it when called
+    from components.plan.kubernetes import InferenceStackSpec, inference_plan  # noqa: PLC0415
+
+    return inference_plan(InferenceStackSpec.from_stack(config)).objects()
+
+
+K3S_API_PORT = 6443
+
+
+def api_server_url(config: StackConfig) -> str:
+    """Where clients outside the cluster reach the API server: the first ``tlsSans`` entry
+    (always in the serving certificate), else the first server's address."""
+    host = config.k3s.tls_sans[0] if config.k3s.tls_sans else config.servers[0].address
+    return f"https://[{host}]:{K3S_API_PORT}" if ":" in host else f"https://{host}:{K3S_API_PORT}"

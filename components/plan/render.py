@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,33 @@ import yaml
 
 from components.config.models import StackConfig
 from components.plan.checks import host_checks
-from components.plan.cluster import kubernetes_objects, node_labels
+from components.plan.cluster import node_labels
 from components.plan.host_steps import render_host_steps
+from components.plan.kubernetes import InferenceStackSpec, inference_plan
+from components.plan.kubernetes.gateway import route_table
 
 REDACTED = "[secret]"
 MARKER = ".sovereign-render"
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """YAML for reviewers: a value used twice is written twice, never as an anchor."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _block_strings(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    # multi-line values (route tables, chart values, key files) read as written, not as escapes
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_PlainDumper.add_representer(str, _block_strings)
+
+
+def to_yaml(obj: Any) -> str:
+    return yaml.dump(obj, Dumper=_PlainDumper, sort_keys=False)
 
 
 class RenderTargetNotEmpty(Exception):
@@ -61,7 +84,9 @@ def render_stack(config: StackConfig, out: Path) -> list[Path]:
         hosts/<host>/checks.json        what verification expects on this host
         hosts/<host>/node-labels.json   labels the node will carry
         payloads/<sha>-<name>           files delivered with a step (e.g. nvidia-ml-py)
-        kubernetes/NN-<kind>-<name>.yaml
+        kubernetes/NN-<kind>-[<namespace>-]<name>.yaml   every object, in apply order
+        kubernetes/charts/<release>.yaml                 Helm releases: chart, version, values
+        kubernetes/routes.json                           the gateway's route table
     """
     _prepare_out_dir(out)
     written: list[Path] = []
@@ -109,7 +134,39 @@ def render_stack(config: StackConfig, out: Path) -> list[Path]:
             host_dir / "node-labels.json",
             json.dumps(node_labels(config, host), indent=2, sort_keys=True) + "\n",
         )
-    for i, obj in enumerate(kubernetes_objects(config)):
-        name = f"{i:02d}-{obj['kind'].lower()}-{obj['metadata']['name']}.yaml"
-        write(out / "kubernetes" / name, yaml.safe_dump(obj, sort_keys=False))
+    if config.inference.models:
+        _render_inference(config, out / "kubernetes", write)
     return written
+
+
+def _redacted_secret(obj: dict[str, Any]) -> dict[str, Any]:
+    """A Secret as a reviewer sees it: which entries and lines, never their values (a stack file
+    holds its secrets encrypted, so a digest computed here would not even be the deployed one)."""
+    lines = {
+        key: "".join(f"{line.partition(':')[0]}:{REDACTED}\n" for line in text.splitlines())
+        for key, text in obj.get("stringData", {}).items()
+    }
+    return {**obj, "stringData": lines}
+
+
+def _render_inference(config: StackConfig, out: Path, write: Callable[[Path, str], None]) -> None:
+    spec = InferenceStackSpec.from_stack(config)
+    plan = inference_plan(spec)
+    objects = plan.objects()
+    width = max(2, len(str(len(objects) - 1)))
+    for i, planned in enumerate(objects):
+        obj = _redacted_secret(planned) if planned["kind"] == "Secret" else planned
+        meta = obj["metadata"]
+        parts = [f"{i:0{width}d}", obj["kind"].lower(), meta.get("namespace"), meta["name"]]
+        write(out / ("-".join(p for p in parts if p) + ".yaml"), to_yaml(obj))
+    for chart in plan.charts:
+        release = {
+            "name": chart.name,
+            "namespace": chart.namespace,
+            "chart": chart.chart,
+            "repository": chart.repository,
+            "version": chart.version,
+            "values": chart.values,
+        }
+        write(out / "charts" / f"{chart.name}.yaml", to_yaml(release))
+    write(out / "routes.json", route_table(spec).to_json())

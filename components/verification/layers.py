@@ -12,12 +12,21 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import yaml
 
 from components.config.models import HostSpec, StackConfig
 from components.plan.checks import LAYERS
 from components.plan.cluster import node_labels
+from components.plan.kubernetes.models import TELEMETRY_OPT_OUTS as PLANNED_TELEMETRY_OPT_OUTS
+from components.plan.kubernetes.spec import (
+    COUNTRY_LABEL,
+    GATEWAY_NAMESPACE,
+    MODEL_LABEL,
+    MODELS_NAMESPACE,
+    WEIGHTS_NAMESPACE,
+)
 from components.verification.geoip import GeoIpDatabase
 from components.verification.gpu_health import evaluate_gpu_probe
 from components.verification.results import CheckResult, skipped, verdict
@@ -212,13 +221,9 @@ def k3s_layer(ctx: Context) -> list[CheckResult]:
     return results
 
 
-# Environment every inference container must carry so no usage data leaves the EU: vLLM's usage
-# stats, the Hugging Face hub's telemetry, and the cross-tool DO_NOT_TRACK convention.
-TELEMETRY_OPT_OUTS = {
-    "VLLM_NO_USAGE_STATS": "1",
-    "DO_NOT_TRACK": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-}
+# Every inference container must carry these (one home: the plan that sets them).
+TELEMETRY_OPT_OUTS = dict(PLANNED_TELEMETRY_OPT_OUTS)
+CLUSTER = "cluster"  # the host column of checks that judge the cluster as a whole
 
 
 def inference_layer(ctx: Context) -> list[CheckResult]:
@@ -272,6 +277,166 @@ def inference_layer(ctx: Context) -> list[CheckResult]:
                     )
                 )
     return results
+
+
+@dataclass(frozen=True)
+class ClusterObjects:
+    """What the API server returned, as its JSON lists (``{"items": [...]}``)."""
+
+    scaled_objects: dict[str, Any]
+    deployments: dict[str, Any]
+    daemon_sets: dict[str, Any]
+    pods: dict[str, Any]
+    nodes: dict[str, Any]
+
+
+def _items(listing: dict[str, Any]) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = listing.get("items") or []
+    return items
+
+
+def _name(obj: dict[str, Any]) -> str:
+    meta = obj.get("metadata", {})
+    return f"{meta.get('namespace', '')}/{meta.get('name', '?')}".lstrip("/")
+
+
+def _pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    if obj.get("kind") == "Pod" or "template" not in obj.get("spec", {}):
+        spec: dict[str, Any] = obj.get("spec", {})
+        return spec
+    template: dict[str, Any] = obj["spec"]["template"].get("spec", {})
+    return template
+
+
+def _image_checks(config: StackConfig, workload: dict[str, Any]) -> list[CheckResult]:
+    from components.config.models import image_registry  # noqa: PLC0415
+
+    allowed = set(config.residency.allowed_registries)
+    pod = _pod_spec(workload)
+    results = []
+    for container in [*pod.get("initContainers", []), *pod.get("containers", [])]:
+        image = str(container.get("image", ""))
+        registry = image_registry(image)
+        pinned = "@sha256:" in image
+        results.append(
+            verdict(
+                "inference",
+                CLUSTER,
+                f"image:{_name(workload)}/{container.get('name')}",
+                pinned and registry in allowed,
+                image or "no image",
+                f"a digest (@sha256:) from {', '.join(sorted(allowed))}",
+            )
+        )
+    return results
+
+
+def _telemetry_check(workload: dict[str, Any]) -> list[CheckResult]:
+    results = []
+    for container in _pod_spec(workload).get("containers", []):
+        env = {e.get("name"): e.get("value") for e in container.get("env", []) if "value" in e}
+        missing = [k for k, v in TELEMETRY_OPT_OUTS.items() if env.get(k) != v]
+        results.append(
+            verdict(
+                "inference",
+                CLUSTER,
+                f"telemetry-off:{_name(workload)}/{container.get('name')}",
+                not missing,
+                f"missing {', '.join(missing)}" if missing else "all set",
+                ", ".join(f"{k}={v}" for k, v in TELEMETRY_OPT_OUTS.items()),
+            )
+        )
+    return results
+
+
+def _scaled_object_check(
+    model_name: str, served: str, scaled: dict[str, dict[str, Any]]
+) -> CheckResult:
+    obj = scaled.get(model_name)
+    expected = f"minReplicaCount 0, scaling Deployment {model_name}, trigger model {served}"
+    if obj is None:
+        return verdict(
+            "inference", CLUSTER, f"scale-to-zero:{model_name}", False, "no ScaledObject", expected
+        )
+    spec = obj.get("spec", {})
+    triggers = [t.get("metadata", {}).get("model") for t in spec.get("triggers", [])]
+    target = spec.get("scaleTargetRef", {}).get("name")
+    minimum = spec.get("minReplicaCount", 0)  # KEDA's default is 0
+    ok = minimum == 0 and target == model_name and served in triggers
+    observed = f"minReplicaCount {minimum}, scaling {target}, trigger models {triggers}"
+    return verdict("inference", CLUSTER, f"scale-to-zero:{model_name}", ok, observed, expected)
+
+
+def _placement_checks(config: StackConfig, objects: ClusterObjects) -> list[CheckResult]:
+    countries = {
+        n.get("metadata", {}).get("name"): n.get("metadata", {})
+        .get("labels", {})
+        .get(COUNTRY_LABEL)
+        for n in _items(objects.nodes)
+    }
+    allowed = config.residency.allowed_countries
+    results = []
+    for pod in _items(objects.pods):
+        if pod.get("metadata", {}).get("namespace", MODELS_NAMESPACE) != MODELS_NAMESPACE:
+            continue
+        node = pod.get("spec", {}).get("nodeName")
+        if not node:
+            continue  # not scheduled yet: nothing ran anywhere
+        country = countries.get(node)
+        results.append(
+            verdict(
+                "inference",
+                CLUSTER,
+                f"placement:{_name(pod)}",
+                country in allowed,
+                f"on {node} ({country or 'no country label'})",
+                "a node labelled with a country in residency.allowedCountries",
+            )
+        )
+    return results
+
+
+def inference_cluster_checks(config: StackConfig, objects: ClusterObjects) -> list[CheckResult]:
+    """Judge the deployed inference objects (pure): every model scales to zero through KEDA,
+    every image is a digest from an allowed registry, telemetry is off in every model container,
+    and model pods ran only on nodes inside the residency policy."""
+    ours = {MODELS_NAMESPACE, GATEWAY_NAMESPACE, WEIGHTS_NAMESPACE}
+    scaled = {
+        o["metadata"]["name"]: o
+        for o in _items(objects.scaled_objects)
+        if o.get("metadata", {}).get("namespace") == MODELS_NAMESPACE
+    }
+    deployments = {
+        o["metadata"]["name"]: o
+        for o in _items(objects.deployments)
+        if o.get("metadata", {}).get("namespace") == MODELS_NAMESPACE
+        and MODEL_LABEL in o.get("metadata", {}).get("labels", {})
+    }
+    results: list[CheckResult] = []
+    for model in config.inference.models:
+        results.append(_scaled_object_check(model.name, model.served, scaled))
+        deployment = deployments.get(model.name)
+        if deployment is None:
+            results.append(
+                verdict(
+                    "inference",
+                    CLUSTER,
+                    f"deployed:{model.name}",
+                    False,
+                    "no Deployment",
+                    "a Deployment",
+                )
+            )
+            continue
+        results += _telemetry_check(deployment)
+    workloads = [
+        o
+        for o in [*_items(objects.deployments), *_items(objects.daemon_sets), *_items(objects.pods)]
+        if o.get("metadata", {}).get("namespace") in ours
+    ]
+    for workload in workloads:
+        results += _image_checks(config, workload)
+    return results + _placement_checks(config, objects)
 
 
 def residency_layer(ctx: Context) -> list[CheckResult]:

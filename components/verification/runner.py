@@ -15,6 +15,7 @@ from components.execution.outcome import StepError
 from components.execution.ssh import HostSession, HostTarget, SessionPool, on_hosts
 from components.plan.checks import LAYERS
 from components.plan.host_steps import PROBE_DIR
+from components.verification.cluster_api import verify_inference_cluster
 from components.verification.geoip import (
     GeoIpDatabase,
     GeoIpUnavailable,
@@ -94,8 +95,13 @@ def verify_stack(
     layers: tuple[str, ...] = LAYERS,
     geoip: GeoIpDatabase | None = None,
     on_host: Callable[[HostRun, list[CheckResult]], None] | None = None,
+    kubeconfig: str | None = None,
 ) -> Verification:
-    """Verify every host in parallel; a host that cannot be reached fails every layer, clearly."""
+    """Verify every host in parallel; a host that cannot be reached fails every layer, clearly.
+
+    With the inference layer selected and models in the stack, the cluster's inference objects are
+    judged too, read through ``kubeconfig`` (the stack's secret ``kubeconfig`` output); without it
+    that check fails and says where to get it."""
     started = time.monotonic()
     targets = list(hosts if hosts is not None else config.hosts)
     if geoip is None:
@@ -141,6 +147,8 @@ def verify_stack(
         run_record, results = outcome
         verification.hosts.append(run_record)
         verification.results.extend(results)
+    if "inference" in layers:
+        verification.results.extend(verify_inference_cluster(config, kubeconfig))
     verification.seconds = time.monotonic() - started
     return verification
 

@@ -86,6 +86,11 @@ REFUSED: list[tuple[Callable[[dict[str, Any]], None], str, str]] = [
         "used twice",
     ),
     (
+        lambda c: _model(c)["source"].update(revision=".hidden"),
+        "inference.models[0].source.revision",
+        "not starting with '.' or '-'",
+    ),
+    (
         lambda c: _model(c).update(env={"BAD NAME": "x"}),
         "inference.models[0].env.BAD NAME",
         "environment variable name",

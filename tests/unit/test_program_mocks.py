@@ -1,7 +1,10 @@
 """Runs ``__main__.py`` under Pulumi mocks for every shipped stack and checks the resource graph.
 
 The config is handed to the program the way the engine does it: ``project:key`` entries with
-structured values JSON-encoded, ``secure:`` values decrypted and listed as secret keys.
+structured values JSON-encoded, ``secure:`` values decrypted and their top-level keys listed as
+secret. The mocks mimic each provider's contract: a ``HostStep`` returns its inputs plus what the
+step found, ``ClusterAccess`` returns a kubeconfig and the Ready nodes, Kubernetes resources echo
+their inputs.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import runpy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +23,10 @@ import yaml
 from google.protobuf import json_format
 from pulumi.runtime.mocks import MockMonitor
 
-from components.config import load_stack_file
+from components.config import StackConfig, load_stack_file
+from components.config.loader import build_stack_config, section_from_engine
 from components.plan.host_steps import render_host_steps
+from components.plan.kubernetes import InferenceStackSpec, inference_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK_FILES = sorted((ROOT / "stacks").glob("Pulumi.*.yaml"))
@@ -28,28 +34,61 @@ SECRET_SIG_KEY = "4dabf18193072939515e22adb298388d"
 SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
 STACK_TYPE = "pulumi:pulumi:Stack"
 HOST_STEP_TYPE = "pulumi-python:dynamic/sovereign:HostStep"
+CLUSTER_ACCESS_TYPE = "pulumi-python:dynamic/sovereign:ClusterAccess"
+FLEET_TYPE = "sovereign:fleet:Fleet"
+GPU_HOST_TYPE = "sovereign:gpu_host:GpuHost"
+CACHE_TYPE = "sovereign:nvme_weight_cache:NvmeWeightCache"
+K3S_TYPE = "sovereign:k3s_cluster:K3sCluster"
+INFERENCE_TYPE = "sovereign:inference_stack:InferenceStack"
+K8S_PROVIDER_TYPE = "pulumi:providers:kubernetes"
+HELM_TYPE = "kubernetes:helm.sh/v3:Release"
+SCALED_OBJECT_TYPE = "kubernetes:keda.sh/v1alpha1:ScaledObject"
+# What the mock K3s server hands back: its client key must never show in plain text.
+MOCK_CLIENT_KEY = "mock-kubeconfig-client-key-5f0c2a9e7b1d"
 
 
 def decrypted_test_value(key: str) -> str:
     return f"test-secret-{key}-0123456789abcdef"
 
 
-def engine_config(stack_file: Path) -> tuple[dict[str, str], list[str]]:
-    """The flat string map and secret key list the engine gives a program for this stack."""
+def _decrypt_nested(value: Any, path: str, found: list[str]) -> Any:
+    if isinstance(value, dict) and set(value) == {"secure"}:
+        found.append(path)
+        return decrypted_test_value(path)
+    if isinstance(value, dict):
+        return {k: _decrypt_nested(v, f"{path}.{k}", found) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decrypt_nested(v, f"{path}[{i}]", found) for i, v in enumerate(value)]
+    return value
+
+
+def engine_config(stack_file: Path) -> tuple[dict[str, str], list[str], list[str]]:
+    """The flat string map and secret key list the engine gives a program for this stack, and
+    every decrypted secret value (to look for in plain text)."""
     data = yaml.safe_load(stack_file.read_text())
     config: dict[str, str] = {}
     secret_keys: list[str] = []
-    for key, value in data["config"].items():
-        if isinstance(value, dict) and set(value) == {"secure"}:
-            config[key] = decrypted_test_value(key)
+    plaintexts: list[str] = []
+    for key, stored in data["config"].items():
+        nested: list[str] = []
+        value = _decrypt_nested(stored, key, nested)
+        if nested:
             secret_keys.append(key)
-        elif isinstance(value, dict | list):
+            plaintexts += [decrypted_test_value(p) for p in nested]
+        if isinstance(value, dict | list):
             config[key] = json.dumps(value)
         elif isinstance(value, bool):
             config[key] = "true" if value else "false"
         else:
             config[key] = str(value)
-    return config, secret_keys
+    return config, secret_keys, plaintexts
+
+
+def engine_stack(stack_file: Path) -> StackConfig:
+    """The stack as the program sees it under the engine (secrets decrypted)."""
+    config, secret_keys, _ = engine_config(stack_file)
+    section, problems = section_from_engine(config, frozenset(secret_keys))
+    return build_stack_config(section, str(stack_file), problems)
 
 
 @dataclass
@@ -58,9 +97,11 @@ class Registration:
     name: str
     urn: str
     parent: str
+    provider: str
     dependencies: list[str]
     secret_paths: list[str]
     raw_inputs: dict[str, Any]
+    aliases: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _secret_paths(value: Any, path: str = "") -> list[str]:
@@ -76,18 +117,39 @@ def _secret_paths(value: Any, path: str = "") -> list[str]:
     return []
 
 
-def _without_secrets(value: Any) -> Any:
+def without_secrets(value: Any) -> Any:
     if isinstance(value, dict):
         if value.get(SECRET_SIG_KEY) == SECRET_SIG:
             return "[secret]"
-        return {k: _without_secrets(v) for k, v in value.items()}
+        return {k: without_secrets(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_without_secrets(v) for v in value]
+        return [without_secrets(v) for v in value]
     return value
 
 
+def unwrap_secrets(value: Any) -> Any:
+    if isinstance(value, dict):
+        if value.get(SECRET_SIG_KEY) == SECRET_SIG:
+            return unwrap_secrets(value["value"])
+        return {k: unwrap_secrets(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unwrap_secrets(v) for v in value]
+    return value
+
+
+def as_wire(value: Any) -> Any:
+    """Plan data as the engine receives it (protobuf Struct: every number is a float)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: as_wire(v) for k, v in value.items()}
+    return [as_wire(v) for v in value]
+
+
 class RecordingMonitor(MockMonitor):
-    """The SDK's mock monitor, also recording parents, dependencies and secret inputs."""
+    """The SDK's mock monitor, also recording parents, providers, dependencies and secrets."""
 
     def __init__(self, mocks: pulumi.runtime.Mocks) -> None:
         super().__init__(mocks)
@@ -102,20 +164,50 @@ class RecordingMonitor(MockMonitor):
                 name=request.name,
                 urn=response.urn,
                 parent=request.parent,
+                provider=request.provider,
                 dependencies=list(request.dependencies),
                 secret_paths=_secret_paths(raw),
                 raw_inputs=raw,
+                aliases=[json_format.MessageToDict(a) for a in request.aliases],
             )
         )
         return response
 
 
-class HostStepMocks(pulumi.runtime.Mocks):
-    """Mimics the HostStep provider's contract: outputs are the inputs plus what the step found."""
+class CountingMonitor(MockMonitor):
+    """The SDK's mock monitor, counting registrations and keeping only their type and name."""
+
+    def __init__(self, mocks: pulumi.runtime.Mocks) -> None:
+        super().__init__(mocks)
+        self.registrations: list[Registration] = []
+
+    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
+        response = super().RegisterResource(request)  # type: ignore[no-untyped-call]
+        self.registrations.append(
+            Registration(request.type, request.name, response.urn, "", "", [], [], {})
+        )
+        return response
+
+
+def mock_kubeconfig(server_url: str) -> str:
+    return yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "default", "cluster": {"server": server_url}}],
+            "users": [{"name": "default", "user": {"client-key-data": MOCK_CLIENT_KEY}}],
+            "contexts": [{"name": "default", "context": {"cluster": "default", "user": "default"}}],
+            "current-context": "default",
+        }
+    )
+
+
+class ProgramMocks(pulumi.runtime.Mocks):
+    """Each provider's contract, as the program relies on it."""
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        inputs = dict(args.inputs)
         if args.typ == HOST_STEP_TYPE:
-            inputs = dict(args.inputs)
             facts = {}
             if inputs["step"] == "40-nvme-cache":
                 facts = {
@@ -124,7 +216,14 @@ class HostStepMocks(pulumi.runtime.Mocks):
                 }
             outs = {**inputs, "result": "changed", "facts": facts, "changes": [], "inSync": True}
             return f"{inputs['host']}/{inputs['step']}", outs
-        return f"{args.name}-id", dict(args.inputs)
+        if args.typ == CLUSTER_ACCESS_TYPE:
+            outs = {
+                **inputs,
+                "kubeconfig": mock_kubeconfig(inputs["serverUrl"]),
+                "readyNodes": list(inputs["nodes"]),
+            }
+            return f"{inputs['host']}/kubeconfig", outs
+        return f"{args.name}-id", inputs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[Any]]:
         return {}, []
@@ -135,6 +234,22 @@ class ProgramRun:
     registrations: list[Registration]
     stack_outputs: dict[str, Any]
     by_urn: dict[str, Registration] = field(default_factory=dict)
+
+    def of_type(self, typ: str) -> list[Registration]:
+        return [r for r in self.registrations if r.type == typ]
+
+    def closure(self, reg: Registration) -> set[str]:
+        """Every URN ``reg`` waits for, directly or through what it waits for."""
+        seen: set[str] = set()
+        todo = list(reg.dependencies)
+        while todo:
+            urn = todo.pop()
+            if urn in seen:
+                continue
+            seen.add(urn)
+            if urn in self.by_urn:
+                todo += self.by_urn[urn].dependencies
+        return seen
 
 
 async def _resolve_exports(exports: dict[str, Any]) -> dict[str, Any]:
@@ -148,23 +263,30 @@ async def _resolve_exports(exports: dict[str, Any]) -> dict[str, Any]:
     return resolved
 
 
-def run_program(stack_file: Path, monkeypatch: pytest.MonkeyPatch) -> ProgramRun:
-    monkeypatch.chdir(ROOT)
+def run_mocked(
+    program_body: Callable[[], None],
+    config: dict[str, str],
+    secret_keys: list[str],
+    stack: str,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    record: bool = True,
+) -> ProgramRun:
+    """Run ``program_body`` as a Pulumi program under the mocks; collect what it registered
+    (``record=False``: only count, for benchmarks of the program itself)."""
     exports: dict[str, Any] = {}
     monkeypatch.setattr(pulumi, "export", exports.__setitem__)
     resolved: dict[str, Any] = {}
-    env = stack_file.name.removeprefix("Pulumi.").removesuffix(".yaml")
-    mocks = HostStepMocks()
-    monitor = RecordingMonitor(mocks)
+    mocks = ProgramMocks()
+    monitor = RecordingMonitor(mocks) if record else CountingMonitor(mocks)
     pulumi.runtime.set_mocks(
-        mocks, project="sovereign-inference", stack=env, preview=False, monitor=monitor
+        mocks, project="sovereign-inference", stack=stack, preview=False, monitor=monitor
     )
-    config, secret_keys = engine_config(stack_file)
     pulumi.runtime.set_all_config(config, secret_keys)
 
     @pulumi.runtime.test  # type: ignore[untyped-decorator]
     def program() -> pulumi.Output[None]:
-        runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+        program_body()
 
         async def collect() -> None:
             resolved.update(await _resolve_exports(exports))
@@ -180,12 +302,29 @@ def run_program(stack_file: Path, monkeypatch: pytest.MonkeyPatch) -> ProgramRun
     return run
 
 
-@pytest.fixture(params=STACK_FILES, ids=lambda p: p.name)
-def program_run(
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> tuple[Path, ProgramRun]:
+def run_program(
+    stack_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    project_dir: Path = ROOT,
+    *,
+    record: bool = True,
+) -> ProgramRun:
+    monkeypatch.chdir(project_dir)
+    env = stack_file.name.removeprefix("Pulumi.").removesuffix(".yaml")
+    config, secret_keys, _ = engine_config(stack_file)
+
+    def body() -> None:
+        runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+
+    return run_mocked(body, config, secret_keys, env, monkeypatch, record=record)
+
+
+@pytest.fixture(scope="module", params=STACK_FILES, ids=lambda p: p.name)
+def program_run(request: pytest.FixtureRequest) -> tuple[Path, ProgramRun]:
+    """One run per stack, shared by the tests that only read what it registered."""
     stack_file: Path = request.param
-    return stack_file, run_program(stack_file, monkeypatch)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return stack_file, run_program(stack_file, monkeypatch)
 
 
 def test_every_stack_is_covered() -> None:
@@ -205,36 +344,48 @@ def test_no_two_resources_share_type_and_name(program_run: tuple[Path, ProgramRu
 
 def test_every_resource_has_the_expected_parent(program_run: tuple[Path, ProgramRun]) -> None:
     _, run = program_run
+    expected_parent = {
+        FLEET_TYPE: STACK_TYPE,
+        GPU_HOST_TYPE: FLEET_TYPE,
+        CACHE_TYPE: GPU_HOST_TYPE,
+        K3S_TYPE: STACK_TYPE,
+        CLUSTER_ACCESS_TYPE: K3S_TYPE,
+        INFERENCE_TYPE: STACK_TYPE,
+    }
     for reg in run.registrations:
         if reg.type == STACK_TYPE:
             continue
         assert reg.parent, f"{reg.type} {reg.name} has no parent"
-        parent = run.by_urn.get(reg.parent, None)
-        if reg.type == "sovereign:gpu_host:GpuHost":
-            assert reg.parent.split("::")[2] == STACK_TYPE, (
-                f"{reg.name} is not a child of the stack"
-            )
-        elif reg.type == "sovereign:nvme_weight_cache:NvmeWeightCache":
-            assert parent is not None
-            assert parent.type == "sovereign:gpu_host:GpuHost"
-            assert reg.name == f"{parent.name}-cache"
+        parent_type = reg.parent.split("::")[2].split("$")[-1]
+        if reg.type in expected_parent:
+            assert parent_type == expected_parent[reg.type], f"{reg.name} under {parent_type}"
         elif reg.type == HOST_STEP_TYPE:
-            assert parent is not None
-            assert parent.type in {
-                "sovereign:gpu_host:GpuHost",
-                "sovereign:nvme_weight_cache:NvmeWeightCache",
-            }
+            assert parent_type in {GPU_HOST_TYPE, CACHE_TYPE}
+            parent = run.by_urn[reg.parent]
             assert reg.name.startswith(parent.name.removesuffix("-cache") + "-")
+        elif reg.type == K8S_PROVIDER_TYPE:
+            assert parent_type == K3S_TYPE
+        else:
+            assert reg.type.startswith("kubernetes:"), reg.type
+            assert parent_type == INFERENCE_TYPE, f"{reg.type} {reg.name} under {parent_type}"
+        if reg.type == CACHE_TYPE:
+            assert reg.name == f"{run.by_urn[reg.parent].name}-cache"
+        if reg.type == GPU_HOST_TYPE:
+            # hosts were children of the stack before Fleet: the alias keeps their state (and
+            # their steps') instead of replacing every step of every host
+            assert reg.aliases, f"{reg.name} has no alias to its old place"
+            specs = [a.get("spec", {}) for a in reg.aliases]
+            assert all(
+                a.get("noParent") or f"::{STACK_TYPE}::" in a.get("parentUrn", "") for a in specs
+            )
 
 
 def test_each_host_gets_its_steps_in_order(program_run: tuple[Path, ProgramRun]) -> None:
     stack_file, run = program_run
     config = load_stack_file(stack_file)
     steps_by_host: dict[str, list[Registration]] = {}
-    for reg in run.registrations:
-        if reg.type == HOST_STEP_TYPE:
-            host = reg.raw_inputs["host"]
-            steps_by_host.setdefault(host, []).append(reg)
+    for reg in run.of_type(HOST_STEP_TYPE):
+        steps_by_host.setdefault(reg.raw_inputs["host"], []).append(reg)
     assert set(steps_by_host) == {h.name for h in config.hosts}
     for host in config.hosts:
         expected = [s.name for s in render_host_steps(config, host)]
@@ -253,17 +404,24 @@ def test_each_host_gets_its_steps_in_order(program_run: tuple[Path, ProgramRun])
 
 def test_secrets_stay_secret(program_run: tuple[Path, ProgramRun]) -> None:
     stack_file, run = program_run
-    _, secret_keys = engine_config(stack_file)
-    plaintexts = [decrypted_test_value(k) for k in secret_keys]
+    _, _, plaintexts = engine_config(stack_file)
+    plaintexts.append(MOCK_CLIENT_KEY)
     for reg in run.registrations:
         if reg.type == HOST_STEP_TYPE:
             assert "secretEnv" in reg.secret_paths, f"{reg.name}: secretEnv is not marked secret"
-        visible = json.dumps(_without_secrets(reg.raw_inputs))
+        if reg.type == K8S_PROVIDER_TYPE:
+            assert "kubeconfig" in reg.secret_paths, "the provider's kubeconfig is not secret"
+        if reg.type == "kubernetes:core/v1:Secret":
+            assert "stringData" in reg.secret_paths, f"{reg.name}: content is not secret"
+        visible = json.dumps(without_secrets(reg.raw_inputs))
         for plaintext in plaintexts:
             assert plaintext not in visible, f"{reg.name} exposes a secret in plain text"
-    outputs = json.dumps(_without_secrets(run.stack_outputs))
+    outputs = json.dumps(without_secrets(run.stack_outputs))
     for plaintext in plaintexts:
         assert plaintext not in outputs
+    config = load_stack_file(stack_file)
+    if config.k3s.install:
+        assert run.stack_outputs["kubeconfig"] == "[secret]"
 
 
 def test_stack_exports_what_verification_needs(program_run: tuple[Path, ProgramRun]) -> None:
@@ -274,6 +432,9 @@ def test_stack_exports_what_verification_needs(program_run: tuple[Path, ProgramR
     assert set(exported) == {h.name for h in config.hosts}
     for host in config.hosts:
         assert exported[host.name]["country"] == host.country
+        assert exported[host.name]["address"] == host.address
+        assert exported[host.name]["port"] == host.ssh.port
+        assert exported[host.name]["hostKey"] == host.ssh.host_key
     facts = run.stack_outputs["facts"]
     for host in config.hosts:
         if host.nvme:
@@ -282,11 +443,11 @@ def test_stack_exports_what_verification_needs(program_run: tuple[Path, ProgramR
 
 def test_bad_config_stops_the_program_before_any_resource(monkeypatch: pytest.MonkeyPatch) -> None:
     stack_file = ROOT / "stacks" / "Pulumi.staging.yaml"
-    config, secret_keys = engine_config(stack_file)
+    config, secret_keys, _ = engine_config(stack_file)
     hosts = json.loads(config["sovereign-inference:hosts"])
     hosts[1]["name"] = hosts[0]["name"]
     config["sovereign-inference:hosts"] = json.dumps(hosts)
-    mocks = HostStepMocks()
+    mocks = ProgramMocks()
     monitor = RecordingMonitor(mocks)
     pulumi.runtime.set_mocks(
         mocks, project="sovereign-inference", stack="staging", preview=False, monitor=monitor
@@ -311,8 +472,8 @@ def test_joining_nodes_wait_for_the_first_server(program_run: tuple[Path, Progra
     config = load_stack_file(stack_file)
     k3s_steps = {
         r.raw_inputs["host"]: r
-        for r in run.registrations
-        if r.type == HOST_STEP_TYPE and r.raw_inputs["step"] == "50-k3s"
+        for r in run.of_type(HOST_STEP_TYPE)
+        if r.raw_inputs["step"] == "50-k3s"
     }
     if not config.k3s.install:
         assert not k3s_steps
@@ -325,3 +486,176 @@ def test_joining_nodes_wait_for_the_first_server(program_run: tuple[Path, Progra
         secret = reg.raw_inputs["secretEnv"]
         assert secret[SECRET_SIG_KEY] == SECRET_SIG
         assert set(secret["value"]) == {"K3S_TOKEN"}
+
+
+def test_cluster_waits_for_every_host_and_reads_the_first_server(
+    program_run: tuple[Path, ProgramRun],
+) -> None:
+    stack_file, run = program_run
+    config = load_stack_file(stack_file)
+    access = run.of_type(CLUSTER_ACCESS_TYPE)
+    if not config.k3s.install:
+        assert not access
+        assert not run.of_type(K8S_PROVIDER_TYPE)
+        assert "kubeconfig" not in run.stack_outputs
+        return
+    (reg,) = access
+    first = config.servers[0]
+    assert reg.raw_inputs["host"] == first.name
+    assert reg.raw_inputs["address"] == first.address
+    assert reg.raw_inputs["hostKey"] == first.ssh.host_key
+    assert sorted(reg.raw_inputs["nodes"]) == sorted(h.name for h in config.hosts)
+    wanted = config.k3s.tls_sans[0] if config.k3s.tls_sans else first.address
+    assert reg.raw_inputs["serverUrl"] == f"https://{wanted}:6443"
+    last_steps = {
+        r.urn
+        for r in run.of_type(HOST_STEP_TYPE)
+        if r.raw_inputs["step"] == render_host_steps(config, config.hosts[0])[-1].name
+    }
+    assert last_steps <= set(reg.dependencies), "the cluster is read before every host is done"
+    (provider,) = run.of_type(K8S_PROVIDER_TYPE)
+    assert reg.urn in provider.dependencies, "the provider is not built from the read kubeconfig"
+
+
+def _inference_run(stack_file: Path, run: ProgramRun) -> list[Registration]:
+    return [r for r in run.registrations if r.type.startswith("kubernetes:")]
+
+
+def test_kubernetes_resources_are_the_plan_objects_unchanged(
+    program_run: tuple[Path, ProgramRun],
+) -> None:
+    stack_file, run = program_run
+    config = load_stack_file(stack_file)
+    registered = _inference_run(stack_file, run)
+    if not (config.k3s.install and config.inference.models):
+        assert not registered
+        return
+    plan = inference_plan(InferenceStackSpec.from_stack(engine_stack(stack_file)))
+    (provider,) = run.of_type(K8S_PROVIDER_TYPE)
+    objects = {
+        (o["apiVersion"], o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): o
+        for o in plan.objects()
+    }
+    seen = set()
+    for reg in registered:
+        assert reg.provider.startswith(provider.urn), f"{reg.name} is not on the cluster's provider"
+        if reg.type == HELM_TYPE:
+            continue
+        inputs = unwrap_secrets(reg.raw_inputs)
+        key = (
+            inputs["apiVersion"],
+            inputs["kind"],
+            inputs["metadata"].get("namespace"),
+            inputs["metadata"]["name"],
+        )
+        assert key in objects, f"{reg.type} {reg.name} is not in the plan"
+        # camelCase plan dicts reach the engine key for key, value for value
+        assert inputs == as_wire(objects[key]), f"{reg.name} differs from the plan"
+        seen.add(key)
+    assert seen == set(objects)
+    releases = {r.raw_inputs["name"]: r.raw_inputs for r in run.of_type(HELM_TYPE)}
+    assert set(releases) == {c.name for c in plan.charts}
+    for chart in plan.charts:
+        release = releases[chart.name]
+        assert release["version"] == chart.version
+        assert release["chart"] == chart.chart
+        assert release["namespace"] == chart.namespace
+        assert release["repositoryOpts"] == {"repo": chart.repository}
+        assert release["values"] == as_wire(chart.values)
+    assert releases["keda"]["version"] == config.inference.charts.keda
+    assert (
+        releases["nvidia-device-plugin"]["version"] == config.inference.charts.nvidia_device_plugin
+    )
+    assert releases["dcgm-exporter"]["version"] == config.inference.charts.dcgm_exporter
+
+
+def test_order_cluster_ready_then_keda_then_scaled_objects(
+    program_run: tuple[Path, ProgramRun],
+) -> None:
+    stack_file, run = program_run
+    config = load_stack_file(stack_file)
+    if not (config.k3s.install and config.inference.models):
+        return
+    (access,) = run.of_type(CLUSTER_ACCESS_TYPE)
+    keda = next(r for r in run.of_type(HELM_TYPE) if r.raw_inputs["name"] == "keda")
+    assert access.urn in run.closure(keda), "KEDA is installed before the cluster is Ready"
+    scaled = run.of_type(SCALED_OBJECT_TYPE)
+    assert len(scaled) == len(config.inference.models)
+    for reg in scaled:
+        assert keda.urn in reg.dependencies, f"{reg.name} is created before KEDA's CRDs"
+    warmer = list(run.of_type("kubernetes:apps/v1:DaemonSet"))
+    models = [
+        r
+        for r in run.of_type("kubernetes:apps/v1:Deployment")
+        if r.raw_inputs["metadata"]["namespace"] == "sovereign-inference"
+    ]
+    assert len(models) == len(config.inference.models)
+    if any(m.prefetch for m in config.inference.models):
+        assert len(warmer) == 1
+        for reg in models:
+            assert warmer[0].urn in reg.dependencies, f"{reg.name} starts before the warmer"
+
+
+def test_each_model_gets_deployment_service_scaled_object_from_config(
+    program_run: tuple[Path, ProgramRun],
+) -> None:
+    stack_file, run = program_run
+    config = load_stack_file(stack_file)
+    if not (config.k3s.install and config.inference.models):
+        return
+
+    def find(typ: str, name: str) -> dict[str, Any]:
+        return next(
+            r.raw_inputs
+            for r in run.of_type(typ)
+            if r.raw_inputs["metadata"]["name"] == name
+            and r.raw_inputs["metadata"].get("namespace") == "sovereign-inference"
+        )
+
+    for model in config.inference.models:
+        deployment = find("kubernetes:apps/v1:Deployment", model.name)
+        pod = deployment["spec"]["template"]["spec"]
+        (server,) = pod["containers"]
+        assert server["image"] == (model.image or config.inference.image)
+        gpus = str(model.gpus_per_replica)
+        assert server["resources"]["limits"]["nvidia.com/gpu"] == gpus
+        assert pod["runtimeClassName"] == "nvidia"
+        args = server["args"]
+        assert args[args.index("--served-model-name") + 1] == model.served
+        assert args[args.index("--tensor-parallel-size") + 1] == gpus
+        env = {e["name"]: e["value"] for e in server["env"]}
+        assert env["HF_HUB_OFFLINE"] == env["VLLM_NO_USAGE_STATS"] == env["DO_NOT_TRACK"] == "1"
+        service = find("kubernetes:core/v1:Service", model.name)
+        assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+        scaled = find(SCALED_OBJECT_TYPE, model.name)["spec"]
+        assert scaled["minReplicaCount"] == 0
+        assert scaled["maxReplicaCount"] == model.max_replicas
+        assert scaled["cooldownPeriod"] == model.idle_seconds
+        assert scaled["scaleTargetRef"]["name"] == model.name
+        (trigger,) = scaled["triggers"]
+        assert trigger["type"] == "external-push"
+        assert trigger["metadata"]["model"] == model.served
+        assert trigger["metadata"]["scalerAddress"].endswith(":9090")
+    assert run.stack_outputs["models"] == [m.served for m in config.inference.models]
+    scheme = "https" if config.inference.gateway.tls_secret else "http"
+    assert run.stack_outputs["gatewayUrl"] == f"{scheme}://{config.inference.gateway.host}/v1"
+
+
+def test_model_replicas_are_left_to_keda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Deployment asks Pulumi to ignore spec.replicas, so a refresh never scales it back."""
+    stack_file = ROOT / "stacks" / "Pulumi.staging.yaml"
+    seen: dict[str, list[str]] = {}
+    import components.inference_stack as wiring
+
+    real = wiring.kubernetes_resource
+
+    def spy(name: str, obj: dict[str, Any], opts: pulumi.ResourceOptions) -> Any:
+        seen[f"{obj['kind']}/{obj['metadata']['name']}"] = list(opts.ignore_changes or [])
+        return real(name, obj, opts)
+
+    monkeypatch.setattr(wiring, "kubernetes_resource", spy)
+    run_program(stack_file, monkeypatch)
+    config = load_stack_file(stack_file)
+    for model in config.inference.models:
+        assert seen[f"Deployment/{model.name}"] == ["spec.replicas"]
+    assert seen["Deployment/sovereign-gateway"] == []

@@ -1,0 +1,94 @@
+"""``Fleet``: every host of a stack, built in rollout order with the waits between hosts wired."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+from pydantic import Field
+
+from components.config.models import HostSpec, Model, StackConfig
+from components.gpu_host import GpuHost, GpuHostSpec, StepKey
+
+
+class FleetSpec(Model):
+    """The stack whose hosts make up the fleet, and where relative key paths are resolved."""
+
+    stack: StackConfig
+    project_dir: str = Field(default=".")
+
+
+def rollout_order(stack: StackConfig) -> list[HostSpec]:
+    """Hosts in the order their components are built: the first K3s server first."""
+    first = stack.servers[0].name
+    return sorted(stack.hosts, key=lambda h: h.name != first)
+
+
+def exported_host(host: HostSpec) -> dict[str, Any]:
+    """How one host appears in the stack's ``hosts`` output, which verification reads back
+    (``components.verification.runner.hosts_from_outputs``)."""
+    return {
+        "name": host.name,
+        "role": host.role,
+        "address": host.address,
+        "port": host.ssh.port,
+        "user": host.ssh.user,
+        "hostKey": host.ssh.host_key,
+        "country": host.country,
+        "datacenter": host.datacenter,
+    }
+
+
+class Fleet(pulumi.ComponentResource):
+    """Every host of the stack as a ``GpuHost``, the first K3s server first.
+
+    Resources: one ``GpuHost`` child per host, named after the host. A step that waits for a step
+    on another host (a K3s node joining waits for the first server's K3s step) depends on it.
+    The K3s join token goes to the hosts as a Pulumi secret.
+
+    Outputs: ``hosts`` (connection and placement facts per host, the shape verification reads),
+    ``facts`` (what each host's steps found, by host name). ``nodes`` maps host names to their
+    ``GpuHost``; ``last_steps`` are what a cluster built on the fleet waits for.
+
+    Example::
+
+        from components.config import load_stack_file
+        from components.fleet import Fleet, FleetSpec
+        fleet = Fleet("prod-fra", FleetSpec(stack=load_stack_file("stacks/Pulumi.prod-fra.yaml")))
+        pulumi.export("hosts", fleet.hosts)
+    """
+
+    def __init__(
+        self, name: str, spec: FleetSpec, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("sovereign:fleet:Fleet", name, None, opts)
+        stack = spec.stack
+        secret_env: dict[str, pulumi.Input[str]] = {}
+        if stack.k3s_token is not None:
+            secret_env["K3S_TOKEN"] = pulumi.Output.secret(stack.k3s_token.get_secret_value())
+        built: dict[StepKey, pulumi.Resource] = {}
+        self.nodes: dict[str, GpuHost] = {}
+        for host in rollout_order(stack):
+            node = GpuHost(
+                host.name,
+                GpuHostSpec(host=host, stack=stack, project_dir=spec.project_dir),
+                # hosts were children of the stack before there was a Fleet: keep their state
+                pulumi.ResourceOptions(
+                    parent=self, aliases=[pulumi.Alias(parent=pulumi.ROOT_STACK_RESOURCE)]
+                ),
+                secret_env=secret_env,
+                peer_steps=built,
+            )
+            built.update(node.step_index)
+            self.nodes[host.name] = node
+        self.last_steps: list[pulumi.Resource] = [
+            n.last_step for n in self.nodes.values() if n.last_step is not None
+        ]
+        self.hosts: pulumi.Output[list[dict[str, Any]]] = pulumi.Output.from_input(
+            [exported_host(h) for h in stack.hosts]
+        )
+        names = list(self.nodes)
+        self.facts: pulumi.Output[dict[str, dict[str, str]]] = pulumi.Output.all(
+            *(node.facts for node in self.nodes.values())
+        ).apply(lambda per_host: dict(zip(names, per_host, strict=True)))
+        self.register_outputs({"hosts": self.hosts, "facts": self.facts})

@@ -1,0 +1,205 @@
+"""``InferenceStack``: the serverless inference platform on a Kubernetes cluster.
+
+Every object is built as plain data in :mod:`components.plan.kubernetes`; this module only wires
+each one, unchanged, into a ``pulumi_kubernetes`` resource and orders them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.plan.kubernetes import ChartRelease, InferenceStackSpec, inference_plan
+from components.plan.kubernetes.gateway import gateway_url, route_table
+from components.plan.kubernetes.objects import Obj
+
+ResourceClass = Callable[..., pulumi.CustomResource]
+
+# The kinds the plan builds, with their typed pulumi_kubernetes class; anything else (KEDA's
+# ScaledObject, K3s's HelmChartConfig) goes through CustomResource.
+_TYPED: dict[tuple[str, str], ResourceClass] = {
+    ("v1", "Namespace"): k8s.core.v1.Namespace,
+    ("v1", "Service"): k8s.core.v1.Service,
+    ("v1", "ConfigMap"): k8s.core.v1.ConfigMap,
+    ("v1", "Secret"): k8s.core.v1.Secret,
+    ("apps/v1", "Deployment"): k8s.apps.v1.Deployment,
+    ("apps/v1", "DaemonSet"): k8s.apps.v1.DaemonSet,
+    ("policy/v1", "PodDisruptionBudget"): k8s.policy.v1.PodDisruptionBudget,
+    ("networking.k8s.io/v1", "NetworkPolicy"): k8s.networking.v1.NetworkPolicy,
+    ("networking.k8s.io/v1", "Ingress"): k8s.networking.v1.Ingress,
+    ("node.k8s.io/v1", "RuntimeClass"): k8s.node.v1.RuntimeClass,
+}
+# Top-level fields of an object as the typed classes name their arguments.
+_FIELD_ARGS = {
+    "metadata": "metadata",
+    "spec": "spec",
+    "data": "data",
+    "stringData": "string_data",
+    "type": "type",
+    "handler": "handler",
+}
+
+
+def resource_name(stack_name: str, obj: Obj) -> str:
+    """A Pulumi name unique per object: kind, namespace and name."""
+    meta = obj["metadata"]
+    parts = [stack_name, obj["kind"].lower(), meta.get("namespace"), meta["name"]]
+    return "-".join(p for p in parts if p)
+
+
+def kubernetes_resource(name: str, obj: Obj, opts: pulumi.ResourceOptions) -> pulumi.CustomResource:
+    """One plan object as one pulumi_kubernetes resource, field for field."""
+    fields = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind")}
+    if obj["kind"] == "Secret":
+        # only digests are in the plan's Secrets, but a Secret's content stays secret anyway
+        for key in ("data", "stringData"):
+            if key in fields:
+                fields[key] = pulumi.Output.secret(fields[key])
+    cls = _TYPED.get((obj["apiVersion"], obj["kind"]))
+    if cls is None:
+        return k8s.apiextensions.CustomResource(
+            name, api_version=obj["apiVersion"], kind=obj["kind"], opts=opts, **fields
+        )
+    unknown = set(fields) - set(_FIELD_ARGS)
+    if unknown:
+        raise ValueError(f"{name}: no wiring for field(s) {', '.join(sorted(unknown))}")
+    return cls(name, opts=opts, **{_FIELD_ARGS[k]: v for k, v in fields.items()})
+
+
+def helm_release(
+    name: str, chart: ChartRelease, opts: pulumi.ResourceOptions
+) -> k8s.helm.v3.Release:
+    return k8s.helm.v3.Release(
+        name,
+        name=chart.name,
+        chart=chart.chart,
+        version=chart.version,
+        namespace=chart.namespace,
+        repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=chart.repository),
+        values=chart.values,
+        create_namespace=False,
+        opts=opts,
+    )
+
+
+class InferenceStack(pulumi.ComponentResource):
+    """The OpenAI-compatible, scale-to-zero inference platform on one cluster.
+
+    Resources, in order: namespaces (with Pod Security levels) and NetworkPolicies; RuntimeClass
+    ``nvidia`` (unless the cluster is K3s, which ships it); Helm releases of the NVIDIA device
+    plugin, the DCGM exporter and KEDA; the weights warmer (ConfigMap, DaemonSet); per model a
+    Deployment (replicas left to KEDA), a Service and a ``ScaledObject`` (after KEDA, after the
+    warmer); the gateway (route-table ConfigMap, API-key Secret, Deployment, Services,
+    PodDisruptionBudget, Ingress); on K3s the Traefik timeouts (HelmChartConfig).
+
+    Give it a ``provider`` for the cluster (``K3sCluster.provider``) or a ``kubeconfig`` (a
+    cluster built elsewhere: a provider is made from it).
+
+    Outputs: ``gateway_url`` (the OpenAI base URL), ``models`` (served names), ``route_table``.
+
+    Example::
+
+        spec = InferenceStackSpec.from_stack(stack)
+        stack_on_k3s = InferenceStack("prod-fra", spec, provider=cluster.provider)
+        pulumi.export("gatewayUrl", stack_on_k3s.gateway_url)
+    """
+
+    def __init__(
+        self,
+        name: str,
+        spec: InferenceStackSpec,
+        opts: pulumi.ResourceOptions | None = None,
+        *,
+        provider: k8s.Provider | None = None,
+        kubeconfig: pulumi.Input[str] | None = None,
+    ) -> None:
+        super().__init__("sovereign:inference_stack:InferenceStack", name, None, opts)
+        if (provider is None) == (kubeconfig is None):
+            raise ValueError(f"{name}: give exactly one of provider= or kubeconfig=")
+        if provider is None:
+            provider = k8s.Provider(
+                f"{name}-k8s",
+                kubeconfig=pulumi.Output.secret(kubeconfig),
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+        self.provider = provider
+        plan = inference_plan(spec)
+        # children do not inherit a component's depends_on: the first ones carry it
+        upstream = _as_list(opts.depends_on if opts else None)
+
+        def child(depends: Sequence[pulumi.Resource], **extra: Any) -> pulumi.ResourceOptions:
+            return pulumi.ResourceOptions(
+                parent=self, provider=provider, depends_on=list(depends), **extra
+            )
+
+        def wire(
+            obj: Obj, depends: Sequence[pulumi.Resource], **extra: Any
+        ) -> pulumi.CustomResource:
+            return kubernetes_resource(resource_name(name, obj), obj, child(depends, **extra))
+
+        self.namespaces = [wire(o, upstream) for o in plan.namespaces]
+        by_namespace = {
+            o["metadata"]["name"]: r for o, r in zip(plan.namespaces, self.namespaces, strict=True)
+        }
+
+        def home(namespace: str) -> list[pulumi.Resource]:
+            # a namespaced object waits for its own namespace (which waits for the cluster)
+            return [by_namespace[namespace]] if namespace in by_namespace else upstream
+
+        def placed(obj: Obj, *more: pulumi.Resource, **extra: Any) -> pulumi.CustomResource:
+            namespace = obj["metadata"].get("namespace")
+            depends = home(namespace) if namespace else [*self.namespaces]
+            return wire(obj, [*depends, *more], **extra)
+
+        self.network_policies = [placed(o) for o in plan.network_policies]
+        self.runtime_class = placed(plan.runtime_class) if plan.runtime_class else None
+        extra = [self.runtime_class] if self.runtime_class else []
+        self.gpu_charts = [
+            helm_release(f"{name}-{c.name}", c, child([*home(c.namespace), *extra]))
+            for c in plan.gpu_charts
+        ]
+        self.keda = helm_release(
+            f"{name}-{plan.keda.name}", plan.keda, child(home(plan.keda.namespace))
+        )
+        self.warmer = [placed(o) for o in plan.warmer]
+        self.deployments: dict[str, pulumi.CustomResource] = {}
+        self.services: dict[str, pulumi.CustomResource] = {}
+        self.scaled_objects: dict[str, pulumi.CustomResource] = {}
+        for model in plan.models:
+            deployment = placed(
+                model.deployment,
+                *self.gpu_charts,
+                *self.warmer,
+                # KEDA owns the replica count: never set it back
+                ignore_changes=["spec.replicas"],
+            )
+            self.deployments[model.name] = deployment
+            self.services[model.name] = placed(model.service)
+            self.scaled_objects[model.name] = placed(model.scaled_object, self.keda, deployment)
+        config = [placed(o) for o in plan.gateway if o["kind"] in ("ConfigMap", "Secret")]
+        rest = [o for o in plan.gateway if o["kind"] not in ("ConfigMap", "Secret")]
+        self.gateway = config + [placed(o, *config) for o in rest]
+        self.edge = [wire(o, upstream) for o in plan.edge]
+        self.gateway_url: pulumi.Output[str] = pulumi.Output.from_input(gateway_url(spec))
+        self.models: pulumi.Output[list[str]] = pulumi.Output.from_input(
+            [m.served for m in spec.inference.models]
+        )
+        self.route_table: pulumi.Output[str] = pulumi.Output.from_input(route_table(spec).to_json())
+        self.register_outputs(
+            {
+                "gateway_url": self.gateway_url,
+                "models": self.models,
+                "route_table": self.route_table,
+            }
+        )
+
+
+def _as_list(value: Any) -> list[pulumi.Resource]:
+    if value is None:
+        return []
+    if isinstance(value, pulumi.Resource):
+        return [value]
+    return list(value)

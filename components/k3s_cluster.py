@@ -1,0 +1,96 @@
+"""``K3sCluster``: the cluster the fleet's K3s steps formed, as a kubeconfig and a provider."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+from pydantic import Field
+
+from components.config.models import Model, StackConfig
+from components.plan.cluster import api_server_url
+from components.providers.cluster_access import ClusterAccess
+
+
+class K3sClusterSpec(Model):
+    """The stack whose hosts run K3s, and how long to wait for all of them to be Ready."""
+
+    stack: StackConfig
+    project_dir: str = Field(default=".")
+    ready_timeout_seconds: int = Field(default=900, ge=30, le=7200)
+    poll_seconds: float = Field(default=5.0, gt=0, le=60)
+
+
+def cluster_access_props(spec: K3sClusterSpec) -> dict[str, pulumi.Input[Any]]:
+    """The inputs of the ``ClusterAccess`` resource: the first server, reached over pinned SSH."""
+    stack = spec.stack
+    server = stack.servers[0]
+    return {
+        "host": server.name,
+        "address": server.address,
+        "port": server.ssh.port,
+        "user": server.ssh.user,
+        "privateKey": server.ssh.private_key,
+        "hostKey": server.ssh.host_key,
+        "baseDir": spec.project_dir,
+        "ssh": stack.ssh.model_dump(mode="json"),
+        "nodes": [h.name for h in stack.hosts],
+        "serverUrl": api_server_url(stack),
+        "readyTimeoutSeconds": spec.ready_timeout_seconds,
+        "pollSeconds": spec.poll_seconds,
+    }
+
+
+class K3sCluster(pulumi.ComponentResource):
+    """The K3s cluster of a stack, once every node is registered and Ready.
+
+    Resources: ``<name>-access`` (a ``ClusterAccess``: waits for the nodes, reads the kubeconfig
+    from the first server over its pinned SSH session, server URL set to the first ``tlsSans``
+    entry or the server's address) and ``<name>-k8s`` (a ``pulumi_kubernetes.Provider`` built
+    from that kubeconfig). Build it with ``depends_on`` the fleet, so it waits for K3s.
+
+    Outputs: ``kubeconfig`` (a secret), ``server_url``, ``ready_nodes``; ``provider`` for
+    Kubernetes resources on this cluster.
+
+    Example::
+
+        fleet = Fleet("prod-fra", FleetSpec(stack=stack))
+        cluster = K3sCluster(
+            "prod-fra-k3s",
+            K3sClusterSpec(stack=stack),
+            pulumi.ResourceOptions(depends_on=[fleet]),
+        )
+        pulumi.export("kubeconfig", cluster.kubeconfig)
+    """
+
+    def __init__(
+        self, name: str, spec: K3sClusterSpec, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("sovereign:k3s_cluster:K3sCluster", name, None, opts)
+        if not spec.stack.k3s.install:
+            raise ValueError(
+                f"{name}: k3s.install is false for this stack; there is no K3s cluster"
+            )
+        self.access = ClusterAccess(
+            f"{name}-access",
+            cluster_access_props(spec),
+            # children do not inherit a component's depends_on: pass it on so the wait starts
+            # only once the hosts' steps are done
+            pulumi.ResourceOptions(parent=self, depends_on=opts.depends_on if opts else None),
+        )
+        self.kubeconfig: pulumi.Output[str] = pulumi.Output.secret(self.access.kubeconfig)
+        self.server_url: pulumi.Output[str] = pulumi.Output.from_input(api_server_url(spec.stack))
+        self.ready_nodes: pulumi.Output[list[str]] = self.access.readyNodes
+        self.provider = k8s.Provider(
+            f"{name}-k8s",
+            kubeconfig=self.kubeconfig,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.register_outputs(
+            {
+                "kubeconfig": self.kubeconfig,
+                "server_url": self.server_url,
+                "ready_nodes": self.ready_nodes,
+            }
+        )

@@ -1,0 +1,93 @@
+"""Upstream Helm charts, pinned by version in config, with their values as plain data.
+
+None of the three charts ships a ``values.schema.json`` at the pinned versions (checked in
+kedacore/charts ``keda/`` at 2.16.1, NVIDIA/k8s-device-plugin ``deployments/helm/`` at v0.17.1 and
+NVIDIA/dcgm-exporter ``deployment/`` at chart 4.1.1); the tests hold the values to the keys of
+each chart's own ``values.yaml`` instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from components.plan.kubernetes.objects import (
+    GPU_TOLERATIONS,
+    gpu_node_expression,
+    required_node_affinity,
+)
+from components.plan.kubernetes.spec import (
+    GPU_NAMESPACE,
+    KEDA_NAMESPACE,
+    KEDA_OPERATOR,
+    MODELS_NAMESPACE,
+    RUNTIME_CLASS,
+    InferenceStackSpec,
+)
+
+KEDA_REPOSITORY: Final = "https://kedacore.github.io/charts"
+DEVICE_PLUGIN_REPOSITORY: Final = "https://nvidia.github.io/k8s-device-plugin"
+DCGM_EXPORTER_REPOSITORY: Final = "https://nvidia.github.io/dcgm-exporter/helm-charts"
+
+
+@dataclass(frozen=True)
+class ChartRelease:
+    """One Helm release: which chart, from where, at which version, with which values."""
+
+    name: str
+    chart: str
+    repository: str
+    version: str
+    namespace: str
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+def keda_chart(spec: InferenceStackSpec) -> ChartRelease:
+    return ChartRelease(
+        name="keda",
+        chart="keda",
+        repository=KEDA_REPOSITORY,
+        version=spec.inference.charts.keda,
+        namespace=KEDA_NAMESPACE,
+        values={
+            "crds": {"install": True},
+            # KEDA acts only on the models' ScaledObjects
+            "watchNamespace": MODELS_NAMESPACE,
+            # the NetworkPolicy that admits KEDA to the scaler port selects on this name
+            "operator": {"name": KEDA_OPERATOR},
+        },
+    )
+
+
+def device_plugin_chart(spec: InferenceStackSpec) -> ChartRelease:
+    return ChartRelease(
+        name="nvidia-device-plugin",
+        chart="nvidia-device-plugin",
+        repository=DEVICE_PLUGIN_REPOSITORY,
+        version=spec.inference.charts.nvidia_device_plugin,
+        namespace=GPU_NAMESPACE,
+        values={
+            "runtimeClassName": RUNTIME_CLASS,
+            # the chart's default affinity wants Node Feature Discovery labels; ours say it
+            "affinity": required_node_affinity(gpu_node_expression()),
+            "tolerations": GPU_TOLERATIONS,
+            "gfd": {"enabled": False},
+        },
+    )
+
+
+def dcgm_exporter_chart(spec: InferenceStackSpec) -> ChartRelease:
+    return ChartRelease(
+        name="dcgm-exporter",
+        chart="dcgm-exporter",
+        repository=DCGM_EXPORTER_REPOSITORY,
+        version=spec.inference.charts.dcgm_exporter,
+        namespace=GPU_NAMESPACE,
+        values={
+            "runtimeClassName": RUNTIME_CLASS,
+            "affinity": required_node_affinity(gpu_node_expression()),
+            "tolerations": GPU_TOLERATIONS,
+            # on by default, it needs the Prometheus operator's CRDs, which a bare cluster lacks
+            "serviceMonitor": {"enabled": False},
+        },
+    )

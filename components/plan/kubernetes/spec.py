@@ -1,0 +1,150 @@
+"""What the inference stack is built from, and the names every object of it shares.
+
+:class:`InferenceStackSpec` is the whole argument of ``InferenceStack``: the stack's ``inference``
+and ``residency`` sections plus the facts about the cluster's nodes that placement needs. It is
+built from a stack file (:meth:`InferenceStackSpec.from_stack`) or by hand for a cluster this
+toolkit did not build. Pure: no Pulumi, no I/O.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Final
+
+from pydantic import Field, model_validator
+
+from components.config.errors import CrossFieldProblems, Problem
+from components.config.models import (
+    CacheSpec,
+    Country,
+    DnsLabel,
+    InferenceSpec,
+    Model,
+    ResidencyPolicy,
+    StackConfig,
+    image_registry,
+)
+from components.plan.cluster import LABEL_PREFIX
+
+# --- namespaces -----------------------------------------------------------------------------
+# The model pods keep the namespace verification has always read (collect_facts.sh lists its pods).
+MODELS_NAMESPACE: Final = "sovereign-inference"
+GATEWAY_NAMESPACE: Final = "sovereign-gateway"
+WEIGHTS_NAMESPACE: Final = "sovereign-weights"
+GPU_NAMESPACE: Final = "sovereign-gpu"
+KEDA_NAMESPACE: Final = "keda"
+# K3s runs its bundled Traefik and CoreDNS here.
+SYSTEM_NAMESPACE: Final = "kube-system"
+
+# --- labels ---------------------------------------------------------------------------------
+PART_OF: Final = {"app.kubernetes.io/part-of": "sovereign-inference"}
+COMPONENT_LABEL: Final = "app.kubernetes.io/component"
+MODEL_LABEL: Final = f"{LABEL_PREFIX}/model"
+GPU_MODEL_LABEL: Final = f"{LABEL_PREFIX}/gpu-model"
+GPU_COUNT_LABEL: Final = f"{LABEL_PREFIX}/gpu-count"
+COUNTRY_LABEL: Final = f"{LABEL_PREFIX}/country"
+# Set by the API server on every namespace since Kubernetes 1.22.
+NAMESPACE_NAME_LABEL: Final = "kubernetes.io/metadata.name"
+HOSTNAME_LABEL: Final = "kubernetes.io/hostname"
+
+# --- object names ---------------------------------------------------------------------------
+GATEWAY: Final = "sovereign-gateway"
+GATEWAY_PEERS: Final = "sovereign-gateway-peers"
+GATEWAY_ROUTES: Final = "sovereign-gateway-routes"
+GATEWAY_API_KEYS: Final = "sovereign-gateway-api-keys"
+WARMER: Final = "sovereign-weights-warmer"
+WARMER_MODELS: Final = "sovereign-weights-models"
+# Optional Secret with object-store credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) that the
+# warmer and each model's init container read when it exists; created out of band by the operator.
+OBJECT_STORE_CREDENTIALS: Final = "object-store-credentials"
+RUNTIME_CLASS: Final = "nvidia"
+GPU_RESOURCE: Final = "nvidia.com/gpu"
+KEDA_OPERATOR: Final = "keda-operator"  # the chart's operator.name (app.kubernetes.io/name)
+
+# --- ports ----------------------------------------------------------------------------------
+MODEL_PORT: Final = 8000  # vLLM's default; a bring-your-own server listens here too
+ROUTES_FILE: Final = "routes.json"
+API_KEYS_FILE: Final = "api-keys"
+WARMER_MODELS_FILE: Final = "models.json"
+
+
+class ClusterNode(Model):
+    """One node as placement sees it: its GPUs and the country it is in."""
+
+    name: DnsLabel
+    gpu_model: str | None = None
+    gpu_count: int = Field(default=0, ge=0)
+    country: Country
+
+
+class InferenceStackSpec(Model):
+    """Everything ``InferenceStack`` builds from.
+
+    ``nodes`` are facts about the cluster (empty when unknown: then no node is assumed to be a CPU
+    node). ``k3s`` says the cluster is K3s, whose bundled RuntimeClass ``nvidia`` and Traefik
+    ingress are used instead of creating them. ``cluster_cidrs`` are the pod and service ranges,
+    which object-store egress never reaches into.
+    """
+
+    environment: DnsLabel
+    inference: InferenceSpec
+    residency: ResidencyPolicy
+    nodes: tuple[ClusterNode, ...] = ()
+    cache_mount_point: str = CacheSpec().mount_point
+    k3s: bool = False
+    cluster_cidrs: tuple[str, ...] = ("10.42.0.0/16", "10.43.0.0/16")
+
+    @model_validator(mode="after")
+    def _inside_the_policy(self) -> InferenceStackSpec:
+        # the same rules StackConfig applies, for a spec built by hand for an existing cluster
+        problems = []
+        allowed = set(self.residency.allowed_registries)
+        for path, image in self.inference.images():
+            if image_registry(image) not in allowed:
+                problems.append(
+                    Problem(path, f"registry {image_registry(image)} is not in allowedRegistries")
+                )
+        endpoints = set(self.residency.allowed_object_store_endpoints)
+        for i, model in enumerate(self.inference.models):
+            if model.source.endpoint not in endpoints:
+                problems.append(
+                    Problem(
+                        f"inference.models[{i}].source.endpoint",
+                        f"{model.source.endpoint} is not in allowedObjectStoreEndpoints",
+                    )
+                )
+        for i, cidr in enumerate(self.cluster_cidrs):
+            try:
+                ipaddress.ip_network(cidr)
+            except ValueError:
+                problems.append(Problem(f"clusterCidrs[{i}]", "expected a CIDR"))
+        if problems:
+            raise CrossFieldProblems(problems)
+        return self
+
+    @classmethod
+    def from_stack(cls, stack: StackConfig) -> InferenceStackSpec:
+        """The spec of a stack whose hosts this toolkit set up (K3s when ``k3s.install``)."""
+        return cls(
+            environment=stack.environment,
+            inference=stack.inference,
+            residency=stack.residency,
+            nodes=tuple(
+                ClusterNode(
+                    name=h.name, gpu_model=h.gpu.model, gpu_count=h.gpu.count, country=h.country
+                )
+                for h in stack.hosts
+            ),
+            cache_mount_point=stack.cache.mount_point,
+            k3s=stack.k3s.install,
+            cluster_cidrs=(stack.k3s.cluster_cidr, stack.k3s.service_cidr),
+        )
+
+    @property
+    def has_cpu_nodes(self) -> bool:
+        return any(n.gpu_count == 0 for n in self.nodes)
+
+
+def service_host(name: str, namespace: str) -> str:
+    """The in-cluster DNS name of a Service."""
+    return f"{name}.{namespace}.svc.cluster.local"

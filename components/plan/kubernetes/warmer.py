@@ -1,0 +1,120 @@
+"""The weights warmer: a DaemonSet on GPU nodes that keeps every ``prefetch`` model on the node."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from sovereign_weights.prefetch import PrefetchEntry, render_models_file
+
+from components.plan.kubernetes.models import OFFLINE_ENV, WEIGHTS_COMMAND, allowed_endpoints
+from components.plan.kubernetes.objects import (
+    GPU_TOLERATIONS,
+    Obj,
+    gpu_node_expression,
+    metadata,
+    required_node_affinity,
+    residency_expression,
+    restricted_pod,
+    root_writer_container,
+)
+from components.plan.kubernetes.spec import (
+    COMPONENT_LABEL,
+    OBJECT_STORE_CREDENTIALS,
+    WARMER,
+    WARMER_MODELS,
+    WARMER_MODELS_FILE,
+    WEIGHTS_NAMESPACE,
+    InferenceStackSpec,
+)
+
+MODELS_DIR: Final = "/etc/sovereign-weights"
+# How often the warmer looks again for models that are missing or were removed by hand.
+WATCH_SECONDS: Final = 300
+WARMER_LABELS: Final = {COMPONENT_LABEL: "weights-warmer"}
+
+
+def prefetch_list(spec: InferenceStackSpec) -> list[PrefetchEntry]:
+    """The warmer's ``--models-file``: every model marked ``prefetch``."""
+    return [
+        PrefetchEntry(
+            model=m.name,
+            endpoint=m.source.endpoint,
+            uri=m.source.uri,
+            revision=m.source.revision,
+        )
+        for m in spec.inference.models
+        if m.prefetch
+    ]
+
+
+def warmer_config_map(spec: InferenceStackSpec) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(WARMER_MODELS, WEIGHTS_NAMESPACE, "weights-warmer"),
+        "data": {WARMER_MODELS_FILE: render_models_file(prefetch_list(spec))},
+    }
+
+
+def warmer_daemon_set(spec: InferenceStackSpec) -> Obj:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": metadata(WARMER, WEIGHTS_NAMESPACE, "weights-warmer"),
+        "spec": {
+            "selector": {"matchLabels": WARMER_LABELS},
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
+            "template": {
+                "metadata": {"labels": WARMER_LABELS},
+                "spec": {
+                    "affinity": required_node_affinity(
+                        residency_expression(spec), gpu_node_expression()
+                    ),
+                    "tolerations": GPU_TOLERATIONS,
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": restricted_pod(),
+                    "containers": [
+                        {
+                            "name": "warmer",
+                            "image": spec.inference.weights_image,
+                            "command": list(WEIGHTS_COMMAND),
+                            "args": [
+                                "prefetch",
+                                "--models-file",
+                                f"{MODELS_DIR}/{WARMER_MODELS_FILE}",
+                                "--cache",
+                                spec.cache_mount_point,
+                                "--watch",
+                                str(WATCH_SECONDS),
+                                "--allowed-endpoints",
+                                allowed_endpoints(spec),
+                            ],
+                            "envFrom": [
+                                {"secretRef": {"name": OBJECT_STORE_CREDENTIALS, "optional": True}}
+                            ],
+                            "env": [
+                                {"name": k, "value": v} for k, v in sorted(OFFLINE_ENV.items())
+                            ],
+                            "resources": {
+                                "requests": {"cpu": "500m", "memory": "512Mi"},
+                                "limits": {"memory": "2Gi"},
+                            },
+                            "securityContext": root_writer_container(),
+                            "volumeMounts": [
+                                {"name": "cache", "mountPath": spec.cache_mount_point},
+                                {"name": "models", "mountPath": MODELS_DIR, "readOnly": True},
+                            ],
+                        }
+                    ],
+                    "volumes": [
+                        {
+                            "name": "cache",
+                            "hostPath": {"path": spec.cache_mount_point, "type": "Directory"},
+                        },
+                        {"name": "models", "configMap": {"name": WARMER_MODELS}},
+                    ],
+                },
+            },
+        },
+    }
