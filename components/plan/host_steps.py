@@ -124,15 +124,75 @@ SYSCTL = {
     "vm.swappiness": "1",
 }
 KERNEL_MODULES = ("overlay", "br_netfilter")
-SSHD_HARDENING = (
-    "# Managed by sovereign-inference: keys only, root by key only.",
-    "PasswordAuthentication no",
-    "KbdInteractiveAuthentication no",
-    "PermitRootLogin prohibit-password",
-    "PermitEmptyPasswords no",
-    "X11Forwarding no",
-    "MaxAuthTries 4",
+# sshd's transport: only algorithms ssh-audit 3.x does not fail, that OpenSSH 8.9 (Ubuntu 22.04),
+# 9.2 (Debian 12) and 9.6 (Ubuntu 24.04) all know (sshd refuses a config naming an unknown one),
+# and that the executor (paramiko >= 3.4) and the lab's ssh client share with the host.
+SSHD_KEX_ALGORITHMS = (
+    # hybrid post-quantum exchange for OpenSSH clients (>= 8.5); the plain name arrived in 9.9
+    "sntrup761x25519-sha512@openssh.com",
+    # paramiko has no post-quantum exchange an OpenSSH before 9.9 offers: X25519 is what it uses
+    "curve25519-sha256",
+    "curve25519-sha256@libssh.org",
 )
+SSHD_CIPHERS = (
+    "chacha20-poly1305@openssh.com",
+    "aes256-gcm@openssh.com",
+    "aes128-gcm@openssh.com",
+    "aes256-ctr",
+    "aes192-ctr",
+    "aes128-ctr",
+)
+# encrypt-then-MAC only, no SHA-1, no 64-bit tags
+SSHD_MACS = (
+    "hmac-sha2-512-etm@openssh.com",
+    "hmac-sha2-256-etm@openssh.com",
+    "umac-128-etm@openssh.com",
+)
+# no NIST-curve ECDSA, no SHA-1 ssh-rsa signatures
+SSHD_HOST_KEY_ALGORITHMS = (
+    "ssh-ed25519-cert-v01@openssh.com",
+    "ssh-ed25519",
+    "rsa-sha2-512-cert-v01@openssh.com",
+    "rsa-sha2-512",
+    "rsa-sha2-256-cert-v01@openssh.com",
+    "rsa-sha2-256",
+)
+# Host key types sshd can still offer under SSHD_HOST_KEY_ALGORITHMS; a host without one would be
+# left offering nothing its pinned fingerprint matches, so the step refuses it instead.
+SSHD_KEPT_HOST_KEY_TYPES = ("ssh-ed25519", "ssh-rsa")
+# Diffie-Hellman group-exchange moduli smaller than this are removed from /etc/ssh/moduli.
+SSHD_MIN_MODULUS_BITS = 3072
+SSHD_SETTINGS: tuple[tuple[str, str], ...] = (
+    ("PasswordAuthentication", "no"),
+    ("KbdInteractiveAuthentication", "no"),
+    ("PermitRootLogin", "prohibit-password"),
+    ("PermitEmptyPasswords", "no"),
+    ("X11Forwarding", "no"),
+    ("MaxAuthTries", "4"),
+    ("KexAlgorithms", ",".join(SSHD_KEX_ALGORITHMS)),
+    ("Ciphers", ",".join(SSHD_CIPHERS)),
+    ("MACs", ",".join(SSHD_MACS)),
+    ("HostKeyAlgorithms", ",".join(SSHD_HOST_KEY_ALGORITHMS)),
+)
+# `sshd -T` prints PermitRootLogin under an alias that differs across OpenSSH releases; the other
+# settings it prints exactly as written (directive in lower case).
+_SSHD_NOT_COMPARED = frozenset({"PermitRootLogin"})
+
+
+def sshd_dropin_content() -> str:
+    """The sshd drop-in: logins by key only, root by key only, the transport restricted."""
+    lines = ["# Managed by sovereign-inference: keys only, root by key only, modern algorithms."]
+    lines += [f"{directive} {value}" for directive, value in SSHD_SETTINGS]
+    return "\n".join(lines)
+
+
+def sshd_effective_settings() -> tuple[str, ...]:
+    """The lines ``sshd -T`` must print once the drop-in is in force (no earlier file overrides)."""
+    return tuple(
+        f"{directive.lower()} {value}"
+        for directive, value in SSHD_SETTINGS
+        if directive not in _SSHD_NOT_COMPARED
+    )
 
 
 def _base_vars(config: StackConfig, host: HostSpec) -> dict[str, Any]:
@@ -144,7 +204,11 @@ def _base_vars(config: StackConfig, host: HostSpec) -> dict[str, Any]:
         "dns_resolvers": config.residency.dns_resolvers,
         "sysctl_content": "\n".join(f"{k} = {v}" for k, v in SYSCTL.items()),
         "kernel_modules": KERNEL_MODULES,
-        "sshd_content": "\n".join(SSHD_HARDENING),
+        "sshd_content": sshd_dropin_content(),
+        "sshd_effective": sshd_effective_settings(),
+        "sshd_host_key_types": SSHD_KEPT_HOST_KEY_TYPES,
+        # ssh-keygen's moduli files count a modulus's size as bits - 1 (3071 for 3072 bits)
+        "sshd_min_modulus_size_field": SSHD_MIN_MODULUS_BITS - 1,
     }
 
 
@@ -274,26 +338,39 @@ def _k3s_waits_for(config: StackConfig, host: HostSpec) -> tuple[tuple[str, str]
 
 
 def _firewall_vars(config: StackConfig, _host: HostSpec) -> dict[str, Any]:
-    v4 = sorted(
-        {h.address for h in config.hosts if _is_ipv4(h.address)},
-        key=ipaddress.ip_address,
-    )
+    """Addresses and ranges for the nftables sets, split by family: an IPv6 element in an
+    ``ipv4_addr`` set makes the whole ruleset fail to load."""
+    nodes: dict[int, set[str]] = {4: set(), 6: set()}
+    for host in config.hosts:
+        version = _ip_version(host.address)
+        if version:
+            nodes[version].add(host.address)
+    networks = (config.k3s.cluster_cidr, config.k3s.service_cidr)
     allowlist = config.residency.egress_allowlist
+    # the resolvers are reachable whenever the allowlist is on: DNS must keep working
+    egress = [*(allowlist or ()), *config.residency.dns_resolvers]
+    ntp = config.residency.ntp_servers
     return {
-        "cluster_nodes_v4": v4,
-        "cluster_networks": (config.k3s.cluster_cidr, config.k3s.service_cidr),
+        "cluster_nodes_v4": sorted(nodes[4], key=ipaddress.ip_address),
+        "cluster_nodes_v6": sorted(nodes[6], key=ipaddress.ip_address),
+        "cluster_networks_v4": [n for n in networks if _ip_version(n) == 4],
+        "cluster_networks_v6": [n for n in networks if _ip_version(n) == 6],
         "egress_enabled": allowlist is not None,
-        "egress_allowlist": allowlist or (),
-        "dns_resolvers": [r for r in config.residency.dns_resolvers if _is_ipv4(r)],
-        "ntp_servers": config.residency.ntp_servers,
+        "egress_v4": [e for e in egress if _ip_version(e) == 4],
+        "egress_v6": [e for e in egress if _ip_version(e) == 6],
+        # addresses go straight into the rules; names are resolved on the host
+        "ntp_v4": [n for n in ntp if _ip_version(n) == 4],
+        "ntp_v6": [n for n in ntp if _ip_version(n) == 6],
+        "ntp_names": [n for n in ntp if _ip_version(n) is None],
     }
 
 
-def _is_ipv4(value: str) -> bool:
+def _ip_version(value: str) -> int | None:
+    """4 or 6 for an address or CIDR, None for a host name."""
     try:
-        return ipaddress.ip_address(value).version == 4
+        return ipaddress.ip_network(value, strict=False).version
     except ValueError:
-        return False
+        return None
 
 
 PROBE_DIR = "/opt/sovereign/probe"
@@ -320,6 +397,10 @@ def _probe_payloads(_config: StackConfig, _host: HostSpec) -> dict[str, bytes]:
     return {"pynvml.py": pynvml_source()[1]}
 
 
+# The label every cache filesystem gets: an existing filesystem is adopted only when it carries it.
+CACHE_FS_LABEL = "sov-weights"
+
+
 def _cache_vars_for(cache: CacheSpec, host: HostSpec) -> dict[str, Any]:
     return {
         "nvme_ids": [d.id for d in host.nvme],
@@ -327,6 +408,7 @@ def _cache_vars_for(cache: CacheSpec, host: HostSpec) -> dict[str, Any]:
         "array_name": cache.array_name,
         "raid_level": cache.raid_level,
         "filesystem": cache.filesystem,
+        "fs_label": CACHE_FS_LABEL,
         "mount_point": cache.mount_point,
     }
 

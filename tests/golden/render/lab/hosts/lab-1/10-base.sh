@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # 10-base: packages, kernel settings, time sync and DNS from the residency policy, the running
-# kernel held, SSH hardened (keys only). Never blocks on time sync.
+# kernel held, SSH hardened (keys only; key exchange, ciphers, MACs and host key algorithms
+# restricted; no Diffie-Hellman moduli under 3072 bits). Never blocks on time sync.
 # Shared by every step. Protocol lines on stdout, read by the executor:
 #   SOVEREIGN-FACT key=value     something the step found (versions, devices)
 #   SOVEREIGN-CHANGE text        one change made, in words
@@ -84,14 +85,24 @@ fs.inotify.max_user_watches = 524288
 vm.max_map_count = 262144
 vm.swappiness = 1'
 MODULES=(overlay br_netfilter)
-SSHD_CONTENT='# Managed by sovereign-inference: keys only, root by key only.
+SSHD_CONTENT='# Managed by sovereign-inference: keys only, root by key only, modern algorithms.
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 PermitRootLogin prohibit-password
 PermitEmptyPasswords no
 X11Forwarding no
-MaxAuthTries 4'
+MaxAuthTries 4
+KexAlgorithms sntrup761x25519-sha512@openssh.com,curve25519-sha256,curve25519-sha256@libssh.org
+Ciphers chacha20-poly1305@openssh.com,aes256-gcm@openssh.com,aes128-gcm@openssh.com,aes256-ctr,aes192-ctr,aes128-ctr
+MACs hmac-sha2-512-etm@openssh.com,hmac-sha2-256-etm@openssh.com,umac-128-etm@openssh.com
+HostKeyAlgorithms ssh-ed25519-cert-v01@openssh.com,ssh-ed25519,rsa-sha2-512-cert-v01@openssh.com,rsa-sha2-512,rsa-sha2-256-cert-v01@openssh.com,rsa-sha2-256'
 SSHD_DROPIN=/etc/ssh/sshd_config.d/50-sovereign.conf
+SSHD_EFFECTIVE=('passwordauthentication no' 'kbdinteractiveauthentication no' 'permitemptypasswords no' 'x11forwarding no' 'maxauthtries 4' 'kexalgorithms sntrup761x25519-sha512@openssh.com,curve25519-sha256,curve25519-sha256@libssh.org' 'ciphers chacha20-poly1305@openssh.com,aes256-gcm@openssh.com,aes128-gcm@openssh.com,aes256-ctr,aes192-ctr,aes128-ctr' 'macs hmac-sha2-512-etm@openssh.com,hmac-sha2-256-etm@openssh.com,umac-128-etm@openssh.com' 'hostkeyalgorithms ssh-ed25519-cert-v01@openssh.com,ssh-ed25519,rsa-sha2-512-cert-v01@openssh.com,rsa-sha2-512,rsa-sha2-256-cert-v01@openssh.com,rsa-sha2-256')
+SSHD_HOST_KEY_TYPES=(ssh-ed25519 ssh-rsa)
+SSHD_LOADED_STAMP=/var/lib/sovereign/sshd-dropin.loaded
+SSHD_MODULI=/etc/ssh/moduli
+SSHD_MODULI_STAMP=/var/lib/sovereign/sshd-moduli.cleaned
+SSHD_MIN_MODULUS_SIZE_FIELD=3071
 NODE_LABELS_CONTENT='sovereign-inference/country=DE
 sovereign-inference/environment=lab
 sovereign-inference/gpu-count=0
@@ -250,11 +261,89 @@ ensure_kernel_held() {
   fact kernel "$(uname -r)"
 }
 
+# The stamp holds the drop-in as sshd last reloaded it, after its effective settings were
+# checked: a run cut off between writing the drop-in and the reload reloads on the next run.
+sshd_reload_pending() {
+  [ ! -f "$SSHD_LOADED_STAMP" ] || [ "$(<"$SSHD_LOADED_STAMP")" != "$SSHD_CONTENT" ]
+}
+
+# Whether a file sshd reads before (or instead of) the drop-in changed since that reload. When
+# none did, the checked settings still hold and the no-op run skips `sshd -T` (about 0.5 s under
+# emulation). Builtin tests only: no process per run.
+sshd_config_changed_since_reload() {
+  local path
+  for path in /etc/ssh/sshd_config /etc/ssh/sshd_config.d /etc/ssh/sshd_config.d/*; do
+    if [ "$path" -nt "$SSHD_LOADED_STAMP" ]; then
+      return 0
+    fi
+  done
+  return 1
+}
+
 reload_sshd() {
   if systemctl is-active --quiet ssh; then
     systemctl reload ssh
   elif systemctl is-active --quiet sshd; then
     systemctl reload sshd
+  fi
+  _write_file_atomically "$SSHD_LOADED_STAMP" 644 "$SSHD_CONTENT"
+}
+
+# The first effective sshd setting (as `sshd -T` prints it) that differs from the drop-in's, or
+# nothing when all are in force. sshd keeps the first value it reads: a file that sorts before
+# the drop-in, or a line above the Include in sshd_config, wins over it.
+sshd_setting_overridden() {
+  local effective="$1" wanted directive actual
+  for wanted in "${SSHD_EFFECTIVE[@]}"; do
+    case "$effective" in
+      *"
+${wanted}
+"*) ;;
+      *)
+        directive="${wanted%% *}"
+        actual="$(printf '%s\n' "$effective" | awk -v d="$directive" '$1 == d {print $2; exit}')"
+        printf '%s is %s, expected %s' "$directive" "${actual:-unset}" "${wanted#* }"
+        return 0
+        ;;
+    esac
+  done
+}
+
+# sshd offers only ed25519 and RSA host keys once hardened: a host with neither would present a
+# key its pinned fingerprint cannot match (or none at all).
+sshd_has_kept_host_key() {
+  local effective="$1" path key_type kept
+  while read -r path; do
+    [ -r "$path" ] && [ -r "${path}.pub" ] || continue
+    read -r key_type _ <"${path}.pub" || continue
+    for kept in "${SSHD_HOST_KEY_TYPES[@]}"; do
+      if [ "$key_type" = "$kept" ]; then
+        return 0
+      fi
+    done
+  done < <(printf '%s\n' "$effective" | awk '$1 == "hostkey" {print $2}')
+  return 1
+}
+
+# Sets SSHD_EFFECTIVE_CONFIG to what `sshd -T` prints, wrapped in newlines for whole-line
+# matching; on failure to sshd's first error line, and returns non-zero.
+read_sshd_effective() {
+  local output
+  if ! output="$(sshd -T 2>&1)"; then
+    SSHD_EFFECTIVE_CONFIG="${output%%$'\n'*}"
+    return 1
+  fi
+  SSHD_EFFECTIVE_CONFIG="
+${output}
+"
+}
+
+restore_sshd_dropin() {
+  local previous="$1"
+  if [ -n "$previous" ]; then
+    _write_file_atomically "$SSHD_DROPIN" 644 "$previous"
+  else
+    rm -f "$SSHD_DROPIN"
   fi
 }
 
@@ -262,8 +351,31 @@ ensure_ssh_hardened() {
   if ! grep -Eqi '^[[:space:]]*Include[[:space:]]+/etc/ssh/sshd_config\.d/' /etc/ssh/sshd_config; then
     refuse "/etc/ssh/sshd_config does not include /etc/ssh/sshd_config.d/*.conf; add 'Include /etc/ssh/sshd_config.d/*.conf' at its top"
   fi
+  local overridden where
+  where="a file in /etc/ssh/sshd_config.d sorting before ${SSHD_DROPIN##*/}, or a line above the Include in /etc/ssh/sshd_config, overrides it; remove that setting"
   if [ -f "$SSHD_DROPIN" ] && [ "$(<"$SSHD_DROPIN")" = "$SSHD_CONTENT" ]; then
+    if ! sshd_reload_pending && ! sshd_config_changed_since_reload; then
+      return 0
+    fi
+    # in place, but not reloaded yet or sshd's other files changed: in force only if nothing
+    # read before the drop-in overrides one of its settings
+    if ! read_sshd_effective; then
+      refuse "sshd -T cannot read the SSH server configuration: ${SSHD_EFFECTIVE_CONFIG}"
+    fi
+    overridden="$(sshd_setting_overridden "$SSHD_EFFECTIVE_CONFIG")"
+    if [ -n "$overridden" ]; then
+      refuse "sshd's effective ${overridden}: ${where}"
+    fi
+    if sshd_reload_pending; then
+      change "reload sshd with ${SSHD_DROPIN}" reload_sshd
+    fi
     return 0
+  fi
+  if ! read_sshd_effective; then
+    refuse "sshd -T cannot read the SSH server configuration: ${SSHD_EFFECTIVE_CONFIG}"
+  fi
+  if ! sshd_has_kept_host_key "$SSHD_EFFECTIVE_CONFIG"; then
+    refuse "sshd has no ${SSHD_HOST_KEY_TYPES[*]} host key; the hardened sshd offers only those: generate one (ssh-keygen -t ed25519 -f /etc/ssh/ssh_host_ed25519_key), add it as a HostKey and pin its fingerprint in the stack (ssh.hostKey)"
   fi
   local previous=""
   if [ -f "$SSHD_DROPIN" ]; then
@@ -271,14 +383,47 @@ ensure_ssh_hardened() {
   fi
   ensure_file "$SSHD_DROPIN" 644 "$SSHD_CONTENT"
   if ! sshd -t 2>/dev/null; then
-    if [ -n "$previous" ]; then
-      _write_file_atomically "$SSHD_DROPIN" 644 "$previous"
-    else
-      rm -f "$SSHD_DROPIN"
-    fi
+    restore_sshd_dropin "$previous"
     refuse "sshd rejects the hardened configuration (sshd -t); left the previous configuration in place"
   fi
-  change "reload sshd (passwords off, root by key only)" reload_sshd
+  if ! read_sshd_effective; then
+    restore_sshd_dropin "$previous"
+    refuse "sshd -T cannot read the hardened configuration: ${SSHD_EFFECTIVE_CONFIG}; left the previous configuration in place"
+  fi
+  overridden="$(sshd_setting_overridden "$SSHD_EFFECTIVE_CONFIG")"
+  if [ -n "$overridden" ]; then
+    restore_sshd_dropin "$previous"
+    refuse "sshd's effective ${overridden}: ${where} (left the previous configuration in place)"
+  fi
+  change "reload sshd (passwords off, root by key only, modern key exchange, ciphers, MACs and host key algorithms)" reload_sshd
+}
+
+small_moduli_count() {
+  awk -v min="$SSHD_MIN_MODULUS_SIZE_FIELD" '$1 !~ /^#/ && NF >= 7 && $5 + 0 < min {n++} END {print n + 0}' "$SSHD_MODULI"
+}
+
+remove_small_moduli() {
+  local tmp
+  tmp="$(mktemp "${SSHD_MODULI}.sovereign.XXXXXX")"
+  awk -v min="$SSHD_MIN_MODULUS_SIZE_FIELD" '$1 ~ /^#/ || NF < 7 || $5 + 0 >= min' "$SSHD_MODULI" >"$tmp"
+  chmod 644 "$tmp"
+  mv -f "$tmp" "$SSHD_MODULI"
+  _write_file_atomically "$SSHD_MODULI_STAMP" 644 "moduli under $((SSHD_MIN_MODULUS_SIZE_FIELD + 1)) bits removed"
+}
+
+# Diffie-Hellman group exchange is not offered by the drop-in; the small moduli go all the same, so
+# re-enabling it later never brings back 2048-bit groups. sshd reads the file per exchange. The
+# file is read (about 0.3 s under emulation) only when it changed since this step cleaned it.
+ensure_no_small_moduli() {
+  [ -f "$SSHD_MODULI" ] || return 0
+  if [ -f "$SSHD_MODULI_STAMP" ] && ! [ "$SSHD_MODULI" -nt "$SSHD_MODULI_STAMP" ]; then
+    return 0
+  fi
+  local count
+  count="$(small_moduli_count)"
+  if [ "$count" -gt 0 ]; then
+    change "remove ${count} Diffie-Hellman moduli under $((SSHD_MIN_MODULUS_SIZE_FIELD + 1)) bits from ${SSHD_MODULI}" remove_small_moduli
+  fi
 }
 
 # Where the host declares what it is (country, region, zone, provider): the labels K3s gets, kept
@@ -294,6 +439,7 @@ apply() {
   ensure_time_sync
   ensure_dns
   ensure_kernel_held
+  ensure_no_small_moduli
   ensure_ssh_hardened
 }
 

@@ -3,6 +3,11 @@
 # server, or an agent. The installer is checksum-verified, or an air-gap bundle already on the
 # host is used. Config carries node labels, taints, tls-san, secrets encryption and the registry
 # mirrors from the residency policy. Teardown leaves the cluster and never touches the cache.
+# The cluster token reaches K3s only through /etc/rancher/k3s/token (0600, named by token-file in
+# the config): the executor sets K3S_TOKEN as an unexported variable of this script, the installer
+# runs with no K3S_* variable in its environment (it copies every one into the service's .env
+# file, where a token would outlive its rotation), and a token an earlier install left in a .env
+# file is removed.
 # Shared by every step. Protocol lines on stdout, read by the executor:
 #   SOVEREIGN-FACT key=value     something the step found (versions, devices)
 #   SOVEREIGN-CHANGE text        one change made, in words
@@ -118,6 +123,10 @@ REGISTRIES_CONTENT='mirrors:
     - https://rg.fr-par.scw.cloud'
 READY_TIMEOUT_SECONDS=300
 CONFIG_DIR=/etc/rancher/k3s
+TOKEN_FILE="${CONFIG_DIR}/token"
+SERVICE_ENV_FILES=(/etc/systemd/system/k3s.service.env /etc/systemd/system/k3s-agent.service.env)
+# the variables through which K3s and its installer take a cluster secret
+TOKEN_VARIABLES_PATTERN='^(K3S_TOKEN|K3S_AGENT_TOKEN|K3S_CLUSTER_SECRET)='
 
 service_name() {
   if [ "$K3S_ROLE" = agent ]; then
@@ -133,6 +142,11 @@ installed_version() {
   fi
 }
 
+# Installed means the pinned binary and its unit: a binary alone (an install cut short) is not.
+k3s_installed() {
+  [ "$(installed_version)" = "$K3S_VERSION" ] && [ -f "/etc/systemd/system/$(service_name).service" ]
+}
+
 run_installer() {
   local tmp exec_mode
   tmp="$(mktemp -d)"
@@ -141,23 +155,51 @@ run_installer() {
     exec_mode=agent
   fi
   if [ -n "$AIRGAP_BUNDLE" ]; then
-    install -m 0755 "${AIRGAP_BUNDLE}/k3s" /usr/local/bin/k3s
-    mkdir -p /var/lib/rancher/k3s/agent/images
-    cp "${AIRGAP_BUNDLE}"/k3s-airgap-images-*.tar* /var/lib/rancher/k3s/agent/images/
     cp "${AIRGAP_BUNDLE}/install.sh" "${tmp}/install.sh"
-    export INSTALL_K3S_SKIP_DOWNLOAD=true
   else
     curl -fsSL --retry 3 -o "${tmp}/install.sh" "$INSTALLER_URL"
   fi
+  # verified before anything is installed: a refused run must leave no binary behind that makes
+  # the next run believe K3s is installed
   if [ -n "$INSTALLER_SHA256" ]; then
     if ! echo "${INSTALLER_SHA256}  ${tmp}/install.sh" | sha256sum --check --status; then
+      local got
+      got="$(sha256sum "${tmp}/install.sh" | cut -d' ' -f1)"
       rm -rf "$tmp"
-      refuse "K3s installer checksum mismatch: expected ${INSTALLER_SHA256}, got $(sha256sum "${tmp}/install.sh" | cut -d' ' -f1)"
+      refuse "K3s installer checksum mismatch: expected ${INSTALLER_SHA256}, got ${got}"
     fi
   fi
-  INSTALL_K3S_VERSION="$K3S_VERSION" INSTALL_K3S_EXEC="$exec_mode" INSTALL_K3S_SKIP_START=true \
-    sh "${tmp}/install.sh" >&2
+  if [ -n "$AIRGAP_BUNDLE" ]; then
+    install -m 0755 "${AIRGAP_BUNDLE}/k3s" /usr/local/bin/k3s
+    mkdir -p /var/lib/rancher/k3s/agent/images
+    cp "${AIRGAP_BUNDLE}"/k3s-airgap-images-*.tar* /var/lib/rancher/k3s/agent/images/
+    export INSTALL_K3S_SKIP_DOWNLOAD=true
+  fi
+  local name unset_k3s=()
+  # the installer writes every K3S_* variable of its environment into the service's .env file
+  for name in $(compgen -e); do
+    case "$name" in
+      K3S_*) unset_k3s+=(-u "$name") ;;
+    esac
+  done
+  env "${unset_k3s[@]}" INSTALL_K3S_VERSION="$K3S_VERSION" INSTALL_K3S_EXEC="$exec_mode" \
+    INSTALL_K3S_SKIP_START=true sh "${tmp}/install.sh" >&2 </dev/null
   rm -rf "$tmp"
+}
+
+drop_token_lines() {
+  sed -i -E "/${TOKEN_VARIABLES_PATTERN}/d" "$1"
+}
+
+# An install by an earlier version of this step (or by hand) may have left the token in a .env
+# file, where it goes stale at the next rotation: the token file is the only place for it.
+ensure_no_token_in_service_env() {
+  local file
+  for file in "${SERVICE_ENV_FILES[@]}"; do
+    if [ -f "$file" ] && grep -Eq "$TOKEN_VARIABLES_PATTERN" "$file"; then
+      change "remove the cluster token from ${file} (K3s reads ${TOKEN_FILE})" drop_token_lines "$file"
+    fi
+  done
 }
 
 restart_k3s() {
@@ -182,12 +224,11 @@ apply() {
   ensure_file "${CONFIG_DIR}/config.yaml" 600 "$CONFIG_CONTENT"
   local config_changed=$SOVEREIGN_CHANGED
   ensure_file "${CONFIG_DIR}/registries.yaml" 600 "$REGISTRIES_CONTENT"
-  if [ -n "${K3S_TOKEN:-}" ]; then
-    ensure_file "${CONFIG_DIR}/token" 600 "$K3S_TOKEN"
-  fi
-  if [ "$(installed_version)" != "$K3S_VERSION" ]; then
+  ensure_file "$TOKEN_FILE" 600 "$K3S_TOKEN"
+  if ! k3s_installed; then
     change "install K3s ${K3S_VERSION} as ${K3S_ROLE}" run_installer
   fi
+  ensure_no_token_in_service_env
   if [ "$SOVEREIGN_CHANGED" = 1 ] || [ "$config_changed" = 1 ] || ! systemctl is-active --quiet "$(service_name)"; then
     change "start $(service_name) with the current configuration" restart_k3s
     wait_until_ready
@@ -202,8 +243,13 @@ teardown() {
     script=/usr/local/bin/k3s-agent-uninstall.sh
   fi
   if [ -x "$script" ]; then
-    change "uninstall K3s (${K3S_ROLE}); the weight cache is not touched" "$script"
+    change "uninstall K3s (${K3S_ROLE}); the weight cache is not touched" run_uninstaller "$script"
   fi
+}
+
+# stdin is this script itself: the uninstaller must not read the rest of it
+run_uninstaller() {
+  "$1" </dev/null
 }
 
 case "$SOVEREIGN_MODE" in

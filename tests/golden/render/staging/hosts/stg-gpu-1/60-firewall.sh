@@ -74,12 +74,19 @@ finish() {
   fi
 }
 
+# IPv4 and IPv6 go to separate sets: an nftables set holds one address family.
 CLUSTER_NODES_V4=(198.51.100.21 198.51.100.22)
-CLUSTER_NETWORKS=(10.42.0.0/16 10.43.0.0/16)
+CLUSTER_NODES_V6=()
+CLUSTER_NETWORKS_V4=(10.42.0.0/16 10.43.0.0/16)
+CLUSTER_NETWORKS_V6=()
 EGRESS_ALLOWLIST_ENABLED=False
-EGRESS_ALLOWLIST=()
-DNS_RESOLVERS=(185.12.64.1 185.12.64.2)
-NTP_SERVERS=(ntp1.hetzner.de ntp2.hetzner.com)
+# the egress allowlist plus the DNS resolvers
+EGRESS_V4=(185.12.64.1 185.12.64.2)
+EGRESS_V6=()
+# NTP servers given as addresses, and those given by name (resolved here, when the rules are built)
+NTP_V4=()
+NTP_V6=()
+NTP_NAMES=(ntp1.hetzner.de ntp2.hetzner.com)
 RULES=/etc/nftables.d/sovereign.nft
 LOADED_MARK=/run/sovereign-firewall.sha256
 
@@ -94,17 +101,32 @@ ssh_ports() {
   echo "${ports:-22}"
 }
 
-resolve_v4() {
-  local name
-  for name in "$@"; do
-    getent ahostsv4 "$name" 2>/dev/null | awk '{print $1}'
-  done | sort -u | tr '\n' ' '
+# ntp_addresses v4|v6 ADDRESS...: those addresses and the NTP names' addresses of that family,
+# one per line, each once (IPv4-mapped answers of getent ahostsv6 left out)
+ntp_addresses() {
+  local family=$1 name
+  shift
+  {
+    printf '%s\n' "$@"
+    for name in "${NTP_NAMES[@]}"; do
+      getent "ahosts${family}" "$name" 2>/dev/null | awk '$1 !~ /^::ffff:/ {print $1}'
+    done
+  } | awk 'NF && !seen[$1]++ {print $1}'
+}
+
+# elements LIST: a set's element line, or nothing for an empty set
+elements() {
+  if [ -n "$1" ]; then
+    echo "elements = { $1 }"
+  fi
 }
 
 render_rules() {
-  local nodes networks egress ntp
+  local nodes nodes6 networks networks6 egress egress6 ntp ntp6
   nodes="$(join_set "${CLUSTER_NODES_V4[@]}")"
-  networks="$(join_set "${CLUSTER_NETWORKS[@]}")"
+  nodes6="$(join_set "${CLUSTER_NODES_V6[@]}")"
+  networks="$(join_set "${CLUSTER_NETWORKS_V4[@]}")"
+  networks6="$(join_set "${CLUSTER_NETWORKS_V6[@]}")"
   cat <<RULES
 # Managed by sovereign-inference (60-firewall). Replaced as a whole on each run.
 table inet sovereign
@@ -113,12 +135,22 @@ table inet sovereign {
   set cluster_nodes {
     type ipv4_addr
     flags interval
-    ${nodes:+elements = { ${nodes} }}
+    $(elements "$nodes")
   }
   set cluster_networks {
     type ipv4_addr
     flags interval
-    ${networks:+elements = { ${networks} }}
+    $(elements "$networks")
+  }
+  set cluster_nodes6 {
+    type ipv6_addr
+    flags interval
+    $(elements "$nodes6")
+  }
+  set cluster_networks6 {
+    type ipv6_addr
+    flags interval
+    $(elements "$networks6")
   }
   chain input {
     type filter hook input priority filter; policy drop;
@@ -131,32 +163,50 @@ table inet sovereign {
     ip saddr @cluster_nodes tcp dport { 2379-2380, 5001, 6443, 10250 } accept
     ip saddr @cluster_nodes udp dport { 8472, 51820, 51821 } accept
     ip saddr @cluster_networks accept
+    ip6 saddr @cluster_nodes6 tcp dport { 2379-2380, 5001, 6443, 10250 } accept
+    ip6 saddr @cluster_nodes6 udp dport { 8472, 51820, 51821 } accept
+    ip6 saddr @cluster_networks6 accept
   }
 RULES
   if [ "$EGRESS_ALLOWLIST_ENABLED" = True ]; then
-    egress="$(join_set "${EGRESS_ALLOWLIST[@]}" "${DNS_RESOLVERS[@]}")"
-    ntp="$(resolve_v4 "${NTP_SERVERS[@]}")"
-    # shellcheck disable=SC2086 # split the resolved addresses into set elements
-    ntp="$(join_set ${ntp})"
-    local ntp_rule=""
+    egress="$(join_set "${EGRESS_V4[@]}")"
+    egress6="$(join_set "${EGRESS_V6[@]}")"
+    # shellcheck disable=SC2046 # one set element per address
+    ntp="$(join_set $(ntp_addresses v4 "${NTP_V4[@]}"))"
+    # shellcheck disable=SC2046
+    ntp6="$(join_set $(ntp_addresses v6 "${NTP_V6[@]}"))"
+    local ntp_rule="" ntp6_rule=""
     if [ -n "$ntp" ]; then
       ntp_rule="udp dport 123 ip daddr { ${ntp} } accept"
+    fi
+    if [ -n "$ntp6" ]; then
+      ntp6_rule="udp dport 123 ip6 daddr { ${ntp6} } accept"
     fi
     cat <<RULES
   set egress_allowed {
     type ipv4_addr
     flags interval
-    ${egress:+elements = { ${egress} }}
+    $(elements "$egress")
+  }
+  set egress_allowed6 {
+    type ipv6_addr
+    flags interval
+    $(elements "$egress6")
   }
   chain output {
     type filter hook output priority filter; policy drop;
     ct state established,related accept
     oif lo accept
     meta l4proto 1 accept comment "icmp"
+    meta l4proto 58 accept comment "ipv6-icmp: neighbour discovery"
     ip daddr @cluster_nodes accept
     ip daddr @cluster_networks accept
     ip daddr @egress_allowed accept
+    ip6 daddr @cluster_nodes6 accept
+    ip6 daddr @cluster_networks6 accept
+    ip6 daddr @egress_allowed6 accept
     ${ntp_rule}
+    ${ntp6_rule}
   }
 RULES
   fi
