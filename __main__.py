@@ -8,10 +8,25 @@ from components.config import load_pulumi_config
 from components.fleet import Fleet, FleetSpec
 from components.inference_stack import InferenceStack
 from components.k3s_cluster import K3sCluster, K3sClusterSpec
+from components.manifests import model_facts_for
 from components.plan.kubernetes import InferenceStackSpec
+from components.plan.sizing import size_stack
 
 project_dir = str(Path.cwd())
 stack = load_pulumi_config(Path(project_dir))
+
+# Size every model before anything is built: its manifest comes from the model's EU object store at
+# preview (kept under .cache/manifests, where `sovereign size` also keeps them), else from that cache.
+model_facts, unread = model_facts_for(
+    stack, Path(project_dir) / ".cache" / "manifests", fetch=pulumi.runtime.is_dry_run()
+)
+sizing = size_stack(stack, model_facts)
+for line in unread:
+    pulumi.log.warn(f"not sized (no manifest): {line}")
+for warning in sizing.warnings:
+    pulumi.log.warn(str(warning))
+if sizing.problems:
+    raise pulumi.RunError("; ".join(str(problem) for problem in sizing.problems))
 
 fleet = Fleet(stack.environment, FleetSpec(stack=stack, project_dir=project_dir))
 pulumi.export("environment", stack.environment)
