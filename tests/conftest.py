@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
-import time
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +12,22 @@ from pathlib import Path
 import pytest
 
 from components.plan.templates import environment
+from tests.loopback import free_port, wait_for_listener
 
 SSHD = Path("/usr/sbin/sshd")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sovereign(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """``sovereign ARGS...`` as a user runs it, in a fresh interpreter (never raises on exit 2)."""
+    return subprocess.run(
+        [sys.executable, "-m", "components", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
 
 
 def step_script(body: str, step_name: str = "99-test") -> str:
@@ -33,13 +46,6 @@ class LocalSshd:
     client_keys: dict[str, Path]  # key type -> private key file
     user: str
     workdir: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _keygen(path: Path, key_type: str) -> None:
@@ -71,7 +77,7 @@ def local_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSshd]:
     authorized = workdir / "authorized_keys"
     authorized.write_text("".join(Path(f"{k}.pub").read_text() for k in client_keys.values()))
     authorized.chmod(0o600)
-    port = _free_port()
+    port = free_port()
     config = workdir / "sshd_config"
     config.write_text(
         "\n".join(
@@ -96,16 +102,9 @@ def local_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSshd]:
     )
     Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
     proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-        except OSError:
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                pytest.fail(f"sshd exited: {err}")
-            time.sleep(0.05)
+    if not wait_for_listener(proc, port, timeout=10) and proc.poll() is not None:
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        pytest.fail(f"sshd exited: {err}")
     import getpass
 
     try:

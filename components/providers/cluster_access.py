@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +34,8 @@ from pulumi.dynamic import (
     ResourceProvider,
     UpdateResult,
 )
+
+from components.providers.connection import host_target, log_line, missing_inputs, ssh_settings
 
 K3S_KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
 K3S_KUBECTL = "/usr/local/bin/k3s kubectl"  # where the install script puts k3s
@@ -108,24 +109,13 @@ def rewrite_server_url(kubeconfig_text: str, server_url: str) -> str:
 
 
 def _session(props: dict[str, Any]) -> Any:
-    from components.config.models import SshDefaults  # noqa: PLC0415 - provider process only
-    from components.execution.ssh import HostSession, HostTarget  # noqa: PLC0415
+    from components.execution.ssh import HostSession  # noqa: PLC0415 - provider process only
 
-    target = HostTarget(
-        name=str(props["host"]),
-        address=str(props["address"]),
-        port=int(props["port"]),
-        user=str(props["user"]),
-        private_key=str(props["privateKey"]),
-        host_key=props.get("hostKey") or None,
-        base_dir=str(props.get("baseDir") or "."),
-    )
-    return HostSession(target, SshDefaults.model_validate(props.get("ssh") or {}))
+    return HostSession(host_target(props), ssh_settings(props))
 
 
 def _log(line: str) -> None:
-    sys.stderr.write(f"cluster-access: {line}\n")
-    sys.stderr.flush()
+    log_line("cluster-access", line)
 
 
 def wait_for_nodes(session: Any, props: dict[str, Any]) -> NodeReadiness:
@@ -187,9 +177,7 @@ class ClusterAccessProvider(ResourceProvider):
     serialize_as_secret_always = False
 
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        failures = [
-            CheckFailure(key, f"{key} is required") for key in REQUIRED_KEYS if not news.get(key)
-        ]
+        failures = missing_inputs(news, REQUIRED_KEYS)
         if not str(news.get("serverUrl", "")).startswith("https://"):
             failures.append(CheckFailure("serverUrl", "expected an https:// URL"))
         return CheckResult(news, failures)

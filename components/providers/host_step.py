@@ -19,7 +19,6 @@ connection in the provider process, so ``pulumi.log`` is not available here).
 from __future__ import annotations
 
 import base64
-import sys
 import threading
 from typing import Any
 
@@ -35,6 +34,8 @@ from pulumi.dynamic import (
     UpdateResult,
 )
 
+from components.providers.connection import host_target, log_line, missing_inputs, ssh_settings
+
 # The inputs that decide whether a step must run again (everything else is bookkeeping).
 RERUN_KEYS = ("script", "contentHash", "pins", "secretEnv", "address", "port", "user", "hostKey")
 REQUIRED_KEYS = ("host", "step", "script", "contentHash", "address", "port", "user", "privateKey")
@@ -45,31 +46,20 @@ _pools: dict[str, Any] = {}
 
 def _session(props: dict[str, Any]) -> Any:
     """The process-wide SSH session for the host in ``props`` (one connection per host)."""
-    from components.config.models import SshDefaults  # noqa: PLC0415 - provider process only
-    from components.execution.ssh import HostTarget, SessionPool  # noqa: PLC0415
+    from components.execution.ssh import SessionPool  # noqa: PLC0415 - provider process only
 
-    settings = SshDefaults.model_validate(props.get("ssh") or {})
+    settings = ssh_settings(props)
     key = settings.model_dump_json()
     with _pool_lock:
         pool = _pools.setdefault(key, SessionPool(settings))
-    target = HostTarget(
-        name=str(props["host"]),
-        address=str(props["address"]),
-        port=int(props["port"]),
-        user=str(props["user"]),
-        private_key=str(props["privateKey"]),
-        host_key=props.get("hostKey") or None,
-        base_dir=str(props.get("baseDir") or "."),
-    )
-    return pool.session(target)
+    return pool.session(host_target(props))
 
 
 def _log(props: dict[str, Any]) -> Any:
     prefix = f"{props.get('host')}/{props.get('step')}"
 
     def sink(_stream: str, line: str) -> None:
-        sys.stderr.write(f"{prefix}: {line}\n")
-        sys.stderr.flush()
+        log_line(prefix, line)
 
     return sink
 
@@ -116,9 +106,7 @@ class HostStepProvider(ResourceProvider):
     serialize_as_secret_always = False
 
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        failures = [
-            CheckFailure(key, f"{key} is required") for key in REQUIRED_KEYS if not news.get(key)
-        ]
+        failures = missing_inputs(news, REQUIRED_KEYS)
         port = news.get("port")
         if port is not None and not (isinstance(port, int | float) and 0 < int(port) < 65536):
             failures.append(CheckFailure("port", "expected a TCP port 1-65535"))

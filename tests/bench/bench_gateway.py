@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,18 +33,15 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from tests.loopback import free_port  # noqa: E402
+
 GATEWAY_BIN = Path(sys.executable).parent / "sovereign-gateway"
 MODELS = ("bench/model-a", "bench/model-b")
 RATES = (100, 200, 300, 400, 500, 600, 800, 1000, 1200, 1500, 2000)
 MODERATE_RATE = 100
 P99_BOUND = 0.050
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_http(url: str, timeout: float) -> bool:
@@ -68,13 +64,33 @@ def process_cpu_seconds(pid: int) -> float:
 # ---- load generator (runs in its own process) -------------------------------------------------
 
 
+HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench"}
+# the load alternates between the two models
+BODIES = [
+    json.dumps({"model": m, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+    for m in MODELS
+]
+
+
+async def _post(session: Any, url: str, index: int, errors: dict[str, int]) -> bool:
+    """Send request number ``index``; True when it was answered 200, else the error is counted."""
+    import aiohttp
+
+    try:
+        async with session.post(url, data=BODIES[index % 2], headers=HEADERS) as response:
+            await response.read()
+            if response.status != 200:
+                errors[str(response.status)] = errors.get(str(response.status), 0) + 1
+                return False
+    except (aiohttp.ClientError, OSError) as error:
+        errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
+        return False
+    return True
+
+
 async def _open_loop(url: str, rate: float, duration: float) -> dict[str, Any]:
     import aiohttp
 
-    bodies = [
-        json.dumps({"model": m, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
-        for m in MODELS
-    ]
     latencies: list[float] = []
     errors: dict[str, int] = {}
     total = int(rate * duration)
@@ -87,23 +103,8 @@ async def _open_loop(url: str, rate: float, duration: float) -> dict[str, Any]:
             delay = scheduled - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            try:
-                async with session.post(
-                    url,
-                    data=bodies[index % 2],
-                    headers={
-                        "Content-Type": "application/json",
-                        "Authorization": "Bearer sk-bench",
-                    },
-                ) as response:
-                    await response.read()
-                    if response.status != 200:
-                        errors[str(response.status)] = errors.get(str(response.status), 0) + 1
-                        return
-            except (aiohttp.ClientError, OSError) as error:
-                errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
-                return
-            latencies.append(time.monotonic() - scheduled)
+            if await _post(session, url, index, errors):
+                latencies.append(time.monotonic() - scheduled)
 
         await asyncio.gather(*(one(i) for i in range(total)))
         elapsed = time.monotonic() - start
@@ -113,10 +114,6 @@ async def _open_loop(url: str, rate: float, duration: float) -> dict[str, Any]:
 async def _closed_loop(url: str, concurrency: int, duration: float) -> dict[str, Any]:
     import aiohttp
 
-    bodies = [
-        json.dumps({"model": m, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
-        for m in MODELS
-    ]
     latencies: list[float] = []
     errors: dict[str, int] = {}
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -127,25 +124,10 @@ async def _closed_loop(url: str, concurrency: int, duration: float) -> dict[str,
             index = offset
             while time.monotonic() < end:
                 sent = time.monotonic()
-                try:
-                    async with session.post(
-                        url,
-                        data=bodies[index % 2],
-                        headers={
-                            "Content-Type": "application/json",
-                            "Authorization": "Bearer sk-bench",
-                        },
-                    ) as response:
-                        await response.read()
-                        if response.status != 200:
-                            errors[str(response.status)] = errors.get(str(response.status), 0) + 1
-                            continue
-                except (aiohttp.ClientError, OSError) as error:
-                    errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
-                    continue
-                finally:
-                    index += 1
-                latencies.append(time.monotonic() - sent)
+                answered = await _post(session, url, index, errors)
+                index += 1
+                if answered:
+                    latencies.append(time.monotonic() - sent)
 
         started = time.monotonic()
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
@@ -321,7 +303,7 @@ def routes_by_model(url: str, backends: list[str]) -> bool:
         request = urllib.request.Request(
             url,
             data=body.encode(),
-            headers={"Content-Type": "application/json", "Authorization": "Bearer sk-bench"},
+            headers=HEADERS,
         )
         with urllib.request.urlopen(request, timeout=10) as response:
             answer = json.loads(response.read())

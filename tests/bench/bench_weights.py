@@ -25,7 +25,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,11 @@ from sovereign_weights.report import Reporter
 from sovereign_weights.store import StoreSettings, make_client
 from sovereign_weights.warm import Target, Warmer, WarmSettings
 
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from tests.loopback import free_port, wait_for_listener  # noqa: E402
+
 MiB = 1024 * 1024
 REVISION = "bench"
 CREDENTIALS = {
@@ -47,13 +51,6 @@ CREDENTIALS = {
     "AWS_SECRET_ACCESS_KEY": "bench",
     "AWS_DEFAULT_REGION": "eu-central-1",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def start_moto() -> tuple[subprocess.Popen[bytes], str]:
@@ -64,17 +61,10 @@ def start_moto() -> tuple[subprocess.Popen[bytes], str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except OSError:
-            if time.monotonic() > deadline:
-                process.kill()
-                raise
-            time.sleep(0.1)
-        else:
-            return process, f"http://127.0.0.1:{port}"
+    if not wait_for_listener(process, port, timeout=30, interval=0.1):
+        process.kill()
+        raise RuntimeError(f"moto_server did not listen on 127.0.0.1:{port}")
+    return process, f"http://127.0.0.1:{port}"
 
 
 def write_model(directory: Path, files: int, file_mib: int) -> None:

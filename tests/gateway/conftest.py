@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -20,16 +18,11 @@ import pytest
 from sovereign_gateway.proto import externalscaler_pb2 as scaler_pb
 from sovereign_gateway.proto import externalscaler_pb2_grpc as scaler_grpc
 
+from tests.loopback import accepts_connections, free_port, wait_for_listener, wait_until
+
 REPO = Path(__file__).resolve().parents[2]
 GATEWAY_BIN = Path(sys.executable).parent / "sovereign-gateway"
 START_TIMEOUT = 15.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def http_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:
@@ -44,15 +37,6 @@ def http_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:
         return status, json.loads(body)
     except ValueError:
         return status, body.decode()
-
-
-def wait_until(predicate: Any, timeout: float, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
 
 
 @dataclass
@@ -73,7 +57,7 @@ class Backend:
         return body
 
     def wait_listening(self, timeout: float = START_TIMEOUT) -> None:
-        listening = wait_until(lambda: _connects(self.port, self.host), timeout)
+        listening = wait_until(lambda: accepts_connections(self.port, self.host), timeout)
         assert listening, "fake backend did not listen"
 
     def stop(self) -> None:
@@ -89,14 +73,6 @@ class Backend:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(5)
-
-
-def _connects(port: int, host: str = "127.0.0.1") -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 @dataclass
@@ -242,11 +218,8 @@ class Processes:
         )
         self.started.append(gateway)
         if wait:
-            ready = wait_until(
-                lambda: process.poll() is not None or _connects(admin_port), START_TIMEOUT
-            )
-            assert ready, log_file.read_text()
-            assert process.poll() is None, log_file.read_text()
+            listening = wait_for_listener(process, admin_port, START_TIMEOUT, interval=0.02)
+            assert listening, log_file.read_text()
         return gateway
 
     def stop_all(self) -> None:

@@ -11,7 +11,8 @@ import aiohttp
 import pytest
 
 from tests.gateway.client import Reply, chat, post
-from tests.gateway.conftest import Gateway, Processes, http_json, route, wait_until
+from tests.gateway.conftest import Gateway, Processes, http_json, route
+from tests.loopback import wait_until
 
 MODEL = "Qwen/Qwen2.5-7B-Instruct"
 KEY_A = "sk-team-a-0123456789abcdef"

@@ -22,12 +22,11 @@ from tests.gateway.client import Reply, StreamReply, chat, post, post_stream
 from tests.gateway.conftest import (
     Gateway,
     Processes,
-    free_port,
     metric_value,
     route,
     scaled_object,
-    wait_until,
 )
+from tests.loopback import free_port, wait_until
 
 BURST = "mistralai/Mistral-Small-24B-Instruct-2501"
 HELD = "Qwen/Qwen2.5-Coder-32B-Instruct"

@@ -20,7 +20,8 @@ from sovereign_gateway.proto import externalscaler_pb2 as scaler_pb
 from sovereign_gateway.proto import externalscaler_pb2_grpc as scaler_grpc
 
 from tests.gateway.client import Reply, StreamReply, chat, post, post_stream
-from tests.gateway.conftest import Backend, Gateway, Processes, free_port, route, scaled_object
+from tests.gateway.conftest import Backend, Gateway, Processes, route, scaled_object
+from tests.loopback import free_port
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 TARGET = 2

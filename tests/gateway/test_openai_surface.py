@@ -17,11 +17,10 @@ from tests.gateway.conftest import (
     Backend,
     Gateway,
     Processes,
-    free_port,
     http_json,
     route,
-    wait_until,
 )
+from tests.loopback import free_port, wait_until
 
 T = TypeVar("T")
 

@@ -18,12 +18,11 @@ from sovereign_gateway.proto import externalscaler_pb2_grpc as scaler_grpc
 from tests.gateway.client import StreamReply, chat, post, post_stream
 from tests.gateway.conftest import (
     Processes,
-    free_port,
     http_json,
     route,
     scaled_object,
-    wait_until,
 )
+from tests.loopback import free_port, wait_until
 
 MODEL = "meta-llama/Llama-3.3-70B-Instruct"
 SECOND = "BAAI/bge-m3"

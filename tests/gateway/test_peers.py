@@ -12,12 +12,11 @@ from sovereign_gateway.proto import externalscaler_pb2_grpc as scaler_grpc
 from tests.gateway.client import Reply, chat, post
 from tests.gateway.conftest import (
     Processes,
-    free_port,
     metric_value,
     route,
     scaled_object,
-    wait_until,
 )
+from tests.loopback import free_port, wait_until
 
 MODEL = "google/gemma-3-27b-it"
 

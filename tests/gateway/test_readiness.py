@@ -20,7 +20,8 @@ from sovereign_gateway.readiness import ModelReadiness, resolve_addresses
 from sovereign_gateway.routes import ModelRoute
 from sovereign_gateway.settings import Settings
 
-from tests.gateway.conftest import Processes, free_port
+from tests.gateway.conftest import Processes
+from tests.loopback import free_port
 
 SERVICE = "llama-pods.sovereign-models.svc.cluster.local"
 

@@ -12,21 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import sovereign
+
 ROOT = Path(__file__).resolve().parents[2]
 STACKS = sorted((ROOT / "stacks").glob("Pulumi.*.yaml"))
 GOLDEN = ROOT / "tests" / "golden" / "render"
 SHELLCHECK = shutil.which("shellcheck") or str(Path(sys.executable).parent / "shellcheck")
-
-
-def sovereign(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "components", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
 
 
 def isolated_project(tmp_path: Path) -> Path:

@@ -8,8 +8,6 @@ import contextlib
 import os
 import random
 import resource
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +16,9 @@ import pytest
 
 from components.config import StackConfigError, load_stack_file
 from components.config.loader import LAB_UP_HINT, MAX_DEPTH, MAX_FILE_BYTES, MAX_PROBLEMS
-from components.lab.inventory import Inventory, InventoryHost, save_inventory
+from components.lab.inventory import Inventory, save_inventory
+from tests.conftest import sovereign
+from tests.unit.test_lab_inventory import lab_host
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGING = (ROOT / "stacks" / "Pulumi.staging.yaml").read_text()
@@ -184,22 +184,7 @@ def lab_project(tmp_path: Path) -> Path:
 
 def lab_inventory(tmp_path: Path) -> Inventory:
     lab_dir = tmp_path / ".lab"
-    hosts = tuple(
-        InventoryHost(
-            name=f"lab-{i}",
-            index=i,
-            address="127.0.0.1",
-            port=2300 + i,
-            user="root",
-            private_key=lab_dir / "id_ed25519",
-            host_key="SHA256:+fbNpjwgxE6bDmUPtq8ZNRzo6+gBw5c0jZ3phoOBXOg",
-            host_key_public="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKiWrWq1eHxPZVedWeZkBJhNmsJDeF3e1P43ijtEuHyZ",
-            nvme=(f"nvme-QEMU_NVMe_Ctrl_LAB{i}NVME0", f"nvme-QEMU_NVMe_Ctrl_LAB{i}NVME1"),
-            pid=4000 + i,
-            host_dir=lab_dir / "hosts" / f"lab-{i}",
-        )
-        for i in (1, 2)
-    )
+    hosts = tuple(lab_host(i, lab_dir, first_port=2300) for i in (1, 2))
     inventory = Inventory(hosts)
     save_inventory(lab_dir, inventory)
     return inventory
@@ -282,14 +267,7 @@ def test_validate_exits_2_without_a_traceback_within_a_second(tmp_path: Path, ca
     path = project(tmp_path) / "stacks" / "Pulumi.case.yaml"
     write(path)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = subprocess.run(
-        [sys.executable, "-m", "components", "validate", str(path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    result = sovereign("validate", str(path))
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     assert result.returncode == 2, result.stderr
@@ -305,14 +283,7 @@ def test_validate_exits_2_without_a_traceback_within_a_second(tmp_path: Path, ca
 def test_validate_names_the_fifo_without_waiting_for_a_writer(tmp_path: Path) -> None:
     path = project(tmp_path) / "stacks" / "Pulumi.fifo.yaml"
     os.mkfifo(path)
-    result = subprocess.run(
-        [sys.executable, "-m", "components", "validate", str(path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    result = sovereign("validate", str(path))
     assert result.returncode == 2
     assert "not a regular file" in result.stderr
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ import yaml
 
 from components.config import load_stack_file
 from components.config.loader import build_stack_config, section_from_engine
+from tests.conftest import sovereign
 from tests.unit.test_config import NS, ROOT, problems_for, stack_data, write_stack
 
 DIGEST = "@sha256:" + "c" * 64
@@ -173,13 +172,7 @@ def test_validate_exits_2_naming_the_field(
     data = copy.deepcopy(stack_data("staging"))
     mutate(data["config"])
     path = write_stack(tmp_path, data)
-    result = subprocess.run(
-        [sys.executable, "-m", "components", "validate", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = sovereign("validate", str(path))
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"{path}: {field}: " in result.stdout + result.stderr
 

@@ -17,12 +17,13 @@ from components.lab.inventory import (
 )
 
 
-def _host(index: int, lab_dir: Path) -> InventoryHost:
+def lab_host(index: int, lab_dir: Path, first_port: int = 2200) -> InventoryHost:
+    """Lab host ``lab-INDEX`` as ``sovereign lab up`` records it (SSH on ``first_port + index``)."""
     return InventoryHost(
         name=f"lab-{index}",
         index=index,
         address="127.0.0.1",
-        port=2200 + index,
+        port=first_port + index,
         user="root",
         private_key=lab_dir / "id_ed25519",
         host_key="SHA256:+fbNpjwgxE6bDmUPtq8ZNRzo6+gBw5c0jZ3phoOBXOg",
@@ -34,13 +35,13 @@ def _host(index: int, lab_dir: Path) -> InventoryHost:
 
 
 def test_round_trip_through_the_file(tmp_path: Path) -> None:
-    inventory = Inventory((_host(1, tmp_path), _host(2, tmp_path)))
+    inventory = Inventory((lab_host(1, tmp_path), lab_host(2, tmp_path)))
     save_inventory(tmp_path, inventory)
     assert load_inventory(tmp_path) == inventory
 
 
 def test_the_file_has_the_documented_keys(tmp_path: Path) -> None:
-    save_inventory(tmp_path, Inventory((_host(1, tmp_path),)))
+    save_inventory(tmp_path, Inventory((lab_host(1, tmp_path),)))
     document = json.loads(inventory_path(tmp_path).read_text())
     assert document["version"] == 1
     (entry,) = document["hosts"]
@@ -66,7 +67,7 @@ def test_no_file_means_an_empty_lab(tmp_path: Path) -> None:
 
 
 def test_saving_an_empty_inventory_removes_the_file(tmp_path: Path) -> None:
-    save_inventory(tmp_path, Inventory((_host(1, tmp_path),)))
+    save_inventory(tmp_path, Inventory((lab_host(1, tmp_path),)))
     save_inventory(tmp_path, Inventory())
     assert not inventory_path(tmp_path).exists()
 
@@ -78,7 +79,7 @@ def test_an_unknown_version_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_host_missing_a_field_is_refused(tmp_path: Path) -> None:
-    entry = _host(1, tmp_path).to_json()
+    entry = lab_host(1, tmp_path).to_json()
     del entry["hostKey"]
     inventory_path(tmp_path).write_text(json.dumps({"version": 1, "hosts": [entry]}))
     with pytest.raises(InventoryError, match="hostKey"):
@@ -86,7 +87,7 @@ def test_a_host_missing_a_field_is_refused(tmp_path: Path) -> None:
 
 
 def test_hosts_stay_ordered_by_index_and_replace_by_name(tmp_path: Path) -> None:
-    inventory = Inventory().with_host(_host(3, tmp_path)).with_host(_host(1, tmp_path))
+    inventory = Inventory().with_host(lab_host(3, tmp_path)).with_host(lab_host(1, tmp_path))
     assert [host.name for host in inventory.hosts] == ["lab-1", "lab-3"]
-    assert len(inventory.with_host(_host(1, tmp_path)).hosts) == 2
+    assert len(inventory.with_host(lab_host(1, tmp_path)).hosts) == 2
     assert [host.name for host in inventory.without({"lab-1"}).hosts] == ["lab-3"]

@@ -1,10 +1,13 @@
-"""The seams hold: pure layers import neither Pulumi nor paramiko; only the executor uses paramiko."""
+"""The seams hold: pure layers (config, plan, the images' packages) import neither Pulumi, paramiko
+nor the S3 client where they must not; only the executor uses paramiko."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,11 +25,29 @@ def imported_after(module: str) -> set[str]:
     return set(out.stdout.split())
 
 
-def test_config_and_plan_are_pure() -> None:
-    for module in ("components.config", "components.plan", "components.cli"):
-        loaded = imported_after(module)
-        assert "pulumi" not in loaded, f"{module} pulls in the Pulumi SDK"
-        assert "paramiko" not in loaded, f"{module} pulls in paramiko"
+# (modules imported together, top-level packages that must stay out of the process)
+SEAMS = [
+    ("components.config", {"pulumi", "paramiko"}),
+    ("components.plan", {"pulumi", "paramiko"}),
+    ("components.cli", {"pulumi", "paramiko"}),
+    ("components.plan.kubernetes, components.plan.render", {"pulumi", "paramiko", "boto3"}),
+    # the plan sizes models from kept manifests, without the S3 client
+    ("components.plan.sizing", {"boto3", "botocore"}),
+    # the warmer image ships its own package only
+    (
+        "sovereign_weights.__main__, sovereign_weights.warm, sovereign_weights.publish",
+        {"pulumi", "components", "paramiko"},
+    ),
+]
+
+
+@pytest.mark.parametrize(("modules", "forbidden"), SEAMS, ids=[m for m, _ in SEAMS])
+def test_a_pure_layer_imports_none_of_the_forbidden_packages(
+    modules: str, forbidden: set[str]
+) -> None:
+    loaded = imported_after(modules)
+    pulled_in = sorted({m.split(".")[0] for m in loaded} & forbidden)
+    assert not pulled_in, f"{modules} pulls in {', '.join(pulled_in)}"
 
 
 def test_only_the_executor_imports_paramiko() -> None:

@@ -157,36 +157,29 @@ class RecordingMonitor(MockMonitor):
 
     def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
         response = super().RegisterResource(request)  # type: ignore[no-untyped-call]
-        raw = json_format.MessageToDict(request.object)
-        self.registrations.append(
-            Registration(
-                type=request.type,
-                name=request.name,
-                urn=response.urn,
-                parent=request.parent,
-                provider=request.provider,
-                dependencies=list(request.dependencies),
-                secret_paths=_secret_paths(raw),
-                raw_inputs=raw,
-                aliases=[json_format.MessageToDict(a) for a in request.aliases],
-            )
-        )
+        self.registrations.append(self.registration(request, response))
         return response
 
+    def registration(self, request: Any, response: Any) -> Registration:
+        raw = json_format.MessageToDict(request.object)
+        return Registration(
+            type=request.type,
+            name=request.name,
+            urn=response.urn,
+            parent=request.parent,
+            provider=request.provider,
+            dependencies=list(request.dependencies),
+            secret_paths=_secret_paths(raw),
+            raw_inputs=raw,
+            aliases=[json_format.MessageToDict(a) for a in request.aliases],
+        )
 
-class CountingMonitor(MockMonitor):
+
+class CountingMonitor(RecordingMonitor):
     """The SDK's mock monitor, counting registrations and keeping only their type and name."""
 
-    def __init__(self, mocks: pulumi.runtime.Mocks) -> None:
-        super().__init__(mocks)
-        self.registrations: list[Registration] = []
-
-    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
-        response = super().RegisterResource(request)  # type: ignore[no-untyped-call]
-        self.registrations.append(
-            Registration(request.type, request.name, response.urn, "", "", [], [], {})
-        )
-        return response
+    def registration(self, request: Any, response: Any) -> Registration:
+        return Registration(request.type, request.name, response.urn, "", "", [], [], {})
 
 
 def mock_kubeconfig(server_url: str) -> str:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +10,7 @@ from sovereign_weights.lookup import write_cached
 from sovereign_weights.manifest import Manifest, ManifestFile
 
 from components.config import load_stack_file
+from tests.conftest import sovereign
 from tests.unit.test_program_mocks import ROOT, run_program
 from tests.unit.test_sizing import facts
 
@@ -47,14 +46,7 @@ def test_the_program_refuses_a_model_its_gpus_cannot_hold(
 
 def test_validate_refuses_it_offline_from_the_kept_manifest(tmp_path: Path) -> None:
     project = project_with_kept_manifest(tmp_path, "mixtral-8x7b-v0.1")
-    result = subprocess.run(
-        [sys.executable, "-m", "components", "validate", "stacks/Pulumi.prod-fra.yaml"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = sovereign("validate", "stacks/Pulumi.prod-fra.yaml", cwd=project)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "inference.models[1].gpusPerReplica: mistral-small needs" in result.stderr
 

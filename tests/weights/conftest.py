@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import struct
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import TYPE_CHECKING
 import boto3
 import pytest
 
+from tests.loopback import free_port, wait_for_listener, wait_until
 from tests.weights.s3_proxy import S3Proxy
 
 if TYPE_CHECKING:
@@ -34,13 +33,6 @@ MOTO_START_SECONDS = 30
 COMMAND_SECONDS = 60
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="session")
 def moto_url() -> Iterator[str]:
     """A moto S3 server process on a free loopback port for the whole session."""
@@ -48,22 +40,15 @@ def moto_url() -> Iterator[str]:
         "moto_server"
     )
     assert moto, "moto_server is not installed (pip install 'moto[server]')"
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [moto, "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + MOTO_START_SECONDS
     try:
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto_server did not start") from None
-                time.sleep(0.1)
+        if not wait_for_listener(process, port, timeout=MOTO_START_SECONDS, interval=0.1):
+            raise RuntimeError("moto_server did not start")
         yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()
@@ -186,9 +171,6 @@ def start_weights(*args: str) -> subprocess.Popen[str]:
     )
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
+def expect_within(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Fail the test unless ``predicate`` comes true within ``timeout`` seconds."""
+    assert wait_until(predicate, timeout), f"timed out after {timeout}s waiting for {what}"

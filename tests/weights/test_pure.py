@@ -1,4 +1,4 @@
-"""The warmer's pure parts: layout, manifest, endpoint policy, in-use detection, import seams."""
+"""The warmer's pure parts: layout, manifest, endpoint policy, in-use detection."""
 
 from __future__ import annotations
 
@@ -23,9 +23,7 @@ from sovereign_weights.manifest import Manifest, ManifestError, build_manifest, 
 from sovereign_weights.prefetch import PrefetchEntry, load_models_file, render_models_file
 from sovereign_weights.store import check_endpoint_allowed, normalize_endpoint
 
-from tests.weights.conftest import MiB, make_model, wait_until
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.weights.conftest import MiB, expect_within, make_model
 
 
 def test_object_keys_and_default_model_name() -> None:
@@ -143,37 +141,11 @@ def test_a_file_held_open_by_another_process_is_in_use(tmp_path: Path) -> None:
         ]
     )
     try:
-        wait_until(lambda: in_use(revision, open_files()), timeout=10, what="the open file seen")
+        expect_within(lambda: in_use(revision, open_files()), timeout=10, what="the open file seen")
     finally:
         holder.kill()
         holder.wait(timeout=10)
     assert not in_use(revision, open_files())
-
-
-def imported_after(module: str) -> set[str]:
-    code = f"import sys, {module}; print(' '.join(sorted(sys.modules)))"
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    return set(out.stdout.split())
-
-
-def test_the_warmer_imports_neither_pulumi_nor_components() -> None:
-    loaded = imported_after(
-        "sovereign_weights.__main__, sovereign_weights.warm, sovereign_weights.publish"
-    )
-    assert not {m for m in loaded if m.split(".")[0] in {"pulumi", "components", "paramiko"}}
-
-
-def test_the_plan_reads_manifests_without_the_s3_client() -> None:
-    loaded = imported_after("components.plan.sizing")
-    assert "boto3" not in loaded
-    assert "botocore" not in loaded
 
 
 def test_the_container_arguments_parse_as_the_command_expects() -> None:

@@ -20,15 +20,16 @@ from sovereign_weights.report import Reporter
 from tests.weights.conftest import (
     MiB,
     Result,
+    expect_within,
     make_model,
     run_weights,
     s3_client,
     start_weights,
-    wait_until,
 )
 from tests.weights.s3_proxy import S3Proxy
 
 REVISION = "r1"
+ONE_SHARD = "model-00001-of-00001.safetensors"  # what make_model names a single shard
 
 
 def sha256(path: Path) -> str:
@@ -62,6 +63,17 @@ def seed(endpoint: str, bucket: str, directory: Path) -> None:
 
 def ensure(endpoint: str, bucket: str, model: str, cache: Path, *extra: str) -> Result:
     return run_weights("ensure", *target(endpoint, bucket, model), "--cache", str(cache), *extra)
+
+
+def seeded_one_shard(
+    tmp_path: Path, proxy: S3Proxy, bucket: str, name: str, mib: int
+) -> tuple[Path, int]:
+    """A one-shard model published under ``name``, the proxy's counters then reset:
+    (its directory, the shard's size)."""
+    model = make_model(tmp_path / name, shard_mib=(mib,))
+    seed(proxy.url, bucket, model)
+    proxy.reset()
+    return model, (model / ONE_SHARD).stat().st_size
 
 
 def assert_same_files(source: Path, copy: Path) -> None:
@@ -117,14 +129,14 @@ def test_publish_rerun_skips_parts_already_uploaded(
     tmp_path: Path, cache: Path, bucket: str, proxy: S3Proxy
 ) -> None:
     model = make_model(tmp_path / "big", shard_mib=(16,))
-    shard = "model-00001-of-00001.safetensors"
+    shard = ONE_SHARD
     proxy.delay_uploads(0.3)
     first = start_weights(
         "publish", str(model), *target(proxy.url, bucket, "big"), "--part-size", "5MiB",
         "--jobs", "1",
     )  # fmt: skip
     try:
-        wait_until(
+        expect_within(
             lambda: (
                 sum(1 for r in proxy.requests if "partNumber" in r.query and r.status == 200) >= 2
             ),
@@ -163,19 +175,16 @@ def recorded_bytes(progress_file: Path) -> int:
 def test_killed_warmer_resumes_and_refetches_at_most_one_part(
     tmp_path: Path, cache: Path, bucket: str, proxy: S3Proxy
 ) -> None:
-    model = make_model(tmp_path / "resume", shard_mib=(24,))
-    shard = "model-00001-of-00001.safetensors"
-    size = (model / shard).stat().st_size
+    model, size = seeded_one_shard(tmp_path, proxy, bucket, "resume", 24)
+    shard = ONE_SHARD
     part = 8 * MiB
-    seed(proxy.url, bucket, model)
-    proxy.reset()
     proxy.throttle(4 * MiB)  # per connection: the kill lands mid-file
     warmer = start_weights(
         "ensure", *target(proxy.url, bucket, "resume"), "--cache", str(cache),
         "--part-size", "8MiB", "--jobs", "2",
     )  # fmt: skip
     try:
-        wait_until(lambda: proxy.served(shard) >= 8 * MiB, timeout=30, what="8 MiB served")
+        expect_within(lambda: proxy.served(shard) >= 8 * MiB, timeout=30, what="8 MiB served")
     finally:
         warmer.send_signal(signal.SIGKILL)
         warmer.wait(timeout=10)
@@ -209,11 +218,8 @@ def test_killed_warmer_resumes_and_refetches_at_most_one_part(
 def test_corruption_in_transit_is_detected_and_refetched(
     tmp_path: Path, cache: Path, bucket: str, proxy: S3Proxy
 ) -> None:
-    model = make_model(tmp_path / "flaky", shard_mib=(6,))
-    shard = "model-00001-of-00001.safetensors"
-    size = (model / shard).stat().st_size
-    seed(proxy.url, bucket, model)
-    proxy.reset()
+    model, size = seeded_one_shard(tmp_path, proxy, bucket, "flaky", 6)
+    shard = ONE_SHARD
     proxy.corrupt_next_get(shard)
     result = ensure(proxy.url, bucket, "flaky", cache)
     assert result.returncode == 0, result.stderr
@@ -225,10 +231,8 @@ def test_corruption_in_transit_is_detected_and_refetched(
 def test_object_corrupt_on_the_server_fails_naming_the_file(
     tmp_path: Path, cache: Path, bucket: str, proxy: S3Proxy, moto_url: str
 ) -> None:
-    model = make_model(tmp_path / "rotten", shard_mib=(6,))
-    shard = "model-00001-of-00001.safetensors"
-    size = (model / shard).stat().st_size
-    seed(proxy.url, bucket, model)
+    model, size = seeded_one_shard(tmp_path, proxy, bucket, "rotten", 6)
+    shard = ONE_SHARD
     bad = bytearray((model / shard).read_bytes())
     bad[size // 2] ^= 0x01
     s3_client(moto_url).put_object(
@@ -303,10 +307,10 @@ def test_full_cache_is_refused_before_fetching_and_evicts_only_unused(
     # eviction never removes a revision a running process has open
     holder = subprocess.Popen(
         ["python3", "-c", "import sys,time; f=open(sys.argv[1],'rb'); time.sleep(60)",
-         str(kept / "model-00001-of-00001.safetensors")],
+         str(kept / ONE_SHARD)],
     )  # fmt: skip
     try:
-        wait_until(lambda: len(list(Path(f"/proc/{holder.pid}/fd").iterdir())) > 3, 10, "open")
+        expect_within(lambda: len(list(Path(f"/proc/{holder.pid}/fd").iterdir())) > 3, 10, "open")
         busy = ensure(proxy.url, bucket, "bigger", small_fs, "--evict-lru")
         assert busy.returncode == 3
         assert "in use and kept: older@r1" in busy.last_line
@@ -324,11 +328,8 @@ def test_full_cache_is_refused_before_fetching_and_evicts_only_unused(
 def test_two_warmers_at_once_fetch_once(
     tmp_path: Path, cache: Path, bucket: str, proxy: S3Proxy
 ) -> None:
-    model = make_model(tmp_path / "shared", shard_mib=(8,))
-    shard = "model-00001-of-00001.safetensors"
-    size = (model / shard).stat().st_size
-    seed(proxy.url, bucket, model)
-    proxy.reset()
+    model, size = seeded_one_shard(tmp_path, proxy, bucket, "shared", 8)
+    shard = ONE_SHARD
     proxy.throttle(2 * MiB)  # one GET of about 4 s: long enough for both to be running
     args = ("ensure", *target(proxy.url, bucket, "shared"), "--cache", str(cache))
     warmers = [start_weights(*args), start_weights(*args)]
@@ -389,9 +390,9 @@ def test_prefetch_watch_warms_new_entries_and_stops_cleanly_on_sigterm(
         "prefetch", "--models-file", str(models_file), "--cache", str(cache), "--watch", "0.2"
     )
     try:
-        wait_until((cache / "early" / REVISION).is_dir, 30, "the first model")
+        expect_within((cache / "early" / REVISION).is_dir, 30, "the first model")
         models_file.write_text(json.dumps([entry("early"), entry("late")]))  # the ConfigMap changes
-        wait_until((cache / "late" / REVISION).is_dir, 30, "the added model")
+        expect_within((cache / "late" / REVISION).is_dir, 30, "the added model")
     finally:
         watcher.send_signal(signal.SIGTERM)
         out, err = watcher.communicate(timeout=30)

@@ -42,6 +42,17 @@ class ChartRelease:
     values: dict[str, Any] = field(default_factory=dict)
 
 
+def gpu_daemonset_placement() -> dict[str, Any]:
+    """Chart values that put a per-GPU-node DaemonSet on the GPU nodes, in the NVIDIA runtime.
+
+    The charts' default affinity wants Node Feature Discovery labels; ours say it."""
+    return {
+        "runtimeClassName": RUNTIME_CLASS,
+        "affinity": required_node_affinity(gpu_node_expression()),
+        "tolerations": GPU_TOLERATIONS,
+    }
+
+
 def keda_chart(spec: InferenceStackSpec) -> ChartRelease:
     return ChartRelease(
         name="keda",
@@ -67,10 +78,7 @@ def device_plugin_chart(spec: InferenceStackSpec) -> ChartRelease:
         version=spec.inference.charts.nvidia_device_plugin,
         namespace=GPU_NAMESPACE,
         values={
-            "runtimeClassName": RUNTIME_CLASS,
-            # the chart's default affinity wants Node Feature Discovery labels; ours say it
-            "affinity": required_node_affinity(gpu_node_expression()),
-            "tolerations": GPU_TOLERATIONS,
+            **gpu_daemonset_placement(),
             "gfd": {"enabled": False},
         },
     )
@@ -84,9 +92,7 @@ def dcgm_exporter_chart(spec: InferenceStackSpec) -> ChartRelease:
         version=spec.inference.charts.dcgm_exporter,
         namespace=GPU_NAMESPACE,
         values={
-            "runtimeClassName": RUNTIME_CLASS,
-            "affinity": required_node_affinity(gpu_node_expression()),
-            "tolerations": GPU_TOLERATIONS,
+            **gpu_daemonset_placement(),
             # on by default, it needs the Prometheus operator's CRDs, which a bare cluster lacks
             "serviceMonitor": {"enabled": False},
         },

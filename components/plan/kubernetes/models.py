@@ -67,6 +67,26 @@ SERVER_UID: Final = 1000
 CACHE_VOLUME: Final = "weights-cache"
 
 
+def weights_container(
+    spec: InferenceStackSpec, name: str, args: list[str], resources: Obj | None = None
+) -> Obj:
+    """A ``sovereign-weights`` container (the model's init container, the warmer): the weights
+    image, the optional object-store credentials, offline and without telemetry, root so it can
+    write the node cache. Callers add the volume mounts."""
+    container: Obj = {
+        "name": name,
+        "image": spec.inference.weights_image,
+        "command": list(WEIGHTS_COMMAND),
+        "args": args,
+        "envFrom": [{"secretRef": {"name": OBJECT_STORE_CREDENTIALS, "optional": True}}],
+        "env": [{"name": k, "value": v} for k, v in sorted(OFFLINE_ENV.items())],
+    }
+    if resources is not None:
+        container["resources"] = resources
+    container["securityContext"] = root_writer_container()
+    return container
+
+
 def cache_paths(spec: InferenceStackSpec, model: ModelSpec) -> CachePaths:
     """Where ``model``'s verified copy lives on a node (the same path inside the pod)."""
     # CachePaths builds pathlib paths; the node is POSIX whatever renders the plan
@@ -215,13 +235,7 @@ def model_deployment(spec: InferenceStackSpec, model: ModelSpec) -> Obj:
         ],
     }
     ensure = {
-        "name": "weights",
-        "image": spec.inference.weights_image,
-        "command": list(WEIGHTS_COMMAND),
-        "args": ensure_args(spec, model),
-        "envFrom": [{"secretRef": {"name": OBJECT_STORE_CREDENTIALS, "optional": True}}],
-        "env": [{"name": k, "value": v} for k, v in sorted(OFFLINE_ENV.items())],
-        "securityContext": root_writer_container(),
+        **weights_container(spec, "weights", ensure_args(spec, model)),
         "volumeMounts": [{"name": CACHE_VOLUME, "mountPath": spec.cache_mount_point}],
     }
     if model.image is None:

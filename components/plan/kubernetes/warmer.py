@@ -6,7 +6,7 @@ from typing import Final
 
 from sovereign_weights.prefetch import PrefetchEntry, render_models_file
 
-from components.plan.kubernetes.models import OFFLINE_ENV, WEIGHTS_COMMAND, allowed_endpoints
+from components.plan.kubernetes.models import allowed_endpoints, weights_container
 from components.plan.kubernetes.objects import (
     GPU_TOLERATIONS,
     Obj,
@@ -15,11 +15,9 @@ from components.plan.kubernetes.objects import (
     required_node_affinity,
     residency_expression,
     restricted_pod,
-    root_writer_container,
 )
 from components.plan.kubernetes.spec import (
     COMPONENT_LABEL,
-    OBJECT_STORE_CREDENTIALS,
     WARMER,
     WARMER_MODELS,
     WARMER_MODELS_FILE,
@@ -76,31 +74,25 @@ def warmer_daemon_set(spec: InferenceStackSpec) -> Obj:
                     "securityContext": restricted_pod(),
                     "containers": [
                         {
-                            "name": "warmer",
-                            "image": spec.inference.weights_image,
-                            "command": list(WEIGHTS_COMMAND),
-                            "args": [
-                                "prefetch",
-                                "--models-file",
-                                f"{MODELS_DIR}/{WARMER_MODELS_FILE}",
-                                "--cache",
-                                spec.cache_mount_point,
-                                "--watch",
-                                str(WATCH_SECONDS),
-                                "--allowed-endpoints",
-                                allowed_endpoints(spec),
-                            ],
-                            "envFrom": [
-                                {"secretRef": {"name": OBJECT_STORE_CREDENTIALS, "optional": True}}
-                            ],
-                            "env": [
-                                {"name": k, "value": v} for k, v in sorted(OFFLINE_ENV.items())
-                            ],
-                            "resources": {
-                                "requests": {"cpu": "500m", "memory": "512Mi"},
-                                "limits": {"memory": "2Gi"},
-                            },
-                            "securityContext": root_writer_container(),
+                            **weights_container(
+                                spec,
+                                "warmer",
+                                [
+                                    "prefetch",
+                                    "--models-file",
+                                    f"{MODELS_DIR}/{WARMER_MODELS_FILE}",
+                                    "--cache",
+                                    spec.cache_mount_point,
+                                    "--watch",
+                                    str(WATCH_SECONDS),
+                                    "--allowed-endpoints",
+                                    allowed_endpoints(spec),
+                                ],
+                                resources={
+                                    "requests": {"cpu": "500m", "memory": "512Mi"},
+                                    "limits": {"memory": "2Gi"},
+                                },
+                            ),
                             "volumeMounts": [
                                 {"name": "cache", "mountPath": spec.cache_mount_point},
                                 {"name": "models", "mountPath": MODELS_DIR, "readOnly": True},

@@ -9,6 +9,7 @@ the pseudo-tenant ``_idle`` (the price of keeping a model warm until KEDA's cool
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,8 +51,9 @@ class Metering:
         self.currency = currency
         self.started_wall = time.time()
         self.started = time.monotonic()
-        self._models: dict[str, _ModelUsage] = {}
-        self._tenants: dict[str, _TenantUsage] = {}
+        # a model or tenant gets its row the first time it is looked up
+        self._models: defaultdict[str, _ModelUsage] = defaultdict(_ModelUsage)
+        self._tenants: defaultdict[str, _TenantUsage] = defaultdict(_TenantUsage)
         self._children: dict[tuple[object, ...], Any] = {}
 
         self.registry = CollectorRegistry()
@@ -133,18 +135,6 @@ class Metering:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def _model(self, model: str) -> _ModelUsage:
-        usage = self._models.get(model)
-        if usage is None:
-            usage = self._models[model] = _ModelUsage()
-        return usage
-
-    def _tenant(self, tenant: str) -> _TenantUsage:
-        usage = self._tenants.get(tenant)
-        if usage is None:
-            usage = self._tenants[tenant] = _TenantUsage()
-        return usage
-
     def on_count_change(self, model: str, tenant: str, pending: int, in_flight: int) -> None:
         """Keep the pending and in-flight gauges in step with the counts."""
         if pending:
@@ -156,7 +146,7 @@ class Metering:
         self, model: str, tenant: str, status: int, prompt_tokens: int, completion_tokens: int
     ) -> None:
         self._child(self.requests, model, tenant, str(status)).inc()
-        model_usage, tenant_usage = self._model(model), self._tenant(tenant)
+        model_usage, tenant_usage = self._models[model], self._tenants[tenant]
         model_usage.requests += 1
         tenant_usage.requests += 1
         if prompt_tokens:
@@ -174,10 +164,10 @@ class Metering:
     def cold_start(self, model: str, seconds: float) -> None:
         self.cold_starts.labels(model).inc()
         self.cold_start_seconds.labels(model).observe(seconds)
-        self._model(model).cold_starts += 1
+        self._models[model].cold_starts += 1
 
     def replicas_changed(self, model: str, replicas: int, gpus_per_replica: int) -> None:
-        usage = self._model(model)
+        usage = self._models[model]
         usage.replicas = replicas
         usage.gpus_per_replica = gpus_per_replica
         usage.peak_replicas = max(usage.peak_replicas, replicas)
@@ -194,7 +184,7 @@ class Metering:
         """Add ``seconds`` of ``replicas`` ready replicas of ``model``."""
         if replicas <= 0 or seconds <= 0:
             return
-        usage = self._model(model)
+        usage = self._models[model]
         replica_seconds = replicas * seconds
         gpu_seconds = replica_seconds * gpus_per_replica
         usage.replica_seconds += replica_seconds
@@ -207,7 +197,7 @@ class Metering:
             else {IDLE_TENANT: 1.0}
         )
         for tenant, share in shares.items():
-            self._tenant(tenant).gpu_seconds += gpu_seconds * share
+            self._tenants[tenant].gpu_seconds += gpu_seconds * share
             if gpu_seconds:
                 self._child(self.gpu_seconds, model, tenant).inc(gpu_seconds * share)
 
@@ -221,7 +211,7 @@ class Metering:
         model_rows: list[dict[str, Any]] = []
         cost_total = always_on_total = cost_now_total = 0.0
         for name in sorted(set(models) | set(self._models)):
-            usage = self._model(name)
+            usage = self._models[name]
             always_on_gpus = max(usage.peak_replicas, 1) * usage.gpus_per_replica
             always_on_cost = always_on_gpus * window * per_gpu_second
             cost = self._cost(usage.gpu_seconds)

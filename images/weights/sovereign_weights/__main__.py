@@ -307,7 +307,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if args.uri or args.model:
         if not args.revision:
             raise WeightsError("--revision is required with --uri or --model")
-        wanted.append((args.model or default_model_name(args.uri), args.revision))
+        wanted.append((_model_name(args), args.revision))
     states = (
         [revision_state(args.cache, m, r) for m, r in wanted] if wanted else list_cache(args.cache)
     )
