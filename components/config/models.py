@@ -1115,6 +1115,33 @@ def image_registry(image: str) -> str:
     return "docker.io"
 
 
+def inference_residency_problems(
+    inference: InferenceSpec, policy: ResidencyPolicy
+) -> list[Problem]:
+    """Images from allowed registries and weights from allowed object stores: the one rule that
+    ``StackConfig`` and a hand-built ``InferenceStackSpec`` (an existing cluster) both apply."""
+    problems = []
+    allowed_registries = {host_key(r) for r in policy.allowed_registries}
+    for path, image in inference.images():
+        registry = image_registry(image)
+        if host_key(registry) not in allowed_registries:
+            problems.append(
+                Problem(
+                    path,
+                    f"registry{echo(registry, quote=False)} is not in residency.allowedRegistries",
+                )
+            )
+    for i, model in enumerate(inference.models):
+        if model.source.endpoint not in policy.allowed_object_store_endpoints:
+            problems.append(
+                Problem(
+                    f"inference.models[{i}].source.endpoint",
+                    "is not in residency.allowedObjectStoreEndpoints",
+                )
+            )
+    return problems
+
+
 class StackConfig(Model):
     """One environment: its hosts, pins, cluster, inference stack and residency policy."""
 
@@ -1200,23 +1227,7 @@ class StackConfig(Model):
                 Problem(f"hosts[{i}].{p.path}", p.message)
                 for p in host.location_problems(policy.allowed_countries)
             ]
-        for path, image in self.inference.images():
-            registry = image_registry(image)
-            if host_key(registry) not in {host_key(r) for r in policy.allowed_registries}:
-                problems.append(
-                    Problem(
-                        path,
-                        f"registry{echo(registry, quote=False)} is not in residency.allowedRegistries",
-                    )
-                )
-        for i, model in enumerate(self.inference.models):
-            if model.source.endpoint not in policy.allowed_object_store_endpoints:
-                problems.append(
-                    Problem(
-                        f"inference.models[{i}].source.endpoint",
-                        "is not in residency.allowedObjectStoreEndpoints",
-                    )
-                )
+        problems += inference_residency_problems(self.inference, policy)
         return problems
 
     def _cluster_problems(self) -> list[Problem]:

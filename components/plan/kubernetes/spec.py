@@ -22,7 +22,7 @@ from components.config.models import (
     Model,
     ResidencyPolicy,
     StackConfig,
-    image_registry,
+    inference_residency_problems,
 )
 from components.plan.cluster import LABEL_PREFIX
 
@@ -97,22 +97,7 @@ class InferenceStackSpec(Model):
     @model_validator(mode="after")
     def _inside_the_policy(self) -> InferenceStackSpec:
         # the same rules StackConfig applies, for a spec built by hand for an existing cluster
-        problems = []
-        allowed = set(self.residency.allowed_registries)
-        for path, image in self.inference.images():
-            if image_registry(image) not in allowed:
-                problems.append(
-                    Problem(path, f"registry {image_registry(image)} is not in allowedRegistries")
-                )
-        endpoints = set(self.residency.allowed_object_store_endpoints)
-        for i, model in enumerate(self.inference.models):
-            if model.source.endpoint not in endpoints:
-                problems.append(
-                    Problem(
-                        f"inference.models[{i}].source.endpoint",
-                        f"{model.source.endpoint} is not in allowedObjectStoreEndpoints",
-                    )
-                )
+        problems = inference_residency_problems(self.inference, self.residency)
         for i, cidr in enumerate(self.cluster_cidrs):
             try:
                 ipaddress.ip_network(cidr)
