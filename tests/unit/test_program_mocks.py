@@ -9,6 +9,7 @@ their inputs.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import runpy
@@ -256,6 +257,12 @@ async def _resolve_exports(exports: dict[str, Any]) -> dict[str, Any]:
     return resolved
 
 
+def use_fresh_event_loop() -> None:
+    """Give this thread a new event loop: Pulumi's mocks run on the thread's current loop, and an
+    ``asyncio.run()`` earlier in the session (the gateway's tests) leaves the thread with none."""
+    asyncio.set_event_loop(asyncio.new_event_loop())
+
+
 def run_mocked(
     program_body: Callable[[], None],
     config: dict[str, str],
@@ -272,6 +279,7 @@ def run_mocked(
     resolved: dict[str, Any] = {}
     mocks = ProgramMocks()
     monitor = RecordingMonitor(mocks) if record else CountingMonitor(mocks)
+    use_fresh_event_loop()
     pulumi.runtime.set_mocks(
         mocks, project="sovereign-inference", stack=stack, preview=False, monitor=monitor
     )
@@ -442,6 +450,7 @@ def test_bad_config_stops_the_program_before_any_resource(monkeypatch: pytest.Mo
     config["sovereign-inference:hosts"] = json.dumps(hosts)
     mocks = ProgramMocks()
     monitor = RecordingMonitor(mocks)
+    use_fresh_event_loop()
     pulumi.runtime.set_mocks(
         mocks, project="sovereign-inference", stack="staging", preview=False, monitor=monitor
     )
