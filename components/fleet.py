@@ -71,7 +71,9 @@ class Fleet(pulumi.ComponentResource):
         for host in rollout_order(stack):
             node = GpuHost(
                 host.name,
-                GpuHostSpec(host=host, stack=stack, project_dir=spec.project_dir),
+                # the stack and its hosts are validated models already; building the spec with
+                # validation would run the whole stack's cross-field rules again for every host
+                GpuHostSpec.model_construct(host=host, stack=stack, project_dir=spec.project_dir),
                 # hosts were children of the stack before there was a Fleet: keep their state
                 pulumi.ResourceOptions(
                     parent=self, aliases=[pulumi.Alias(parent=pulumi.ROOT_STACK_RESOURCE)]
