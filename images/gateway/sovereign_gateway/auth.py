@@ -8,7 +8,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-_TENANT = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+from sovereign_gateway.routes import TENANT_NAME
+
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 ANONYMOUS = "anonymous"
@@ -56,7 +57,7 @@ def parse_api_keys(text: str, source: str) -> ApiKeys:
         if not line or line.startswith("#"):
             continue
         tenant, sep, digest = line.partition(":")
-        if not sep or not _TENANT.fullmatch(tenant):
+        if not sep or not TENANT_NAME.fullmatch(tenant):
             raise ApiKeyFileError(
                 f"{source} line {number}: expected tenant:sha256hex with the tenant a DNS label"
             )

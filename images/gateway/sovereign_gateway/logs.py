@@ -14,7 +14,8 @@ _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime
 _records: TextIO = sys.stdout
 
 
-def _iso(seconds: float) -> str:
+def iso_time(seconds: float) -> str:
+    """UTC ISO 8601 with milliseconds."""
     return (
         time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
         + f".{int(seconds % 1 * 1000):03d}Z"
@@ -26,7 +27,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
-            "time": _iso(record.created),
+            "time": iso_time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -61,8 +62,3 @@ def write_record(record: dict[str, Any]) -> None:
     """
     _records.write(json.dumps(record, separators=(",", ":")) + "\n")
     _records.flush()
-
-
-def iso_time(seconds: float) -> str:
-    """UTC ISO 8601 with milliseconds."""
-    return _iso(seconds)

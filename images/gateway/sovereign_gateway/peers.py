@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from collections.abc import AsyncIterator
 
 import grpc
@@ -20,6 +19,7 @@ import grpc
 from sovereign_gateway.counts import Counts, Pair, PeerCounts
 from sovereign_gateway.proto import peers_pb2 as pb
 from sovereign_gateway.proto import peers_pb2_grpc as pb_grpc
+from sovereign_gateway.readiness import resolve_addresses
 from sovereign_gateway.settings import HostPort
 
 log = logging.getLogger(__name__)
@@ -117,12 +117,10 @@ class PeerWatchers:
         self._dns_task = asyncio.create_task(self._resolve_loop(service, interval))
 
     async def _resolve_loop(self, service: HostPort, interval: float) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             try:
-                infos = await loop.getaddrinfo(service.host, service.port, type=socket.SOCK_STREAM)
-                addresses = {str(HostPort(str(info[4][0]), service.port)) for info in infos}
-                self.set_addresses(addresses)
+                addresses = await resolve_addresses(service.host, service.port)
+                self.set_addresses({str(HostPort(address, service.port)) for address in addresses})
             except OSError as error:
                 # keep the peers we know; a DNS hiccup is not a peer going away
                 log.warning(

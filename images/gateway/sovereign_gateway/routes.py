@@ -25,7 +25,8 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-_TENANT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+TENANT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+"""A tenant's name: a DNS label (the route table and the API-key file both use it)."""
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
@@ -81,7 +82,7 @@ class TenantLimit(_Schema):
     @field_validator("name")
     @classmethod
     def _dns_label(cls, value: str) -> str:
-        if not _TENANT_NAME.fullmatch(value):
+        if not TENANT_NAME.fullmatch(value):
             raise ValueError(
                 f"expected a DNS label (lowercase letters, digits, '-'), got {value!r}"
             )

@@ -221,12 +221,18 @@ class Gateway:
             await asyncio.sleep(self.settings.reload_interval)
             self.check_files()
 
+    def _changed(self, path: Path) -> bool:
+        """Whether ``path`` changed (or appeared, or went away) since the last look."""
+        stamp = _stamp(path)
+        if stamp == self._stamps.get(path):
+            return False
+        self._stamps[path] = stamp
+        return True
+
     def check_files(self) -> None:
         """Reload the route table and the key file when they changed; keep the old on error."""
         settings = self.settings
-        stamp = _stamp(settings.routes)
-        if stamp != self._stamps.get(settings.routes):
-            self._stamps[settings.routes] = stamp
+        if self._changed(settings.routes):
             problem = ""
             try:
                 self.apply_routes(load_route_table(settings.routes))
@@ -234,21 +240,18 @@ class Gateway:
                 problem = str(error)
             if problem:
                 log.error("route table not reloaded, keeping the last good one: %s", problem)
-        if settings.api_keys is not None:
-            stamp = _stamp(settings.api_keys)
-            if stamp != self._stamps.get(settings.api_keys):
-                self._stamps[settings.api_keys] = stamp
-                keys: ApiKeys | None = None
-                problem = ""
-                try:
-                    keys = load_api_keys(settings.api_keys)
-                except ApiKeyFileError as error:
-                    problem = str(error)
-                if keys is None:
-                    log.error("api keys not reloaded, keeping the last good ones: %s", problem)
-                else:
-                    self.api_keys = keys
-                    log.info("api keys reloaded", extra={"tenants": len(keys.tenants)})
+        if settings.api_keys is not None and self._changed(settings.api_keys):
+            keys: ApiKeys | None = None
+            problem = ""
+            try:
+                keys = load_api_keys(settings.api_keys)
+            except ApiKeyFileError as error:
+                problem = str(error)
+            if keys is None:
+                log.error("api keys not reloaded, keeping the last good ones: %s", problem)
+            else:
+                self.api_keys = keys
+                log.info("api keys reloaded", extra={"tenants": len(keys.tenants)})
 
     def apply_routes(self, routes: RouteTable) -> None:
         """Swap in a new route table; requests already admitted keep the route they started with."""
@@ -433,8 +436,9 @@ class Gateway:
             )
         record.model = model
         record.stream = body.get("stream") is True
+        # ``models`` holds exactly the models of the current route table (``apply_routes``)
         state = self.models.get(model)
-        if state is None or self.routes.model(model) is None:
+        if state is None:
             return self._error(
                 record,
                 404,
