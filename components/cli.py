@@ -27,7 +27,7 @@ def _load_or_report(file: str | Path, *, require_inventory: bool = False) -> Sta
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from components.config.loader import project_dir_for  # noqa: PLC0415
-    from components.manifests import model_facts_for  # noqa: PLC0415
+    from components.manifests import default_manifest_cache, model_facts_for  # noqa: PLC0415
     from components.plan.sizing import size_stack  # noqa: PLC0415
 
     status = 0
@@ -38,7 +38,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             continue
         # offline: size only the models whose manifest `sovereign size` has kept locally
         facts, _ = model_facts_for(
-            config, project_dir_for(Path(file)) / ".cache" / "manifests", fetch=False
+            config, default_manifest_cache(project_dir_for(Path(file))), fetch=False
         )
         report = size_stack(config, facts)
         for warning in report.warnings:
@@ -203,7 +203,7 @@ def _from_dir(text: str) -> tuple[str, Path]:
 
 def _cmd_size(args: argparse.Namespace) -> int:
     from components.config.loader import project_dir_for  # noqa: PLC0415
-    from components.manifests import model_facts_for  # noqa: PLC0415
+    from components.manifests import default_manifest_cache, model_facts_for  # noqa: PLC0415
     from components.plan.sizing import size_stack  # noqa: PLC0415
 
     stack_file = Path(args.file)
@@ -213,7 +213,7 @@ def _cmd_size(args: argparse.Namespace) -> int:
     manifest_cache = (
         Path(args.manifest_cache)
         if args.manifest_cache
-        else project_dir_for(stack_file) / ".cache" / "manifests"
+        else default_manifest_cache(project_dir_for(stack_file))
     )
     facts, missing = model_facts_for(
         config, manifest_cache, dict(args.from_dir), fetch=not args.offline

@@ -11,6 +11,12 @@ from sovereign_weights.manifest import ModelFacts
 from components.config import StackConfig
 
 
+def default_manifest_cache(project_dir: Path) -> Path:
+    """Where manifests read from the store are kept: ``sovereign size`` writes them there,
+    ``validate`` and the Pulumi program read them back."""
+    return project_dir / ".cache" / "manifests"
+
+
 def model_facts_for(
     config: StackConfig,
     manifest_cache: Path,

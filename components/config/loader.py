@@ -361,7 +361,7 @@ def scan_value(value: Any, path: str, problems: list[Problem], *, public_keys: b
         if found:
             problems.append(Problem(path, found))
     elif isinstance(value, dict):
-        if set(value) == {"secure"}:
+        if _is_secure(value):
             secret = value["secure"]
             if not isinstance(secret, str) or not secret:
                 problems.append(
@@ -700,4 +700,4 @@ def encrypted_keys(path: str | Path) -> frozenset[str]:
     """Keys whose values the stack file holds encrypted (``secure:``), without the namespace."""
     data = parse_stack_yaml(read_bounded(Path(path), str(path)), str(path))
     section, _ = _stack_config_section(data, str(path))
-    return frozenset(k for k, v in section.items() if isinstance(v, dict) and set(v) == {"secure"})
+    return frozenset(k for k, v in section.items() if _is_secure(v))

@@ -472,12 +472,16 @@ def _object_uri(value: str) -> str:
     return value
 
 
-def _mount_point(value: str) -> str:
+def _host_path(value: str) -> str:
     if not _SAFE_PATH.fullmatch(value) or ".." in value.split("/"):
         raise ValueError(
             "expected an absolute path of letters, digits and ._-/ without '..' components"
         )
-    normalized = posixpath.normpath(re.sub("/+", "/", value))
+    return posixpath.normpath(re.sub("/+", "/", value))
+
+
+def _mount_point(value: str) -> str:
+    normalized = _host_path(value)
     for system in SYSTEM_TREES:
         if normalized == system or system.startswith(normalized.rstrip("/") + "/"):
             raise ValueError(
@@ -490,14 +494,6 @@ def _mount_point(value: str) -> str:
                 "as /var/lib/sovereign/weights or /srv/weights"
             )
     return normalized
-
-
-def _host_path(value: str) -> str:
-    if not _SAFE_PATH.fullmatch(value) or ".." in value.split("/"):
-        raise ValueError(
-            "expected an absolute path of letters, digits and ._-/ without '..' components"
-        )
-    return posixpath.normpath(re.sub("/+", "/", value))
 
 
 def _served_name(value: str) -> str:
@@ -1052,8 +1048,8 @@ class ResidencyPolicy(Model):
         problems += duplicate_problems("ntpServers", self.ntp_servers, "server")
         allowlist = self.egress_allowlist or ()
         problems += duplicate_problems("egressAllowlist", allowlist, "range")
+        nets = [ipaddress.ip_network(c) for c in allowlist]
         for version, everything in ((4, "0.0.0.0/0"), (6, "::/0")):
-            nets = [ipaddress.ip_network(c) for c in allowlist]
             family = [n for n in nets if n.version == version and n.prefixlen > 0]
             merged = list(ipaddress.collapse_addresses(family))  # type: ignore[type-var]
             if [str(n) for n in merged] == [everything]:
