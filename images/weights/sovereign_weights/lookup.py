@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from sovereign_weights.errors import WeightsError
 from sovereign_weights.layout import ObjectLocation, local_manifest_path
 from sovereign_weights.manifest import Manifest, ManifestError
+from sovereign_weights.store import error_code
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -30,7 +31,7 @@ def fetch_manifest(client: S3Client, location: ObjectLocation, revision: str) ->
     try:
         body = client.get_object(Bucket=location.bucket, Key=key)["Body"].read()
     except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "?")
+        code = error_code(exc)
         if code in {"NoSuchKey", "404"}:
             raise WeightsError(f"no manifest at {uri}; was the revision published?") from exc
         raise WeightsError(f"reading {uri}: {code}") from exc

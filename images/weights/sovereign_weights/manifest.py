@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -124,6 +124,18 @@ class ModelFacts(_Schema):
             tensor_bytes=manifest.tensor_bytes,
             tensor_dtypes=manifest.tensor_dtypes,
             tensor_source=manifest.tensor_source,
+        )
+
+    def manifest(self, model: str, revision: str, files: Sequence[ManifestFile]) -> Manifest:
+        """The manifest of ``files`` carrying these facts; pydantic's error when it is invalid."""
+        return Manifest(
+            model=model,
+            revision=revision,
+            files=tuple(files),
+            config=self.config,
+            tensor_bytes=self.tensor_bytes,
+            tensor_dtypes=self.tensor_dtypes,
+            tensor_source=self.tensor_source,
         )
 
 
@@ -319,14 +331,6 @@ def build_manifest(
         if on_file is not None:
             on_file(relative, entries[-1].size)
     try:
-        return Manifest(
-            model=model,
-            revision=revision,
-            files=tuple(entries),
-            config=facts.config,
-            tensor_bytes=facts.tensor_bytes,
-            tensor_dtypes=facts.tensor_dtypes,
-            tensor_source=facts.tensor_source,
-        )
+        return facts.manifest(model, revision, entries)
     except ValueError as exc:
         raise ManifestError(f"{directory}: {_first_error(exc)}") from exc

@@ -34,6 +34,7 @@ from sovereign_weights.manifest import (
     model_files,
 )
 from sovereign_weights.report import Reporter, human_bytes
+from sovereign_weights.store import error_code
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -147,15 +148,7 @@ class Publisher:
             )
         facts = describe_directory(directory)
         try:
-            manifest = Manifest(
-                model=self.model,
-                revision=self.revision,
-                files=tuple(f.entry for f in files),
-                config=facts.config,
-                tensor_bytes=facts.tensor_bytes,
-                tensor_dtypes=facts.tensor_dtypes,
-                tensor_source=facts.tensor_source,
-            )
+            manifest = facts.manifest(self.model, self.revision, [f.entry for f in files])
         except ValueError as exc:
             raise ManifestError(f"{directory}: {exc}") from exc
         result = PublishResult(manifest)
@@ -185,7 +178,7 @@ class Publisher:
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
+            if error_code(exc) in {"NoSuchKey", "404"}:
                 return None
             raise
         return Manifest.from_json(body, source=f"s3://{self.bucket}/{key}")
@@ -196,7 +189,7 @@ class Publisher:
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404", "NotFound"}:
+            if error_code(exc) in {"NoSuchKey", "404", "NotFound"}:
                 return None
             raise
         if head["ContentLength"] != size:

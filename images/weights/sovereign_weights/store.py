@@ -16,9 +16,15 @@ from urllib.parse import urlsplit
 from sovereign_weights.errors import EndpointRefused, UsageError
 
 if TYPE_CHECKING:
+    from botocore.exceptions import ClientError
     from mypy_boto3_s3 import S3Client
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def error_code(exc: ClientError) -> str:
+    """The S3 error code of a failed request (``NoSuchKey``, ``404``...), ``?`` when it has none."""
+    return exc.response.get("Error", {}).get("Code", "?")
 
 
 def normalize_endpoint(url: str) -> str:

@@ -48,6 +48,7 @@ from sovereign_weights.layout import CachePaths, ObjectLocation
 from sovereign_weights.lookup import fetch_manifest
 from sovereign_weights.manifest import Manifest, ManifestError, ManifestFile
 from sovereign_weights.report import Reporter, human_bytes
+from sovereign_weights.store import error_code
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -340,14 +341,15 @@ class Warmer:
         self.paths.partial_dir.mkdir(exist_ok=True)
         todo = [e for e in manifest.files if not self._verified_in_staging(e)]
         evicted = self._make_room(manifest, todo)
+        todo_bytes = sum(e.size for e in todo)
         self.reporter.event(
             "fetch",
             f"{self.what}: fetching {len(todo)} of {len(manifest.files)} file(s) "
-            f"({human_bytes(sum(e.size for e in todo))}) into {self.paths.complete_dir}",
+            f"({human_bytes(todo_bytes)}) into {self.paths.complete_dir}",
             model=self.target.model,
             revision=self.target.revision,
             files=len(todo),
-            bytes=sum(e.size for e in todo),
+            bytes=todo_bytes,
         )
         parts: list[PartFile] = []
         try:
@@ -423,6 +425,7 @@ class Warmer:
 
     def _fetch_and_verify(self, client: S3Client, parts: list[PartFile]) -> None:
         pending = list(parts)
+        mismatched: list[tuple[PartFile, str]] = []
         for round_ in range(self.settings.refetches + 1):
             if not pending:
                 return
@@ -438,10 +441,10 @@ class Warmer:
                     )
                     part.reset()
             pending = [part for part, _ in mismatched]
-        if pending:
-            detail = "; ".join(f"{p.entry.path}: {self._mismatch(p)}" for p in pending)
+        if mismatched:
+            detail = "; ".join(f"{part.entry.path}: {reason}" for part, reason in mismatched)
             raise VerificationFailed(
-                f"{self.what}: {len(pending)} file(s) do not match the manifest after "
+                f"{self.what}: {len(mismatched)} file(s) do not match the manifest after "
                 f"{self.settings.refetches + 1} fetch(es): {detail}; not marked complete"
             )
 
@@ -476,7 +479,7 @@ class Warmer:
             try:
                 self._stream_part(client, key, part, index, started)
             except ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code", "?")
+                code = error_code(exc)
                 if code in {"InvalidRange", "416"}:
                     return  # shorter than the manifest: verification names it
                 if code in {"NoSuchKey", "404", "AccessDenied", "403"}:
