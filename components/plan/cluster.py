@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from components.config.models import HostSpec, StackConfig
 
 LABEL_PREFIX = "sovereign-inference"
+# Node labels the inference plan places pods by (components.plan.kubernetes.spec re-exports them).
+COUNTRY_LABEL = f"{LABEL_PREFIX}/country"
+GPU_COUNT_LABEL = f"{LABEL_PREFIX}/gpu-count"
+GPU_MODEL_LABEL = f"{LABEL_PREFIX}/gpu-model"
 
 
 def node_region(host: HostSpec) -> str:
@@ -19,13 +24,13 @@ def node_labels(config: StackConfig, host: HostSpec) -> dict[str, str]:
     labels = {
         "topology.kubernetes.io/region": node_region(host),
         "topology.kubernetes.io/zone": host.datacenter.lower(),
-        f"{LABEL_PREFIX}/country": host.country,
+        COUNTRY_LABEL: host.country,
         f"{LABEL_PREFIX}/provider": host.provider.lower(),
         f"{LABEL_PREFIX}/environment": config.environment,
-        f"{LABEL_PREFIX}/gpu-count": str(host.gpu.count),
+        GPU_COUNT_LABEL: str(host.gpu.count),
     }
     if host.gpu.model:
-        labels[f"{LABEL_PREFIX}/gpu-model"] = host.gpu.model
+        labels[GPU_MODEL_LABEL] = host.gpu.model
     labels.update(config.k3s.labels)
     labels.update(host.labels)
     return labels
@@ -45,8 +50,16 @@ def kubernetes_objects(config: StackConfig) -> list[dict[str, Any]]:
 K3S_API_PORT = 6443
 
 
+def api_url(address: str) -> str:
+    """The K3s API server's URL at ``address`` (a host name or an IP; IPv6 in brackets)."""
+    try:
+        ipv6 = ipaddress.ip_address(address).version == 6
+    except ValueError:
+        ipv6 = False  # a host name
+    return f"https://[{address}]:{K3S_API_PORT}" if ipv6 else f"https://{address}:{K3S_API_PORT}"
+
+
 def api_server_url(config: StackConfig) -> str:
     """Where clients outside the cluster reach the API server: the first ``tlsSans`` entry
     (always in the serving certificate), else the first server's address."""
-    host = config.k3s.tls_sans[0] if config.k3s.tls_sans else config.servers[0].address
-    return f"https://[{host}]:{K3S_API_PORT}" if ":" in host else f"https://{host}:{K3S_API_PORT}"
+    return api_url(config.k3s.tls_sans[0] if config.k3s.tls_sans else config.servers[0].address)

@@ -20,7 +20,7 @@ import yaml
 
 from components.config.catalog import GPU_MODELS
 from components.config.models import CacheSpec, HostSpec, StackConfig
-from components.plan.cluster import node_labels
+from components.plan.cluster import api_url, node_labels
 from components.plan.templates import render_template
 
 # Exit statuses shared by every step script and the executor (one definition, used both sides).
@@ -278,7 +278,7 @@ def k3s_config(config: StackConfig, host: HostSpec) -> dict[str, Any]:
     if host.taints:
         settings["node-taint"] = list(host.taints)
     if role != "server-init":
-        settings["server"] = f"https://{_url_host(first.address)}:6443"
+        settings["server"] = api_url(first.address)
     if role == "server-init":
         settings["cluster-init"] = True
     if role != "agent":
@@ -290,13 +290,6 @@ def k3s_config(config: StackConfig, host: HostSpec) -> dict[str, Any]:
     if host.gpu.count:
         settings["default-runtime"] = "nvidia"
     return settings
-
-
-def _url_host(address: str) -> str:
-    try:
-        return f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
-    except ValueError:
-        return address
 
 
 def k3s_registries(config: StackConfig) -> dict[str, Any]:

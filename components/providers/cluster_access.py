@@ -118,18 +118,24 @@ def _log(line: str) -> None:
     log_line("cluster-access", line)
 
 
+def _list_nodes(session: Any, props: dict[str, Any]) -> str | None:
+    """``kubectl get nodes -o json`` on the server, or None when it failed."""
+    kubectl = str(props.get("kubectl") or K3S_KUBECTL)
+    result = session.run_script(f"{kubectl} get nodes -o json\n", timeout=60)
+    return str(result.stdout) if result.exit_status == 0 else None
+
+
 def wait_for_nodes(session: Any, props: dict[str, Any]) -> NodeReadiness:
     """Poll the node list until every expected node is Ready, or raise when time runs out."""
     expected = [str(n) for n in props["nodes"]]
-    kubectl = str(props.get("kubectl") or K3S_KUBECTL)
     timeout = float(props.get("readyTimeoutSeconds") or 600)
     poll = float(props.get("pollSeconds") or 5)
     deadline = time.monotonic() + timeout
     last = NodeReadiness((), (), tuple(expected))
     while True:
-        result = session.run_script(f"{kubectl} get nodes -o json\n", timeout=60)
-        if result.exit_status == 0:
-            last = node_readiness(result.stdout, expected)
+        listed = _list_nodes(session, props)
+        if listed is not None:
+            last = node_readiness(listed, expected)
             if last.complete:
                 return last
         if time.monotonic() + poll > deadline:
@@ -154,10 +160,7 @@ def read_kubeconfig(session: Any, props: dict[str, Any]) -> str:
 
 def current_readiness(session: Any, props: dict[str, Any]) -> NodeReadiness:
     """The nodes as they are now, in one look."""
-    kubectl = str(props.get("kubectl") or K3S_KUBECTL)
-    result = session.run_script(f"{kubectl} get nodes -o json\n", timeout=60)
-    expected = [str(n) for n in props["nodes"]]
-    return node_readiness(result.stdout if result.exit_status == 0 else "", expected)
+    return node_readiness(_list_nodes(session, props) or "", [str(n) for n in props["nodes"]])
 
 
 def access_cluster(props: dict[str, Any], *, wait: bool = True) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from components.config.models import HostSpec, StackConfig
+from components.config.models import HostSpec, StackConfig, image_registry
 from components.plan.checks import LAYERS
 from components.plan.cluster import node_labels
 from components.plan.kubernetes.models import TELEMETRY_OPT_OUTS as PLANNED_TELEMETRY_OPT_OUTS
@@ -309,8 +309,6 @@ def _pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def _image_checks(config: StackConfig, workload: dict[str, Any]) -> list[CheckResult]:
-    from components.config.models import image_registry  # noqa: PLC0415
-
     allowed = set(config.residency.allowed_registries)
     pod = _pod_spec(workload)
     results = []
@@ -620,8 +618,6 @@ def _registry_checks(ctx: Context) -> list[CheckResult]:
     ]
     images_json = ctx.facts.get("images")
     if images_json:
-        from components.config.models import image_registry  # noqa: PLC0415
-
         tags = [
             t
             for image in json.loads(images_json).get("images", [])

@@ -24,6 +24,7 @@ from components.config.models import (
     StackConfig,
     inference_residency_problems,
 )
+from components.plan import cluster
 from components.plan.cluster import LABEL_PREFIX
 
 # --- namespaces -----------------------------------------------------------------------------
@@ -40,9 +41,10 @@ SYSTEM_NAMESPACE: Final = "kube-system"
 PART_OF: Final = {"app.kubernetes.io/part-of": "sovereign-inference"}
 COMPONENT_LABEL: Final = "app.kubernetes.io/component"
 MODEL_LABEL: Final = f"{LABEL_PREFIX}/model"
-GPU_MODEL_LABEL: Final = f"{LABEL_PREFIX}/gpu-model"
-GPU_COUNT_LABEL: Final = f"{LABEL_PREFIX}/gpu-count"
-COUNTRY_LABEL: Final = f"{LABEL_PREFIX}/country"
+# Node labels, as K3s sets them on each node (components.plan.cluster.node_labels).
+GPU_MODEL_LABEL: Final = cluster.GPU_MODEL_LABEL
+GPU_COUNT_LABEL: Final = cluster.GPU_COUNT_LABEL
+COUNTRY_LABEL: Final = cluster.COUNTRY_LABEL
 # Set by the API server on every namespace since Kubernetes 1.22.
 NAMESPACE_NAME_LABEL: Final = "kubernetes.io/metadata.name"
 HOSTNAME_LABEL: Final = "kubernetes.io/hostname"
