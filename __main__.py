@@ -8,7 +8,7 @@ from components.config import load_pulumi_config
 from components.fleet import Fleet, FleetSpec
 from components.inference_stack import InferenceStack
 from components.k3s_cluster import K3sCluster, K3sClusterSpec
-from components.manifests import model_facts_for
+from components.manifests import default_manifest_cache, model_facts_for
 from components.plan.kubernetes import InferenceStackSpec
 from components.plan.sizing import size_stack
 
@@ -18,7 +18,7 @@ stack = load_pulumi_config(Path(project_dir))
 # Size every model before anything is built: its manifest comes from the model's EU object store at
 # preview (kept under .cache/manifests, where `sovereign size` also keeps them), else from that cache.
 model_facts, unread = model_facts_for(
-    stack, Path(project_dir) / ".cache" / "manifests", fetch=pulumi.runtime.is_dry_run()
+    stack, default_manifest_cache(Path(project_dir)), fetch=pulumi.runtime.is_dry_run()
 )
 sizing = size_stack(stack, model_facts)
 for line in unread:
