@@ -204,6 +204,7 @@ def _from_dir(text: str) -> tuple[str, Path]:
 def _cmd_size(args: argparse.Namespace) -> int:
     from components.config.loader import project_dir_for  # noqa: PLC0415
     from components.manifests import default_manifest_cache, model_facts_for  # noqa: PLC0415
+    from components.plan.kubernetes.models import model_host_memory  # noqa: PLC0415
     from components.plan.sizing import size_stack  # noqa: PLC0415
 
     stack_file = Path(args.file)
@@ -221,6 +222,9 @@ def _cmd_size(args: argparse.Namespace) -> int:
     report = size_stack(config, facts)
     for sizing in report.models:
         print(sizing.line())
+    # host memory needs no manifest: every model's pod requests it from config alone
+    for model in config.inference.models:
+        print(model_host_memory(model).line(model.name))
     for warning in report.warnings:
         print(f"{args.file}: warning: {warning}", file=sys.stderr)
     for problem in report.problems:
@@ -322,7 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     policy.set_defaults(func=_cmd_policy_config)
 
     size = sub.add_parser(
-        "size", help="VRAM each model needs per replica vs what its GPUs give (from manifests)"
+        "size",
+        help="VRAM each model needs per replica vs what its GPUs give (from manifests), "
+        "and the host memory a replica requests",
     )
     size.add_argument("file", metavar="FILE", help="stacks/Pulumi.<env>.yaml")
     size.add_argument(

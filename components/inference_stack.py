@@ -15,6 +15,7 @@ import pulumi_kubernetes as k8s
 from components.plan.kubernetes import ChartRelease, InferenceStackSpec, inference_plan
 from components.plan.kubernetes.gateway import gateway_url, route_table
 from components.plan.kubernetes.objects import Obj
+from components.plan.kubernetes.spec import MODELS_NAMESPACE
 
 ResourceClass = Callable[..., pulumi.CustomResource]
 
@@ -90,10 +91,12 @@ class InferenceStack(pulumi.ComponentResource):
 
     Resources, in order: namespaces (with Pod Security levels) and NetworkPolicies; RuntimeClass
     ``nvidia`` (unless the cluster is K3s, which ships it); Helm releases of the NVIDIA device
-    plugin, the DCGM exporter and KEDA; the weights warmer (ConfigMap, DaemonSet); per model a
-    Deployment (replicas left to KEDA), a Service and a ``ScaledObject`` (after KEDA, after the
-    warmer); the gateway (route-table ConfigMap, API-key Secret, Deployment, Services,
-    PodDisruptionBudget, Ingress); on K3s the Traefik timeouts (HelmChartConfig).
+    plugin, the DCGM exporter and KEDA (after the models namespace, where it binds a Role); the
+    weights warmer (ConfigMap, DaemonSet); the gateway (route-table ConfigMap, API-key Secret,
+    Deployment, Services, PodDisruptionBudget, Ingress); per model a Deployment (replicas left
+    to KEDA, after the warmer), a Service, a headless Service of its ready replicas and a
+    ``ScaledObject`` (after KEDA and after the gateway's Deployment and Services, whose scaler
+    it names); on K3s the Traefik timeouts (HelmChartConfig).
 
     Give it a ``provider`` for the cluster (``K3sCluster.provider``) or a ``kubeconfig`` (a
     cluster built elsewhere: a provider is made from it).
@@ -161,12 +164,27 @@ class InferenceStack(pulumi.ComponentResource):
             helm_release(f"{name}-{c.name}", c, child([*home(c.namespace), *extra]))
             for c in plan.gpu_charts
         ]
+        # the chart binds a Role in the models namespace (watchNamespace): it must exist first
         self.keda = helm_release(
-            f"{name}-{plan.keda.name}", plan.keda, child(home(plan.keda.namespace))
+            f"{name}-{plan.keda.name}",
+            plan.keda,
+            child([*home(plan.keda.namespace), *home(MODELS_NAMESPACE)]),
         )
         self.warmer = [placed(o) for o in plan.warmer]
+        first = [o for o in plan.gateway if o["kind"] in ("ConfigMap", "Secret")]
+        rest = [o for o in plan.gateway if o["kind"] not in ("ConfigMap", "Secret")]
+        config = [placed(o) for o in first]
+        self.gateway = config + [placed(o, *config) for o in rest]
+        # KEDA dials the gateway's scaler as soon as a ScaledObject exists, and an HPA made while
+        # the scaler cannot answer has no metric: the ScaledObjects wait for the gateway to serve
+        scaler = [
+            r
+            for o, r in zip([*first, *rest], self.gateway, strict=True)
+            if o["kind"] in ("Deployment", "Service")
+        ]
         self.deployments: dict[str, pulumi.CustomResource] = {}
         self.services: dict[str, pulumi.CustomResource] = {}
+        self.replicas_services: dict[str, pulumi.CustomResource] = {}
         self.scaled_objects: dict[str, pulumi.CustomResource] = {}
         for model in plan.models:
             deployment = placed(
@@ -178,10 +196,10 @@ class InferenceStack(pulumi.ComponentResource):
             )
             self.deployments[model.name] = deployment
             self.services[model.name] = placed(model.service)
-            self.scaled_objects[model.name] = placed(model.scaled_object, self.keda, deployment)
-        config = [placed(o) for o in plan.gateway if o["kind"] in ("ConfigMap", "Secret")]
-        rest = [o for o in plan.gateway if o["kind"] not in ("ConfigMap", "Secret")]
-        self.gateway = config + [placed(o, *config) for o in rest]
+            self.replicas_services[model.name] = placed(model.replicas_service)
+            self.scaled_objects[model.name] = placed(
+                model.scaled_object, self.keda, deployment, *scaler
+            )
         self.edge = [wire(o, upstream) for o in plan.edge]
         self.gateway_url: pulumi.Output[str] = pulumi.Output.from_input(gateway_url(spec))
         self.models: pulumi.Output[list[str]] = pulumi.Output.from_input(

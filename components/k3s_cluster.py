@@ -46,8 +46,8 @@ class K3sCluster(pulumi.ComponentResource):
     """The K3s cluster of a stack, once every node is registered and Ready.
 
     Resources: ``<name>-access`` (a ``ClusterAccess``: waits for the nodes, reads the kubeconfig
-    from the first server over its pinned SSH session, server URL set to the first ``tlsSans``
-    entry or the server's address) and ``<name>-k8s`` (a ``pulumi_kubernetes.Provider`` built
+    from the first server over its pinned SSH session, server URL set to ``k3s.apiEndpoint``, by
+    default the first server's address) and ``<name>-k8s`` (a ``pulumi_kubernetes.Provider`` built
     from that kubeconfig). Build it with ``depends_on`` the fleet, so it waits for K3s.
 
     Outputs: ``kubeconfig`` (a secret), ``server_url``, ``ready_nodes``; ``provider`` for

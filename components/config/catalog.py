@@ -143,3 +143,63 @@ def region_country(value: str, provider: str | None = None) -> str | None:
             if candidate in table:
                 return table[candidate]
     return None
+
+
+# The entry points the Traefik chart's values define for HTTP (port 80) and HTTPS (port 443).
+TRAEFIK_WEB_ENTRY_POINT = "web"
+TRAEFIK_WEBSECURE_ENTRY_POINT = "websecure"
+
+
+@dataclass(frozen=True)
+class PackagedTraefik:
+    """The Traefik Helm chart one K3s release line installs, and what the edge plan relies on in
+    it (its values' entry-point names and the port the ``websecure`` Service exposes)."""
+
+    chart_version: str  # as K3s serves it from /static/charts (k3s-io/k3s-charts)
+    upstream_chart_version: str  # the traefik/traefik-helm-chart tag it is built from
+    traefik_major: int
+    first_patch: int  # earlier patch releases of the line packaged another chart
+    web_entry_point: str = TRAEFIK_WEB_ENTRY_POINT
+    websecure_entry_point: str = TRAEFIK_WEBSECURE_ENTRY_POINT
+    websecure_exposed_port: int = 443
+
+
+# K3s minor -> the Traefik chart its releases package (K3s ``manifests/traefik.yaml``), checked
+# against the chart's own template in tests/data/traefik-chart-<upstream version>/.
+# v1.31: chart 27.0.201+up27.0.2 (Traefik v2.11) from v1.31.2; v1.31.0 and v1.31.1 came before it.
+# Not listed: v1.32 and later change the packaged chart inside the line (k3s-io/k3s #11744:
+# Traefik v3 from v1.32.1; #13805 and its backports #13812-#13815: chart 39.0.501+up39.0.5 in the
+# 2026-03 patches of v1.32 to v1.35), so a minor alone does not name their chart.
+K3S_PACKAGED_TRAEFIK: dict[str, PackagedTraefik] = {
+    "1.31": PackagedTraefik(
+        chart_version="27.0.201+up27.0.2",
+        upstream_chart_version="27.0.2",
+        traefik_major=2,
+        first_patch=2,
+    ),
+}
+
+_K3S_RELEASE = re.compile(r"v([0-9]+\.[0-9]+)\.([0-9]+)\+k3s[0-9]+", re.ASCII)
+
+
+def packaged_traefik(k3s_version: str) -> PackagedTraefik:
+    """The Traefik chart K3s ``k3s_version`` (``v1.31.6+k3s1``) packages.
+
+    Raises ValueError naming the releases the table knows when it does not know this one: the
+    edge timeouts are set in a form only a known chart is checked to pass through."""
+    match = _K3S_RELEASE.fullmatch(k3s_version)
+    known = "; ".join(
+        f"v{minor}.{entry.first_patch} or a later v{minor} patch (Traefik chart "
+        f"{entry.chart_version})"
+        for minor, entry in sorted(K3S_PACKAGED_TRAEFIK.items())
+    )
+    if not match:
+        raise ValueError(f"expected a K3s release like v1.31.6+k3s1: {known}")
+    minor, patch = match.group(1), int(match.group(2))
+    entry = K3S_PACKAGED_TRAEFIK.get(minor)
+    if entry is None or patch < entry.first_patch:
+        raise ValueError(
+            f"K3s v{minor}.{patch} packages a Traefik chart this toolkit has not checked its edge "
+            f"settings against; expected {known}"
+        )
+    return entry

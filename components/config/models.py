@@ -42,6 +42,7 @@ from components.config.catalog import (
     CUDA_MIN_DRIVER_BRANCH,
     EU_EEA_COUNTRIES,
     GPU_MODELS,
+    packaged_traefik,
     provider_locations,
     region_country,
 )
@@ -250,6 +251,35 @@ def _not_everything(value: str) -> str:
     return value
 
 
+def _not_every_client(value: str) -> str:
+    if ipaddress.ip_network(value).prefixlen == 0:
+        raise ValueError(
+            "opens the API server to every address; expected the ranges of the machines that "
+            "run pulumi (omit apiAllowedCidrs to allow only the cluster's nodes)"
+        )
+    return value
+
+
+def everything_covered_problems(
+    field: str, ranges: tuple[str, ...], expected: str
+) -> list[Problem]:
+    """One problem per address family whose ranges, merged, cover every address of it."""
+    nets = [ipaddress.ip_network(r) for r in ranges]
+    problems = []
+    for version, everything in ((4, "0.0.0.0/0"), (6, "::/0")):
+        family = [n for n in nets if n.version == version]
+        merged = list(ipaddress.collapse_addresses(family))  # type: ignore[type-var]
+        if [str(n) for n in merged] == [everything]:
+            problems.append(
+                Problem(
+                    field,
+                    f"its IPv{version} ranges together cover every address ({everything}); "
+                    f"expected {expected}",
+                )
+            )
+    return problems
+
+
 def _port(value: str) -> int:
     if not re.fullmatch(r"[1-9][0-9]{0,4}", value, _A) or int(value) > 65535:
         raise ValueError("expected a port from 1 to 65535")
@@ -359,6 +389,11 @@ def _version(pattern: str, example: str) -> AfterValidator:
         return value
 
     return AfterValidator(check)
+
+
+def _k3s_release_with_known_traefik(value: str) -> str:
+    packaged_traefik(value)
+    return value
 
 
 def _label_key(value: str) -> str:
@@ -545,6 +580,7 @@ HostOrIp = Annotated[str, AfterValidator(_host_or_ip)]
 IpAddress = Annotated[str, AfterValidator(_ip_only)]
 Cidr = Annotated[str, AfterValidator(_cidr)]
 AllowlistEntry = Annotated[str, AfterValidator(_cidr), AfterValidator(_not_everything)]
+ApiClientRange = Annotated[str, AfterValidator(_cidr), AfterValidator(_not_every_client)]
 Country = Annotated[str, AfterValidator(_country)]
 PublicIp = Annotated[str, AfterValidator(_public_ip)]
 Fingerprint = Annotated[str, AfterValidator(_fingerprint)]
@@ -769,13 +805,24 @@ class K3sSpec(Model):
     """The K3s cluster: pinned release, network ranges, and what goes into its config."""
 
     install: bool = True
-    version: Annotated[str, _version(r"v1\.[0-9]{2}\.[0-9]{1,2}\+k3s[0-9]", "v1.31.6+k3s1")]
+    version: Annotated[
+        str,
+        _version(r"v1\.[0-9]{2}\.[0-9]{1,2}\+k3s[0-9]", "v1.31.6+k3s1"),
+        # the release picks the Traefik chart the edge settings must pass through
+        AfterValidator(_k3s_release_with_known_traefik),
+    ]
     installer_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     # a directory on every host holding k3s-airgap-images-*.tar*
     airgap_bundle: HostPath | None = None
     cluster_cidr: Cidr = "10.42.0.0/16"
     service_cidr: Cidr = "10.43.0.0/16"
     tls_sans: tuple[HostOrIp, ...] = ()
+    # the host name or IP clients outside the cluster (pulumi, kubectl) use for the API server;
+    # unset: the first server's address. Always in the servers' serving certificate.
+    api_endpoint: HostOrIp | None = None
+    # ranges outside the cluster that may reach the API port (mutual TLS behind K3s's client
+    # certificates); empty: only the cluster's nodes
+    api_allowed_cidrs: tuple[ApiClientRange, ...] = ()
     secrets_encryption: bool = True
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
 
@@ -802,6 +849,12 @@ class K3sSpec(Model):
                 Problem("serviceCidr", "overlaps clusterCidr; expected disjoint ranges")
             )
         problems += duplicate_problems("tlsSans", self.tls_sans, "name")
+        problems += duplicate_problems("apiAllowedCidrs", self.api_allowed_cidrs, "range")
+        problems += everything_covered_problems(
+            "apiAllowedCidrs",
+            self.api_allowed_cidrs,
+            "the ranges of the machines that run pulumi or kubectl",
+        )
         if problems:
             raise CrossFieldProblems(problems)
         return self
@@ -912,6 +965,9 @@ class GatewaySpec(Model):
     max_pending_requests: int = Field(default=1000, ge=1, le=100000)
     replicas: int = Field(default=2, ge=1, le=32)
     tls_secret: DnsSubdomain | None = None
+    # serve the OpenAI endpoint on port 80 without TLS: API keys and prompts then cross the
+    # network in clear text, so a stack says so on purpose (a closed lab)
+    plain_http: bool = False
     tenants: tuple[TenantSpec, ...] = ()
 
     @model_validator(mode="after")
@@ -1005,6 +1061,33 @@ class InferenceSpec(Model):
             raise CrossFieldProblems(problems)
         return self
 
+    @model_validator(mode="after")
+    def _gateway_over_tls(self) -> InferenceSpec:
+        # checked here, not in GatewaySpec: a stack without a gateway section gets the default
+        # GatewaySpec, which has no certificate and must be refused as well
+        gateway = self.gateway
+        if gateway.plain_http and gateway.tls_secret:
+            raise CrossFieldProblems(
+                [
+                    Problem(
+                        "gateway.plainHttp",
+                        "true while gateway.tlsSecret is set; expected one of the two",
+                    )
+                ]
+            )
+        if not gateway.plain_http and not gateway.tls_secret:
+            raise CrossFieldProblems(
+                [
+                    Problem(
+                        "gateway.tlsSecret",
+                        "required: the name of the kubernetes.io/tls Secret in the gateway's "
+                        "namespace that the ingress serves HTTPS with (API keys travel in every "
+                        "request); or set gateway.plainHttp: true to serve plain HTTP on purpose",
+                    )
+                ]
+            )
+        return self
+
     def images(self) -> list[tuple[str, str]]:
         """Every image the stack runs, with the field path that names it."""
         found = [
@@ -1048,18 +1131,9 @@ class ResidencyPolicy(Model):
         problems += duplicate_problems("ntpServers", self.ntp_servers, "server")
         allowlist = self.egress_allowlist or ()
         problems += duplicate_problems("egressAllowlist", allowlist, "range")
-        nets = [ipaddress.ip_network(c) for c in allowlist]
-        for version, everything in ((4, "0.0.0.0/0"), (6, "::/0")):
-            family = [n for n in nets if n.version == version and n.prefixlen > 0]
-            merged = list(ipaddress.collapse_addresses(family))  # type: ignore[type-var]
-            if [str(n) for n in merged] == [everything]:
-                problems.append(
-                    Problem(
-                        "egressAllowlist",
-                        f"its IPv{version} ranges together cover every address ({everything}); "
-                        "expected the ranges hosts may reach",
-                    )
-                )
+        problems += everything_covered_problems(
+            "egressAllowlist", allowlist, "the ranges hosts may reach"
+        )
         if problems:
             raise CrossFieldProblems(problems)
         return self
@@ -1260,6 +1334,16 @@ class StackConfig(Model):
                             "address is in (pods and services would shadow the host)",
                         )
                     )
+        endpoint = self.k3s.api_endpoint
+        for i, host in enumerate(self.hosts):
+            if endpoint and host.role == "agent" and host_key(host.address) == host_key(endpoint):
+                problems.append(
+                    Problem(
+                        "k3s.apiEndpoint",
+                        f"is the address of hosts[{i}], an agent, which serves no API; expected "
+                        "a server's address or a name that reaches the servers",
+                    )
+                )
         return problems + self._server_count_problems()
 
     def _server_count_problems(self) -> list[Problem]:

@@ -40,6 +40,7 @@ from components.lab.qemu import (
     NvmeDrive,
     guest_command,
     nvme_hotplug_commands,
+    port_forward_command,
     restore_state_command,
 )
 from components.lab.qmp import QmpClient
@@ -149,6 +150,26 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+def forward_port(host: InventoryHost, guest_port: int, timeouts: LabTimeouts) -> int:
+    """Forward a free loopback port to ``guest_port`` of the running ``host``; returns that port.
+    Lets a test reach a service in the guest the way a machine outside the cluster would."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        host_port = int(probe.getsockname()[1])
+    command, arguments = port_forward_command(host_port, guest_port)
+    with QmpClient.connect(
+        HostLayout(host.host_dir).qmp_socket,
+        timeouts.qmp_socket_s,
+        timeouts.qmp_reply_s,
+        timeouts.poll_interval_s,
+    ) as qmp:
+        # the human monitor answers errors as text, not as a QMP error
+        answer = str(qmp.execute(command, arguments)).strip()
+    if answer:
+        raise LabError(f"{host.name}: forwarding port {host_port} to {guest_port}: {answer}")
+    return host_port
 
 
 def create_sparse_image(path: Path, size_bytes: int) -> None:

@@ -24,6 +24,8 @@ from components.lab.settings import LOOPBACK, GuestShape
 QEMU_BINARY = "qemu-system-x86_64"
 ROOT_NODE = "root"
 SSH_GUEST_PORT = 22
+# the guest's user-mode network; ports forwarded at run time name it
+NETDEV_ID = "net0"
 
 
 @dataclass(frozen=True)
@@ -111,9 +113,9 @@ def guest_command(
         "-device",
         f"virtio-blk-pci,drive={ROOT_NODE},id=root-disk",
         "-netdev",
-        f"user,id=net0,hostfwd=tcp:{LOOPBACK}:{ssh_port}-:{SSH_GUEST_PORT}",
+        f"user,id={NETDEV_ID},hostfwd=tcp:{LOOPBACK}:{ssh_port}-:{SSH_GUEST_PORT}",
         "-device",
-        "virtio-net-pci,netdev=net0,id=nic0",
+        f"virtio-net-pci,netdev={NETDEV_ID},id=nic0",
         "-device",
         "virtio-rng-pci,id=rng0",
         "-device",
@@ -151,6 +153,14 @@ def save_state_commands(state_file: Path, max_bandwidth_bytes: int) -> list[QmpC
 def restore_state_command(state_file: Path) -> QmpCommand:
     """Load a state written by :func:`save_state_commands` into a guest started ``incoming``."""
     return ("migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(state_file))}"})
+
+
+def port_forward_command(host_port: int, guest_port: int) -> QmpCommand:
+    """Forward ``LOOPBACK:host_port`` to the guest's TCP ``guest_port`` on a running guest. QMP has
+    no command of its own for this; the human monitor's ``hostfwd_add`` is the way. Connections
+    arrive in the guest from the user-mode network's gateway (10.0.2.2)."""
+    line = f"hostfwd_add {NETDEV_ID} tcp:{LOOPBACK}:{host_port}-:{guest_port}"
+    return ("human-monitor-command", {"command-line": line})
 
 
 def nvme_hotplug_commands(drives: list[NvmeDrive]) -> list[QmpCommand]:

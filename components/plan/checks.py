@@ -6,9 +6,15 @@ from dataclasses import dataclass
 
 from components.config.models import HostSpec, StackConfig
 from components.plan.cluster import node_labels
+from components.plan.kubernetes.spec import RUNTIME_CLASS
 
 # Verification layers, in the order they are judged and reported (see components.verification).
 LAYERS = ("host", "driver", "runtime", "cache", "k3s", "inference", "residency")
+# Only pods that name the RuntimeClass get NVIDIA's runtime: as containerd's default it would hand
+# the GPUs to any container that asks by environment variable.
+NO_DEFAULT_NVIDIA_RUNTIME = (
+    f"no {RUNTIME_CLASS}* default runtime (GPU pods name the {RUNTIME_CLASS} RuntimeClass)"
+)
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,8 @@ def host_checks(config: StackConfig, host: HostSpec) -> list[Check]:
             Check("cache", "members", ", ".join(d.id for d in host.nvme)),
             Check("cache", "persistent", "in /etc/fstab by UUID with noatime"),
         ]
+    if config.k3s.install:
+        checks.append(Check("runtime", "default-runtime", NO_DEFAULT_NVIDIA_RUNTIME))
     checks.append(Check("k3s", "version", config.k3s.version))
     for key, value in sorted(node_labels(config, host).items()):
         checks.append(Check("k3s", f"label:{key}", value))

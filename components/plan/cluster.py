@@ -59,7 +59,13 @@ def api_url(address: str) -> str:
     return f"https://[{address}]:{K3S_API_PORT}" if ipv6 else f"https://{address}:{K3S_API_PORT}"
 
 
+def api_endpoint(config: StackConfig) -> str:
+    """The host name or IP clients outside the cluster use for the API server: ``k3s.apiEndpoint``,
+    else the first server's address. Not a ``tlsSans`` entry: those name the gateway too, which
+    may resolve to an agent that serves no API."""
+    return config.k3s.api_endpoint or config.servers[0].address
+
+
 def api_server_url(config: StackConfig) -> str:
-    """Where clients outside the cluster reach the API server: the first ``tlsSans`` entry
-    (always in the serving certificate), else the first server's address."""
-    return api_url(config.k3s.tls_sans[0] if config.k3s.tls_sans else config.servers[0].address)
+    """Where clients outside the cluster reach the API server (see :func:`api_endpoint`)."""
+    return api_url(api_endpoint(config))

@@ -10,17 +10,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 import yaml
+from sovereign_weights.layout import CACHE_FILESYSTEM_MARKER
 
 from components.config.catalog import GPU_MODELS
-from components.config.models import CacheSpec, HostSpec, StackConfig
-from components.plan.cluster import api_url, node_labels
+from components.config.models import CacheSpec, HostSpec, StackConfig, host_key
+from components.plan.cluster import K3S_API_PORT, api_endpoint, api_url, node_labels
 from components.plan.templates import render_template
 
 # Exit statuses shared by every step script and the executor (one definition, used both sides).
@@ -236,10 +238,21 @@ def _driver_pins(config: StackConfig, _host: HostSpec) -> dict[str, str]:
     return {"nvidia.driverVersion": config.nvidia.driver_version}
 
 
+# nvidia-container-runtime settings (top-level keys of its config.toml at the pinned toolkit):
+# an unprivileged container (no CAP_SYS_ADMIN) gets GPUs only from the device list the device
+# plugin mounts for the GPUs it was allocated, never from an NVIDIA_VISIBLE_DEVICES it sets itself.
+# The device plugin chart's deviceListStrategy must match (components.plan.kubernetes.charts).
+CONTAINER_TOOLKIT_SETTINGS = {
+    "accept-nvidia-visible-devices-envvar-when-unprivileged": "false",
+    "accept-nvidia-visible-devices-as-volume-mounts": "true",
+}
+
+
 def _cuda_vars(config: StackConfig, _host: HostSpec) -> dict[str, Any]:
     nvidia = config.nvidia
     major, minor = nvidia.cuda_version.split(".")[:2]
     return {
+        "toolkit_settings": [f"{k}={v}" for k, v in CONTAINER_TOOLKIT_SETTINGS.items()],
         "nvidia_repo_base": NVIDIA_REPO_BASE,
         "cuda_version": f"{major}.{minor}",
         "cuda_package": f"cuda-toolkit-{major}-{minor}",
@@ -255,7 +268,16 @@ def _cuda_pins(config: StackConfig, _host: HostSpec) -> dict[str, str]:
     }
 
 
-K3S_INSTALLER_URL = "https://get.k3s.io"
+K3S_SOURCE = "https://raw.githubusercontent.com/k3s-io/k3s"
+
+
+def k3s_installer_url(version: str) -> str:
+    """The install script as released with ``version`` (``install.sh`` at its tag): a pinned
+    sha256 holds for it, while get.k3s.io serves whatever the main branch has today."""
+    # "+" in a tag (v1.31.6+k3s1) is sent encoded, so no server reads it as a space
+    return f"{K3S_SOURCE}/{quote(version, safe='')}/install.sh"
+
+
 K3S_MIRRORED_REGISTRIES = ("docker.io", "ghcr.io", "quay.io", "registry.k8s.io", "nvcr.io")
 
 
@@ -282,14 +304,22 @@ def k3s_config(config: StackConfig, host: HostSpec) -> dict[str, Any]:
     if role == "server-init":
         settings["cluster-init"] = True
     if role != "agent":
-        settings["tls-san"] = [*config.k3s.tls_sans, host.address]
+        settings["tls-san"] = _each_once((*config.k3s.tls_sans, api_endpoint(config), host.address))
         settings["secrets-encryption"] = config.k3s.secrets_encryption
         settings["cluster-cidr"] = config.k3s.cluster_cidr
         settings["service-cidr"] = config.k3s.service_cidr
         settings["write-kubeconfig-mode"] = "0600"
-    if host.gpu.count:
-        settings["default-runtime"] = "nvidia"
+    # no "default-runtime": a container gets the nvidia runtime only through the RuntimeClass,
+    # never by default, so an image that sets NVIDIA_VISIBLE_DEVICES=all sees no GPU it did not ask for
     return settings
+
+
+def _each_once(names: tuple[str, ...]) -> list[str]:
+    """``names`` in order, each host name or address once (IPv6 forms and case compared)."""
+    seen: dict[str, str] = {}
+    for name in names:
+        seen.setdefault(host_key(name), name)
+    return list(seen.values())
 
 
 def k3s_registries(config: StackConfig) -> dict[str, Any]:
@@ -308,7 +338,7 @@ def _k3s_vars(config: StackConfig, host: HostSpec) -> dict[str, Any]:
     return {
         "k3s_role": k3s_role(config, host),
         "k3s_version": config.k3s.version,
-        "installer_url": K3S_INSTALLER_URL,
+        "installer_url": k3s_installer_url(config.k3s.version),
         "installer_sha256": config.k3s.installer_sha256 or "",
         "airgap_bundle": config.k3s.airgap_bundle or "",
         "config_content": yaml.safe_dump(k3s_config(config, host), sort_keys=False).rstrip(),
@@ -330,9 +360,11 @@ def _k3s_waits_for(config: StackConfig, host: HostSpec) -> tuple[tuple[str, str]
     return () if host.name == first.name else ((first.name, "50-k3s"),)
 
 
-def _firewall_vars(config: StackConfig, _host: HostSpec) -> dict[str, Any]:
+def _firewall_vars(config: StackConfig, this_host: HostSpec) -> dict[str, Any]:
     """Addresses and ranges for the nftables sets, split by family: an IPv6 element in an
     ``ipv4_addr`` set makes the whole ruleset fail to load."""
+    # only servers serve the API; the ranges outside the cluster reach it there
+    api_clients = config.k3s.api_allowed_cidrs if this_host.role == "server" else ()
     nodes: dict[int, set[str]] = {4: set(), 6: set()}
     for host in config.hosts:
         version = _ip_version(host.address)
@@ -344,18 +376,39 @@ def _firewall_vars(config: StackConfig, _host: HostSpec) -> dict[str, Any]:
     egress = [*(allowlist or ()), *config.residency.dns_resolvers]
     ntp = config.residency.ntp_servers
     return {
+        "api_port": K3S_API_PORT,
+        "api_clients_v4": set_elements(api_clients, 4),
+        "api_clients_v6": set_elements(api_clients, 6),
         "cluster_nodes_v4": sorted(nodes[4], key=ipaddress.ip_address),
         "cluster_nodes_v6": sorted(nodes[6], key=ipaddress.ip_address),
         "cluster_networks_v4": [n for n in networks if _ip_version(n) == 4],
         "cluster_networks_v6": [n for n in networks if _ip_version(n) == 6],
         "egress_enabled": allowlist is not None,
-        "egress_v4": [e for e in egress if _ip_version(e) == 4],
-        "egress_v6": [e for e in egress if _ip_version(e) == 6],
+        "egress_v4": set_elements(egress, 4),
+        "egress_v6": set_elements(egress, 6),
         # addresses go straight into the rules; names are resolved on the host
         "ntp_v4": [n for n in ntp if _ip_version(n) == 4],
         "ntp_v6": [n for n in ntp if _ip_version(n) == 6],
         "ntp_names": [n for n in ntp if _ip_version(n) is None],
+        "required_destinations": egress_destinations(config),
     }
+
+
+def egress_destinations(config: StackConfig) -> list[str]:
+    """Hosts a node must reach once egress is limited (the apt mirrors aside: the firewall step
+    reads those from the host): the allowed registries and the object stores' hosts."""
+    residency = config.residency
+    hosts = [*residency.allowed_registries]
+    hosts += [urlsplit(e).hostname or "" for e in residency.allowed_object_store_endpoints]
+    return _each_once(tuple(h for h in hosts if h))
+
+
+def set_elements(entries: Iterable[str], version: int) -> list[str]:
+    """The addresses and ranges of one family merged into disjoint ranges: nft refuses an
+    interval set whose elements overlap (a resolver inside an allowed range, say)."""
+    networks = [ipaddress.ip_network(e) for e in entries if _ip_version(e) == version]
+    merged = ipaddress.collapse_addresses(networks)  # type: ignore[type-var]
+    return [str(n) for n in merged]
 
 
 def _ip_version(value: str) -> int | None:
@@ -403,6 +456,7 @@ def _cache_vars_for(cache: CacheSpec, host: HostSpec) -> dict[str, Any]:
         "filesystem": cache.filesystem,
         "fs_label": CACHE_FS_LABEL,
         "mount_point": cache.mount_point,
+        "cache_marker": CACHE_FILESYSTEM_MARKER,
     }
 
 

@@ -36,13 +36,27 @@ Sources of the constants (no others are used):
 Not modelled: sliding-window layers (Mistral 7B v0.1 keeps a 4096-token window) are counted at
 full length, which over-states their KV cache; CUDA graph memory is left to the 10 % outside the
 budget.
+
+Host memory of one replica (:func:`replica_host_memory`; the model pod's memory request and limit,
+and what ``sovereign size`` reports), summed over what lives in the pod's memory cgroup:
+
+- **streamer buffers**: vLLM v0.11.0's ``runai_streamer`` loader runs one Run:ai Model Streamer
+  per tensor-parallel worker, each over every safetensors file of the checkpoint, and each
+  allocates one CPU buffer of ``min(memory_limit, bytes of all tensors)`` (runai-model-streamer
+  0.14.0, ``FilesRequestsIteratorWithBuffer.with_memory_cap``; 20 GB per worker when no limit is
+  given). The plan passes :data:`STREAMER_MEMORY_LIMIT_BYTES` as ``memory_limit``.
+- **/dev/shm**: the memory emptyDir's ``sizeLimit``, :data:`SHM_BYTES` (vLLM v0.11.0's Kubernetes
+  guide gives its shm volume ``sizeLimit: 2Gi``); tmpfs pages are charged to the pod.
+- **processes**: an allowance for the API server and engine core, and one per GPU worker (Python,
+  PyTorch, the CUDA context's host side, NCCL). Not measured here: verification reads the real
+  figure from a live pod.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from sovereign_weights.manifest import Manifest, ModelFacts
 
@@ -311,3 +325,68 @@ def _fewest_gpus_that_fit(model: ModelSpec, facts: ModelFacts, gpu_model: str) -
         if size_model(trial, facts, gpu_model).fits:
             return gpus
     return model.gpus_per_replica
+
+
+# --- host memory -----------------------------------------------------------------------------
+
+# The CPU buffer each Run:ai streamer allocates (bytes), passed to vLLM as ``memory_limit``. The
+# streamer refuses a limit below the checkpoint's largest tensor; 8 GiB holds an embedding of a
+# 262144-token vocabulary x 16384 hidden in bfloat16 (twice Llama 3.1 405B's 128256 x 16384) while
+# an 8-GPU replica's buffers stay at 64 GiB instead of the 160 GB the 20 GB default would take.
+STREAMER_MEMORY_LIMIT_BYTES: Final = 8 * GIB
+# /dev/shm: vLLM's workers exchange scheduler outputs through shared-memory queues and NCCL falls
+# back to shared memory between GPUs without peer-to-peer access; both are small next to this.
+SHM_BYTES: Final = 2 * GIB
+SERVER_PROCESS_BYTES: Final = 6 * GIB  # API server, engine core, tokenizer
+GPU_WORKER_PROCESS_BYTES: Final = 4 * GIB  # per tensor-parallel worker
+# CPUs: the API server and the engine core's scheduling loop each keep a core busy under load, and
+# every GPU worker launches kernels from its own busy thread.
+SERVER_CPUS: Final = 2
+CPUS_PER_GPU_WORKER: Final = 1
+
+
+@dataclass(frozen=True)
+class ReplicaHostMemory:
+    """What one replica holds in host memory (bytes), by part."""
+
+    gpus: int
+    streamer_bytes_per_worker: int
+    shm_bytes: int
+    process_bytes: int
+
+    @property
+    def streamer_bytes(self) -> int:
+        return self.gpus * self.streamer_bytes_per_worker
+
+    @property
+    def total_bytes(self) -> int:
+        return self.streamer_bytes + self.shm_bytes + self.process_bytes
+
+    def line(self, model: str) -> str:
+        """One line for ``sovereign size``: the request and what it is made of."""
+        return (
+            f"{model:<24} host memory {_gib(self.total_bytes)} per replica"
+            f" (streamer {self.gpus} x {_gib(self.streamer_bytes_per_worker)},"
+            f" /dev/shm {_gib(self.shm_bytes)}, processes {_gib(self.process_bytes)})"
+        )
+
+
+def replica_host_memory(gpus: int, weight_bytes: int) -> ReplicaHostMemory:
+    """Host memory one replica of ``gpus`` workers needs to load and serve ``weight_bytes``.
+
+    ``weight_bytes`` is the checkpoint's tensor bytes, or an upper bound of them (the plan, which
+    sees no manifest, passes the GPU memory of a replica): a streamer's buffer is never larger
+    than what it reads."""
+    if gpus < 1 or weight_bytes < 1:
+        raise ValueError(f"gpus {gpus} and weight_bytes {weight_bytes}: expected positive")
+    return ReplicaHostMemory(
+        gpus=gpus,
+        streamer_bytes_per_worker=min(STREAMER_MEMORY_LIMIT_BYTES, weight_bytes),
+        shm_bytes=SHM_BYTES,
+        process_bytes=SERVER_PROCESS_BYTES + gpus * GPU_WORKER_PROCESS_BYTES,
+    )
+
+
+def replica_cpus(gpus: int) -> int:
+    """CPUs one replica of ``gpus`` tensor-parallel workers requests."""
+    return SERVER_CPUS + gpus * CPUS_PER_GPU_WORKER

@@ -19,7 +19,12 @@ from typing import Any
 import yaml
 
 from components.config.models import StackConfig
-from components.plan.kubernetes.spec import GATEWAY_NAMESPACE, MODELS_NAMESPACE, WEIGHTS_NAMESPACE
+from components.plan.kubernetes.spec import (
+    GATEWAY_NAMESPACE,
+    MODELS_NAMESPACE,
+    SYSTEM_NAMESPACE,
+    WEIGHTS_NAMESPACE,
+)
 from components.verification.layers import CLUSTER, ClusterObjects, inference_cluster_checks
 from components.verification.results import CheckResult, verdict
 
@@ -106,7 +111,8 @@ class ApiReader:
 
 
 def read_cluster_objects(reader: ApiReader) -> ClusterObjects:
-    """Everything the inference checks judge, in a handful of list requests."""
+    """Everything the inference checks judge, in a handful of list requests (kube-system's
+    Deployments for K3s's packaged Traefik: what it runs with can only be seen there)."""
 
     def in_ours(kind_path: str) -> dict[str, Any]:
         items: list[Any] = []
@@ -122,6 +128,7 @@ def read_cluster_objects(reader: ApiReader) -> ClusterObjects:
         daemon_sets=in_ours("/apis/apps/v1/namespaces/{ns}/daemonsets"),
         pods=in_ours("/api/v1/namespaces/{ns}/pods"),
         nodes=reader.get("/api/v1/nodes"),
+        system_deployments=reader.get(f"/apis/apps/v1/namespaces/{SYSTEM_NAMESPACE}/deployments"),
     )
 
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Read-only fact collection for post-deploy verification: one run per host, one SSH connection.
 # Prints "==== <section>" headers; the verifying machine parses and judges (facts.py).
-# Inputs (environment): CACHE_MOUNT_POINT, PROBE_DIR, CANARY (host:port or empty).
+# Inputs (environment): CACHE_MOUNT_POINT, PROBE_DIR, CANARY (host:port or empty),
+# K3S_CONTAINERD_DIR (where K3s writes containerd's config), K3S_CONTAINERD_TEMPLATES (the
+# override templates K3s reads there, space-separated).
 set -uo pipefail
 export LC_ALL=C
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -61,6 +63,21 @@ section inference_pods
 if [ -f /etc/rancher/k3s/k3s.yaml ]; then
   /usr/local/bin/k3s kubectl get pods -n sovereign-inference -o json 2>/dev/null
 fi
+section containerd_config
+# table headers and the keys judged, nothing else: the file also holds registry credentials
+if [ -f "${K3S_CONTAINERD_DIR}/config.toml" ]; then
+  grep -E '^[[:space:]]*(\[|version[[:space:]]*=|default_runtime_name[[:space:]]*=)' "${K3S_CONTAINERD_DIR}/config.toml"
+fi
+section containerd_templates
+read -ra templates <<<"${K3S_CONTAINERD_TEMPLATES}"
+for template in "${templates[@]}"; do
+  if [ -f "${K3S_CONTAINERD_DIR}/${template}" ]; then
+    echo "template ${K3S_CONTAINERD_DIR}/${template}"
+    grep -E '^[[:space:]]*default_runtime_name[[:space:]]*=' "${K3S_CONTAINERD_DIR}/${template}"
+  fi
+done
+section k3s_default_runtime
+grep -hE '^default-runtime:' /etc/rancher/k3s/config.yaml /etc/rancher/k3s/config.yaml.d/*.yaml 2>/dev/null
 section images
 if [ -x /usr/local/bin/k3s ]; then
   /usr/local/bin/k3s crictl images -o json 2>/dev/null

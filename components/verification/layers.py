@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,15 +18,19 @@ from typing import Any
 import yaml
 
 from components.config.models import HostSpec, StackConfig, image_registry
-from components.plan.checks import LAYERS
+from components.plan.checks import LAYERS, NO_DEFAULT_NVIDIA_RUNTIME
 from components.plan.cluster import node_labels
+from components.plan.kubernetes.gateway import TRAEFIK_CONFIG, traefik_arguments
 from components.plan.kubernetes.models import TELEMETRY_OPT_OUTS as PLANNED_TELEMETRY_OPT_OUTS
 from components.plan.kubernetes.spec import (
     COUNTRY_LABEL,
     GATEWAY_NAMESPACE,
     MODEL_LABEL,
     MODELS_NAMESPACE,
+    RUNTIME_CLASS,
+    SYSTEM_NAMESPACE,
     WEIGHTS_NAMESPACE,
+    InferenceStackSpec,
 )
 from components.verification.geoip import GeoIpDatabase
 from components.verification.gpu_health import evaluate_gpu_probe
@@ -112,6 +117,10 @@ def driver_layer(ctx: Context) -> list[CheckResult]:
 
 
 def runtime_layer(ctx: Context) -> list[CheckResult]:
+    return [*_container_toolkit_checks(ctx), _default_runtime_check(ctx)]
+
+
+def _container_toolkit_checks(ctx: Context) -> list[CheckResult]:
     name = ctx.host.name
     if ctx.host.gpu.count == 0:
         return [
@@ -139,6 +148,95 @@ def runtime_layer(ctx: Context) -> list[CheckResult]:
             "/var/run/cdi/nvidia.yaml",
         ),
     ]
+
+
+# K3s writes containerd's config.toml here at every start, from its built-in template or from the
+# first of these override templates that exists next to it (k3s pkg/agent/containerd/config.go).
+K3S_CONTAINERD_DIR = "/var/lib/rancher/k3s/agent/etc/containerd"
+K3S_CONTAINERD_TEMPLATES = ("config-v3.toml.tmpl", "config.toml.tmpl")
+# The CRI plugin's table that holds default_runtime_name, by containerd config version.
+CRI_PLUGIN_BY_CONFIG_VERSION = {2: "io.containerd.grpc.v1.cri", 3: "io.containerd.cri.v1.runtime"}
+# containerd runs a pod with runc unless default_runtime_name names another runtime.
+CONTAINERD_DEFAULT_RUNTIME = "runc"
+_TEMPLATED_DEFAULT_RUNTIME = re.compile(r"^\s*default_runtime_name\s*=\s*[\"']([^\"'{}]*)[\"']")
+
+
+def containerd_default_runtime(config_toml: str) -> str | None:
+    """The ``default_runtime_name`` a containerd config sets, or None when it sets none (pure).
+
+    Raises ValueError when the text is not TOML."""
+    data = tomllib.loads(config_toml)
+    plugins = data.get("plugins", {})
+    version = data.get("version")
+    tables = (
+        [CRI_PLUGIN_BY_CONFIG_VERSION[version]]
+        if version in CRI_PLUGIN_BY_CONFIG_VERSION
+        else list(CRI_PLUGIN_BY_CONFIG_VERSION.values())
+    )
+    for table in tables:
+        name = plugins.get(table, {}).get("containerd", {}).get("default_runtime_name")
+        if name:
+            return str(name)
+    return None
+
+
+def _default_runtimes_on_host(facts: HostFacts) -> list[tuple[str, str]]:
+    """(where, runtime) for every place on the host that sets containerd's default runtime."""
+    found: list[tuple[str, str]] = []
+    template = ""
+    for line in facts.get("containerd_templates").splitlines():
+        if line.startswith("template "):
+            template = line.split(" ", 1)[1]
+            continue
+        literal = _TEMPLATED_DEFAULT_RUNTIME.match(line)
+        if literal and template:
+            found.append((template, literal.group(1)))
+    for line in facts.get("k3s_default_runtime").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "default-runtime" and value.strip():
+            found.append(("/etc/rancher/k3s/config.yaml", value.strip().strip("\"'")))
+    return found
+
+
+def _default_runtime_check(ctx: Context) -> CheckResult:
+    """Any container on a node whose default runtime is NVIDIA's sees every GPU it asks for by
+    environment variable, without requesting one: only pods naming the RuntimeClass may."""
+    name = ctx.host.name
+    if not ctx.config.k3s.install:
+        return skipped("runtime", name, "default-runtime", "k3s.install is false for this stack")
+    generated = ctx.facts.get("containerd_config")
+    if not generated:
+        return skipped(
+            "runtime",
+            name,
+            "default-runtime",
+            f"K3s has not written {K3S_CONTAINERD_DIR}/config.toml on this host",
+        )
+    try:
+        in_effect = containerd_default_runtime(generated)
+    except ValueError:
+        return verdict(
+            "runtime",
+            name,
+            "default-runtime",
+            False,
+            "config.toml is not TOML",
+            NO_DEFAULT_NVIDIA_RUNTIME,
+        )
+    settings = [
+        ("config.toml", in_effect or f"{CONTAINERD_DEFAULT_RUNTIME} (containerd's default)"),
+        *_default_runtimes_on_host(ctx.facts),
+    ]
+    nvidia = [(where, runtime) for where, runtime in settings if runtime.startswith(RUNTIME_CLASS)]
+    return verdict(
+        "runtime",
+        name,
+        "default-runtime",
+        not nvidia,
+        ", ".join(f"{runtime} in {where}" for where, runtime in nvidia or settings),
+        NO_DEFAULT_NVIDIA_RUNTIME,
+        source=K3S_CONTAINERD_DIR,
+    )
 
 
 def cache_layer(ctx: Context) -> list[CheckResult]:
@@ -288,6 +386,7 @@ class ClusterObjects:
     daemon_sets: dict[str, Any]
     pods: dict[str, Any]
     nodes: dict[str, Any]
+    system_deployments: dict[str, Any]  # kube-system's: where K3s runs its packaged Traefik
 
 
 def _items(listing: dict[str, Any]) -> list[dict[str, Any]]:
@@ -394,10 +493,79 @@ def _placement_checks(config: StackConfig, objects: ClusterObjects) -> list[Chec
     return results
 
 
+def _flag_values(args: list[str]) -> dict[str, list[str]]:
+    values: dict[str, list[str]] = {}
+    for arg in args:
+        flag, _, value = arg.partition("=")
+        # compared without case, so that a differently spelled copy of a flag counts as a conflict
+        values.setdefault(flag.lower(), []).append(value)
+    return values
+
+
+def _traefik_check(config: StackConfig, objects: ClusterObjects) -> CheckResult:
+    """The edge's timeouts as Traefik runs them: the flags the plan passes through the packaged
+    chart's ``additionalArguments``, on the live Deployment's container, each with one value."""
+    check = "traefik-timeouts"
+    planned = traefik_arguments(InferenceStackSpec.from_stack(config))
+    if not planned:
+        return skipped("inference", CLUSTER, check, "the plan sets no Traefik flags")
+    expected = " ".join(planned)
+    deployment = next(
+        (
+            d
+            for d in _items(objects.system_deployments)
+            if d.get("metadata", {}).get("name") == TRAEFIK_CONFIG
+            and d.get("metadata", {}).get("namespace", SYSTEM_NAMESPACE) == SYSTEM_NAMESPACE
+        ),
+        None,
+    )
+    if deployment is None:
+        observed = f"no Deployment {SYSTEM_NAMESPACE}/{TRAEFIK_CONFIG}"
+        return verdict("inference", CLUSTER, check, False, observed, expected)
+    containers = _pod_spec(deployment).get("containers", [])
+    running = _flag_values([str(a) for c in containers for a in c.get("args", [])])
+    wrong = []
+    for flag, value in _flag_values(planned).items():
+        seen = running.get(flag, [])
+        if seen != value:
+            wrong.append(f"{flag}={'|'.join(seen) if seen else '(absent)'}")
+    observed = ", ".join(wrong) if wrong else "all set"
+    return verdict("inference", CLUSTER, check, not wrong, observed, expected)
+
+
+# The API server classes a pod BestEffort when no container requests or limits CPU or memory:
+# the kubelet evicts such pods first under memory pressure.
+BEST_EFFORT = "BestEffort"
+
+
+def _qos_checks(objects: ClusterObjects) -> list[CheckResult]:
+    results = []
+    for pod in _items(objects.pods):
+        meta = pod.get("metadata", {})
+        if meta.get("namespace") != MODELS_NAMESPACE or MODEL_LABEL not in meta.get("labels", {}):
+            continue
+        status = pod.get("status", {})
+        if status.get("phase") != "Running":
+            continue
+        qos = status.get("qosClass") or "unreported"
+        results.append(
+            verdict(
+                "inference",
+                CLUSTER,
+                f"qos:{_name(pod)}",
+                qos not in (BEST_EFFORT, "unreported"),
+                qos,
+                "Burstable or Guaranteed (CPU and memory requested)",
+            )
+        )
+    return results
+
+
 def inference_cluster_checks(config: StackConfig, objects: ClusterObjects) -> list[CheckResult]:
     """Judge the deployed inference objects (pure): every model scales to zero through KEDA,
     every image is a digest from an allowed registry, telemetry is off in every model container,
-    and model pods ran only on nodes inside the residency policy."""
+    model pods ran only on nodes inside the residency policy and are not BestEffort, and on K3s
+    the packaged Traefik runs with the edge timeouts the plan set."""
     ours = {MODELS_NAMESPACE, GATEWAY_NAMESPACE, WEIGHTS_NAMESPACE}
     scaled = {
         o["metadata"]["name"]: o
@@ -434,7 +602,9 @@ def inference_cluster_checks(config: StackConfig, objects: ClusterObjects) -> li
     ]
     for workload in workloads:
         results += _image_checks(config, workload)
-    return results + _placement_checks(config, objects)
+    if config.k3s.install:
+        results.append(_traefik_check(config, objects))
+    return results + _placement_checks(config, objects) + _qos_checks(objects)
 
 
 def residency_layer(ctx: Context) -> list[CheckResult]:

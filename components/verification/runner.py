@@ -22,7 +22,14 @@ from components.verification.geoip import (
     find_database,
     open_database,
 )
-from components.verification.layers import Context, HostFacts, evaluate_host, parse_sections
+from components.verification.layers import (
+    K3S_CONTAINERD_DIR,
+    K3S_CONTAINERD_TEMPLATES,
+    Context,
+    HostFacts,
+    evaluate_host,
+    parse_sections,
+)
 from components.verification.results import CheckResult, verdict
 
 COLLECTOR = Path(__file__).with_name("collect_facts.sh")
@@ -77,6 +84,8 @@ def collect_facts(session: HostSession, config: StackConfig) -> HostFacts:
         "CACHE_MOUNT_POINT": config.cache.mount_point,
         "PROBE_DIR": PROBE_DIR,
         "CANARY": config.verification.egress_canary or "",
+        "K3S_CONTAINERD_DIR": K3S_CONTAINERD_DIR,
+        "K3S_CONTAINERD_TEMPLATES": " ".join(K3S_CONTAINERD_TEMPLATES),
     }
     prelude = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
     result = session.run_script(

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import boto3
 from boto3.s3.transfer import TransferConfig
-from sovereign_weights.layout import parse_object_uri
+from sovereign_weights.layout import CACHE_FILESYSTEM_MARKER, parse_object_uri
 from sovereign_weights.report import Reporter
 from sovereign_weights.store import StoreSettings, make_client
 from sovereign_weights.warm import Target, Warmer, WarmSettings
@@ -156,6 +156,8 @@ def main() -> None:
                 out = work / f"{tool}-{round_}"
                 out.mkdir()
                 if tool == "warmer":
+                    # what the cache step writes on the filesystem it mounted
+                    (out / CACHE_FILESYSTEM_MARKER).write_text("label=bench\n")
                     seconds = warm_once(endpoint, uri, out, args.jobs, args.part_mib)
                 else:
                     seconds = download_file_once(

@@ -56,6 +56,16 @@ class Backend:
         assert isinstance(body, dict)
         return body
 
+    def set_health(self, *, delay: float = 0.0, failures: int = 0) -> None:
+        """Later ``/health`` answers take ``delay`` seconds; the next ``failures`` are 503."""
+        request = urllib.request.Request(
+            self.url + "/fake/health",
+            data=json.dumps({"delay": delay, "failures": failures}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 200
+
     def wait_listening(self, timeout: float = START_TIMEOUT) -> None:
         listening = wait_until(lambda: accepts_connections(self.port, self.host), timeout)
         assert listening, "fake backend did not listen"

@@ -5,7 +5,8 @@ Run as ``python -m tests.gateway.fake_vllm --port N``. It behaves like a replica
 start, then listens. ``--reuse-port`` lets a second replica share the port, the kernel spreading
 connections between them like a Service. A request may steer the reply through a ``fake`` object in
 its body: ``chunks`` (streamed chunks), ``interval`` (seconds between chunks), ``delay`` (seconds
-before answering), ``die_after`` (the process exits after sending that many chunks). Every streamed
+before answering), ``die_after`` (the process exits after sending that many chunks). ``POST /fake/health`` slows
+``/health`` or makes its next answers 503 (a replica busy generating). Every streamed
 chunk carries ``sent``, the server's ``time.monotonic()`` when it was written (the clock is shared by
 the processes of one machine). ``GET /fake/stats`` tells when it started listening and when the
 first request arrived.
@@ -26,6 +27,7 @@ from aiohttp import web
 
 MODEL = web.AppKey("model", str)
 _STATS: dict[str, Any] = {"listening_since": None, "first_request_at": None, "requests": 0}
+_HEALTH: dict[str, Any] = {"delay": 0.0, "failures": 0}
 
 
 def _fake(body: dict[str, Any]) -> dict[str, Any]:
@@ -45,7 +47,20 @@ def _prompt_tokens(body: dict[str, Any]) -> int:
 
 
 async def _health(request: web.Request) -> web.Response:
+    if _HEALTH["delay"]:
+        await asyncio.sleep(_HEALTH["delay"])
+    if _HEALTH["failures"]:
+        _HEALTH["failures"] -= 1
+        return web.Response(status=503, text="busy")
     return web.Response(text="")
+
+
+async def _set_health(request: web.Request) -> web.Response:
+    """``{"delay": S, "failures": N}``: later /health answers take S seconds; the next N are 503."""
+    body = await request.json()
+    _HEALTH["delay"] = float(body.get("delay", 0.0))
+    _HEALTH["failures"] = int(body.get("failures", 0))
+    return web.json_response(_HEALTH)
 
 
 async def _stats(request: web.Request) -> web.Response:
@@ -162,6 +177,7 @@ def build_app(model: str) -> web.Application:
     app[MODEL] = model
     app.router.add_get("/health", _health)
     app.router.add_get("/fake/stats", _stats)
+    app.router.add_post("/fake/health", _set_health)
     app.router.add_get("/v1/models", _models)
     app.router.add_get("/get_model_info", _model_info)
     app.router.add_get("/get_server_info", _model_info)

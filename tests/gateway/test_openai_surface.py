@@ -254,6 +254,26 @@ def test_cold_start_past_its_deadline_is_503_with_retry_after(setup: Setup) -> N
     )
 
 
+def test_retry_after_of_a_model_never_seen_cold_is_its_routes_estimate(
+    module_processes: Processes,
+) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    gateway = module_processes.gateway(
+        {
+            "models": [
+                route(DEADLINE, closed, coldStartTimeoutSeconds=0.4, expectedColdStartSeconds=120),
+            ]
+        },
+        "--default-cold-start-seconds",
+        "7",
+        name="estimate",
+    )
+    reply = run(lambda session: post(session, gateway.url + "/v1/chat/completions", chat(DEADLINE)))
+    assert reply.status == 503
+    # the plan's estimate, less the 0.4 s already waited, not the gateway's default of 7 s
+    assert 119 <= int(reply.headers["Retry-After"]) <= 120
+
+
 def test_full_queue_is_429_with_retry_after(setup: Setup) -> None:
     url = setup.gateway.url + "/v1/chat/completions"
     gateway = setup.gateway

@@ -41,8 +41,7 @@ def test_two_replicas_sum_their_counts_and_push_activity_to_each_other(
         ):
             stub = scaler_grpc.ExternalScalerStub(channel)  # type: ignore[no-untyped-call]
             stream = stub.StreamIsActive(scaled_object(MODEL))
-            first = await stream.read()
-            assert first.result is False
+            await stream.initial_metadata()  # B's scaler watches from here on
             # wait until B watches A (the peer stream is up), then send one request to A
             await asyncio.sleep(0.5)
             sent = time.monotonic()

@@ -18,14 +18,17 @@ dies outright), and the next session sweeps anything a killed session left in th
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
+from components.execution.ssh import HostSession
 from components.lab.hosts import HostRequest, start_hosts, stop_hosts
-from components.lab.image import default_recipe_dir
+from components.lab.image import DEFAULT_MIRROR, default_recipe_dir
 from components.lab.inventory import InventoryHost, load_inventory
 from components.lab.settings import GuestShape, LabTimeouts, parse_size, resolve_cache_dir
 from components.lab.template import LabTemplate, prepare_template
@@ -112,3 +115,13 @@ def lab_hosts(lab_template: LabTemplate) -> Iterator[LabHostsFactory]:
 def lab_host(lab_hosts: LabHostsFactory) -> InventoryHost:
     """One fresh host with two 2 GiB NVMe drives; gone after the test."""
     return lab_hosts(1)[0]
+
+
+def apt_mirror_ranges(session: HostSession) -> tuple[str, ...]:
+    """The addresses the guest's apt mirror resolves to, as single-address ranges: the firewall
+    step refuses an allowlist that leaves them out."""
+    mirror = urlsplit(DEFAULT_MIRROR).hostname
+    answers = session.run_script(
+        f"getent ahosts {mirror} | awk '$1 !~ /^::ffff:/ {{print $1}}' | sort -u\n", timeout=60
+    ).stdout.split()
+    return tuple(str(ipaddress.ip_network(a)) for a in answers)

@@ -11,6 +11,7 @@ import pytest
 from components.execution.ssh import HostSession, HostTarget, run_step
 from components.lab.inventory import InventoryHost
 from components.plan.host_steps import render_host_steps
+from tests.integration.conftest import apt_mirror_ranges
 from tests.lab_stacks import ROOT, stack_for
 
 pytestmark = pytest.mark.integration
@@ -18,9 +19,10 @@ pytestmark = pytest.mark.integration
 
 def test_firewall_loads_ipv6_entries_into_ipv6_sets(lab_host: InventoryHost) -> None:
     base = stack_for([lab_host])
+    session = HostSession(HostTarget.from_spec(base.hosts[0], ROOT), base.ssh)
     residency = base.residency.model_copy(
         update={
-            "egress_allowlist": ("10.0.2.3/32", "2001:db8:42::/48"),
+            "egress_allowlist": ("10.0.2.3/32", "2001:db8:42::/48", *apt_mirror_ranges(session)),
             "dns_resolvers": ("10.0.2.3", "2001:db8::53"),
             "ntp_servers": ("10.0.2.2", "2001:db8::123"),
         }
@@ -31,7 +33,6 @@ def test_firewall_loads_ipv6_entries_into_ipv6_sets(lab_host: InventoryHost) -> 
     stack = base.model_copy(update={"residency": residency, "k3s": k3s})
     host = stack.hosts[0]
     (firewall,) = render_host_steps(stack, host, only=("60-firewall",))
-    session = HostSession(HostTarget.from_spec(host, ROOT), stack.ssh)
     try:
         assert run_step(session, firewall.name, firewall.script).result == "changed"
         sets = session.run_script(

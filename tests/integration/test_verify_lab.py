@@ -19,6 +19,7 @@ from components.plan.host_steps import render_host_steps
 from components.rollout import apply_stack
 from components.verification.results import CheckResult
 from components.verification.runner import verify_stack
+from tests.integration.conftest import apt_mirror_ranges
 from tests.lab_stacks import LAB_STEPS, ROOT, stack_for
 
 pytestmark = pytest.mark.integration
@@ -183,10 +184,12 @@ def test_egress_allowlist_blocks_a_real_connection(lab_host: InventoryHost, tmp_
             update={"egress_canary": f"10.0.2.2:{port}"}
         )
         open_stack = base.model_copy(update={"verification": verification_spec})
-        policy = base.residency.model_copy(update={"egress_allowlist": ("10.0.2.3/32",)})
+        session = HostSession(HostTarget.from_spec(base.hosts[0], ROOT), base.ssh)
+        # the apt mirror stays reachable: the firewall step refuses an allowlist without it
+        allowlist = ("10.0.2.3/32", *apt_mirror_ranges(session))
+        policy = base.residency.model_copy(update={"egress_allowlist": allowlist})
         closed_stack = open_stack.model_copy(update={"residency": policy})
         host = closed_stack.hosts[0]
-        session = HostSession(HostTarget.from_spec(host, ROOT), closed_stack.ssh)
         try:
             (firewall,) = render_host_steps(closed_stack, host, only=("60-firewall",))
             before = verify_stack(closed_stack, ROOT, layers=("residency",))

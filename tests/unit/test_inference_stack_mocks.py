@@ -17,6 +17,11 @@ import yaml
 from components.config import load_stack_file
 from components.inference_stack import InferenceStack
 from components.plan.kubernetes import ClusterNode, InferenceStackSpec, inference_plan
+from components.plan.kubernetes.spec import (
+    GATEWAY_NAMESPACE,
+    MODELS_NAMESPACE,
+    replicas_service_name,
+)
 from tests.unit.test_program_mocks import (
     HELM_TYPE,
     INFERENCE_TYPE,
@@ -116,7 +121,7 @@ def test_every_planned_object_and_chart_lands_on_that_provider(team_run: Program
     keda = next(r for r in releases if r.raw_inputs["name"] == "keda")
     for reg in team_run.of_type(SCALED_OBJECT_TYPE):
         assert keda.urn in reg.dependencies
-    assert team_run.stack_outputs["gatewayUrl"] == f"http://{spec.inference.gateway.host}/v1"
+    assert team_run.stack_outputs["gatewayUrl"] == f"https://{spec.inference.gateway.host}/v1"
 
 
 def test_exactly_one_way_to_reach_the_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -125,3 +130,61 @@ def test_exactly_one_way_to_reach_the_cluster(monkeypatch: pytest.MonkeyPatch) -
 
     with pytest.raises(Exception, match="exactly one of provider= or kubeconfig="):
         run_mocked(body, {}, [], "team", monkeypatch)
+
+
+def test_keda_waits_for_the_models_namespace_and_scaled_objects_for_the_gateway(
+    team_run: ProgramRun,
+) -> None:
+    """KEDA's chart binds a Role in the models namespace; a ScaledObject made before the
+    gateway's scaler serves gets an HPA without a metric."""
+    by_kind_and_namespace = {
+        (
+            r.raw_inputs["kind"],
+            r.raw_inputs["metadata"].get("namespace"),
+            r.raw_inputs["metadata"]["name"],
+        ): r
+        for r in team_run.registrations
+        if r.type.startswith("kubernetes:") and r.type != HELM_TYPE
+    }
+    models_namespace = by_kind_and_namespace[("Namespace", None, MODELS_NAMESPACE)]
+    keda = next(r for r in team_run.of_type(HELM_TYPE) if r.raw_inputs["name"] == "keda")
+    assert models_namespace.urn in keda.dependencies
+    gateway = [
+        r
+        for (kind, namespace, _), r in by_kind_and_namespace.items()
+        if namespace == GATEWAY_NAMESPACE and kind in ("Deployment", "Service")
+    ]
+    assert len(gateway) == 3  # the Deployment, its HTTP Service and the scaler's peers Service
+    scaled = team_run.of_type(SCALED_OBJECT_TYPE)
+    assert scaled
+    for reg in scaled:
+        assert {r.urn for r in gateway} <= set(reg.dependencies), reg.name
+
+
+def test_each_model_gets_a_headless_service_of_its_ready_replicas(team_run: ProgramRun) -> None:
+    services = {
+        r.raw_inputs["metadata"]["name"]: r.raw_inputs["spec"]
+        for r in team_run.registrations
+        if r.type == "kubernetes:core/v1:Service"
+    }
+    for model in team_spec().inference.models:
+        headless = services[replicas_service_name(model.name)]
+        assert headless["clusterIP"] == "None"
+        assert headless["publishNotReadyAddresses"] is False
+        assert headless["selector"] == services[model.name]["selector"]
+
+
+def test_an_existing_nvidia_runtime_class_is_not_created_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spec = team_spec().model_copy(update={"nvidia_runtime_class_exists": True})
+
+    def body() -> None:
+        InferenceStack("team-ml", spec, kubeconfig="apiVersion: v1\nkind: Config\n")
+
+    run = run_mocked(body, {}, [], "team", monkeypatch)
+    kinds = [
+        r.raw_inputs.get("kind") for r in run.registrations if r.type.startswith("kubernetes:")
+    ]
+    assert "RuntimeClass" not in kinds
+    assert "Deployment" in kinds

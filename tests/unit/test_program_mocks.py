@@ -507,7 +507,8 @@ def test_cluster_waits_for_every_host_and_reads_the_first_server(
     assert reg.raw_inputs["address"] == first.address
     assert reg.raw_inputs["hostKey"] == first.ssh.host_key
     assert sorted(reg.raw_inputs["nodes"]) == sorted(h.name for h in config.hosts)
-    wanted = config.k3s.tls_sans[0] if config.k3s.tls_sans else first.address
+    # the API endpoint, never a TLS SAN (the gateway's name, which may reach an agent)
+    wanted = config.k3s.api_endpoint or first.address
     assert reg.raw_inputs["serverUrl"] == f"https://{wanted}:6443"
     last_steps = {
         r.urn

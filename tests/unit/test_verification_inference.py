@@ -2,8 +2,9 @@
 kubeconfig output from a real HTTPS server on loopback.
 
 The API lists are shaped as the API server returns them: the plan's objects (what the stack
-applied) with the fields the server adds, a running pod made from a model's template, and Node
-objects carrying the labels K3s sets from the stack.
+applied) with the fields the server adds, a running pod made from a model's template with the QoS
+class the API server gives it, Node objects carrying the labels K3s sets from the stack, and K3s's
+Traefik Deployment as its packaged chart (27.0.2, tests/data/traefik-chart-27.0.2) renders it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import yaml
 from components.config import StackConfig, load_stack_file
 from components.plan.cluster import node_labels
 from components.plan.kubernetes import InferenceStackSpec, inference_plan
+from components.plan.kubernetes.gateway import edge_timeout_seconds, traefik_values
 from components.verification.cluster_api import (
     ApiReader,
     parse_kubeconfig,
@@ -35,6 +37,7 @@ from components.verification.layers import ClusterObjects, inference_cluster_che
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "k3s-admin-token-for-tests-4b9e1c"
+TRAEFIK_CHART = ROOT / "tests" / "data" / "traefik-chart-27.0.2"
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +45,64 @@ def prod() -> StackConfig:
     return load_stack_file(ROOT / "stacks" / "Pulumi.prod-fra.yaml")
 
 
+def qos_class(pod_spec: dict[str, Any]) -> str:
+    """The class the API server records in ``status.qosClass`` (Kubernetes
+    pkg/apis/core/helper/qos): BestEffort when no container requests or limits CPU or memory,
+    Guaranteed when every container's CPU and memory requests equal its limits."""
+    containers = [*pod_spec.get("initContainers", []), *pod_spec.get("containers", [])]
+    compute = ("cpu", "memory")
+
+    def amounts(container: dict[str, Any], kind: str) -> dict[str, Any]:
+        given = container.get("resources", {}).get(kind, {})
+        return {k: v for k, v in given.items() if k in compute}
+
+    if not any(amounts(c, "requests") or amounts(c, "limits") for c in containers):
+        return "BestEffort"
+    guaranteed = all(
+        set(amounts(c, "limits")) == set(compute)
+        and {**amounts(c, "limits"), **amounts(c, "requests")} == amounts(c, "limits")
+        for c in containers
+    )
+    return "Guaranteed" if guaranteed else "Burstable"
+
+
+def traefik_deployment(values: dict[str, Any]) -> dict[str, Any]:
+    """K3s's Traefik Deployment as the packaged chart renders its args from ``values`` layered
+    over the chart's own values.yaml: the global arguments, one address per entry point, then
+    ``additionalArguments`` verbatim (its _podtemplate.tpl)."""
+    chart = yaml.safe_load((TRAEFIK_CHART / "values.yaml").read_text())
+    template = (TRAEFIK_CHART / "_podtemplate.tpl").read_text()
+    assert "- {{ . | quote }}" in template.split("additionalArguments")[-1]
+    args = list(chart.get("globalArguments") or [])
+    for name, port in sorted(chart["ports"].items()):
+        if port:
+            args.append(f"--entrypoints.{name}.address=:{port['port']}/{port['protocol'].lower()}")
+    args += ["--api.dashboard=true", "--ping=true", "--providers.kubernetesingress"]
+    args += values.get("additionalArguments", [])
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "traefik", "namespace": "kube-system", "uid": "5f1d9c3a-0000"},
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "traefik",
+                            "image": "rancher/mirrored-library-traefik:2.11.10",
+                            "args": args,
+                        }
+                    ]
+                }
+            }
+        },
+        "status": {"replicas": 1},
+    }
+
+
 def api_lists(config: StackConfig) -> dict[str, dict[str, Any]]:
-    plan = inference_plan(InferenceStackSpec.from_stack(config))
+    spec = InferenceStackSpec.from_stack(config)
+    plan = inference_plan(spec)
     objects = plan.objects()
 
     def listing(kind: str) -> dict[str, Any]:
@@ -57,7 +116,7 @@ def api_lists(config: StackConfig) -> dict[str, dict[str, Any]]:
         return {"apiVersion": "v1", "kind": f"{kind}List", "items": items}
 
     first = plan.models[0].deployment
-    pod = {
+    pod: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
@@ -71,6 +130,7 @@ def api_lists(config: StackConfig) -> dict[str, dict[str, Any]]:
         },
         "status": {"phase": "Running"},
     }
+    pod["status"]["qosClass"] = qos_class(pod["spec"])
     nodes = [
         {
             "apiVersion": "v1",
@@ -85,6 +145,10 @@ def api_lists(config: StackConfig) -> dict[str, dict[str, Any]]:
         "daemonsets": listing("DaemonSet"),
         "pods": {"kind": "PodList", "items": [pod]},
         "nodes": {"kind": "NodeList", "items": nodes},
+        "systemdeployments": {
+            "kind": "DeploymentList",
+            "items": [traefik_deployment(traefik_values(spec))] if spec.k3s else [],
+        },
     }
 
 
@@ -95,6 +159,7 @@ def objects_from(lists: dict[str, dict[str, Any]]) -> ClusterObjects:
         daemon_sets=lists["daemonsets"],
         pods=lists["pods"],
         nodes=lists["nodes"],
+        system_deployments=lists["systemdeployments"],
     )
 
 
@@ -175,6 +240,7 @@ class FakeApiServer:
                 "scaledobjects"
             ],
             "/api/v1/nodes": lists["nodes"],
+            "/apis/apps/v1/namespaces/kube-system/deployments": lists["systemdeployments"],
         }
         for ns in ("sovereign-inference", "sovereign-gateway", "sovereign-weights"):
             for kind, prefix in (
@@ -291,3 +357,82 @@ def test_verify_stack_judges_the_cluster_through_the_kubeconfig_output(
     assert [(r.check, r.status) for r in unjudged.results] == [("cluster-api", "fail")]
     hosts_only = verify_stack(prod, tmp_path, hosts=[], layers=("host",), kubeconfig=None)
     assert hosts_only.results == []
+
+
+# --- what only a live cluster shows: Traefik's flags, the pods' QoS class ------------------------
+
+
+def test_traefik_running_without_the_planned_timeouts_fails(prod: StackConfig) -> None:
+    lists = api_lists(prod)
+    spec = InferenceStackSpec.from_stack(prod)
+    seconds = f"{edge_timeout_seconds(spec)}s"
+    # the values an earlier plan sent: chart 27 renders no flag from ports.*.transport
+    ignored = {
+        "ports": {
+            "web": {"transport": {"respondingTimeouts": {"readTimeout": seconds}}},
+            "websecure": {"transport": {"respondingTimeouts": {"readTimeout": seconds}}},
+        }
+    }
+    lists["systemdeployments"]["items"] = [traefik_deployment(ignored)]
+    result = by_check(inference_cluster_checks(prod, objects_from(lists)))["traefik-timeouts"]
+    assert result.status == "fail"
+    assert "--entrypoints.web.transport.respondingtimeouts.readtimeout=(absent)" in result.observed
+    assert f"readTimeout={seconds}" in result.expected
+
+
+def test_a_second_traefik_timeout_flag_with_another_value_fails(prod: StackConfig) -> None:
+    lists = api_lists(prod)
+    args = lists["systemdeployments"]["items"][0]["spec"]["template"]["spec"]["containers"][0][
+        "args"
+    ]
+    args.append("--entrypoints.websecure.transport.respondingTimeouts.readTimeout=60s")
+    result = by_check(inference_cluster_checks(prod, objects_from(lists)))["traefik-timeouts"]
+    assert result.status == "fail"
+    assert "--entrypoints.websecure.transport.respondingtimeouts.readtimeout=" in result.observed
+    assert result.observed.endswith("|60s")
+
+
+def test_no_traefik_deployment_fails_and_a_cluster_without_k3s_has_none_to_judge(
+    prod: StackConfig,
+) -> None:
+    lists = api_lists(prod)
+    lists["systemdeployments"]["items"] = []
+    result = by_check(inference_cluster_checks(prod, objects_from(lists)))["traefik-timeouts"]
+    assert (result.status, result.observed) == ("fail", "no Deployment kube-system/traefik")
+    not_k3s = prod.model_copy(update={"k3s": prod.k3s.model_copy(update={"install": False})})
+    assert "traefik-timeouts" not in by_check(
+        inference_cluster_checks(not_k3s, objects_from(lists))
+    )
+
+
+def test_a_best_effort_model_pod_fails(prod: StackConfig) -> None:
+    lists = api_lists(prod)
+    pod = lists["pods"]["items"][0]
+    for container in [*pod["spec"].get("initContainers", []), *pod["spec"]["containers"]]:
+        requested = container.get("resources", {})
+        for kind in ("requests", "limits"):
+            requested[kind] = {
+                k: v for k, v in requested.get(kind, {}).items() if k not in ("cpu", "memory")
+            }
+    pod["status"]["qosClass"] = qos_class(pod["spec"])
+    checks = by_check(inference_cluster_checks(prod, objects_from(lists)))
+    (qos,) = [r for c, r in checks.items() if c.startswith("qos:")]
+    assert (qos.status, qos.observed) == ("fail", "BestEffort")
+    pod["status"]["phase"] = "Pending"
+    checks = by_check(inference_cluster_checks(prod, objects_from(lists)))
+    assert not [c for c in checks if c.startswith("qos:")]
+
+
+def test_the_applied_model_pods_are_not_best_effort(prod: StackConfig) -> None:
+    checks = by_check(inference_cluster_checks(prod, objects_from(api_lists(prod))))
+    (qos,) = [r for c, r in checks.items() if c.startswith("qos:")]
+    assert qos.status == "pass"
+    assert qos.observed in ("Burstable", "Guaranteed")
+
+
+def test_traefik_is_read_from_kube_system_through_the_kubeconfig(
+    api_server: FakeApiServer, prod: StackConfig
+) -> None:
+    results = by_check(verify_inference_cluster(prod, api_server.kubeconfig()))
+    assert results["traefik-timeouts"].status == "pass"
+    assert ("GET", "/apis/apps/v1/namespaces/kube-system/deployments") in api_server.requests

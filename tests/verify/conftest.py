@@ -29,7 +29,10 @@ from components.verification.testinfra_backend import testinfra_host
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("sovereign verify")
     group.addoption("--stack-file", help="stacks/Pulumi.<env>.yaml of the fleet to verify")
-    group.addoption("--outputs", help="pulumi stack output --json (hosts' addresses and keys)")
+    group.addoption(
+        "--outputs",
+        help="pulumi stack output --json --show-secrets (hosts' addresses and keys, kubeconfig)",
+    )
 
 
 def _stack_file(config: pytest.Config) -> Path | None:
@@ -60,11 +63,23 @@ def stack(pytestconfig: pytest.Config) -> StackConfig:
     return load_stack_file(stack_file)
 
 
+def _kubeconfig(config: pytest.Config) -> str | None:
+    """The stack's secret ``kubeconfig`` output, from ``--outputs`` (``--show-secrets``)."""
+    outputs = config.getoption("--outputs", default=None)
+    value = load_outputs(Path(outputs)).get("kubeconfig") if outputs else None
+    return value if isinstance(value, str) else None
+
+
 @pytest.fixture(scope="session")
 def verification(pytestconfig: pytest.Config, stack: StackConfig) -> Verification:
     stack_file = _stack_file(pytestconfig)
     assert stack_file is not None
-    return verify_stack(stack, project_dir_for(stack_file), hosts=_hosts(pytestconfig))
+    return verify_stack(
+        stack,
+        project_dir_for(stack_file),
+        hosts=_hosts(pytestconfig),
+        kubeconfig=_kubeconfig(pytestconfig),
+    )
 
 
 @pytest.fixture(scope="session")

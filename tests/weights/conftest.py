@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import boto3
 import pytest
+from sovereign_weights.layout import CACHE_FILESYSTEM_MARKER
 
 from tests.loopback import free_port, wait_for_listener, wait_until
 from tests.weights.s3_proxy import S3Proxy
@@ -174,3 +175,9 @@ def start_weights(*args: str) -> subprocess.Popen[str]:
 def expect_within(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     """Fail the test unless ``predicate`` comes true within ``timeout`` seconds."""
     assert wait_until(predicate, timeout), f"timed out after {timeout}s waiting for {what}"
+
+
+def mark_cache_filesystem(root: Path) -> Path:
+    """What host-setup/40-nvme-cache writes at the root of the cache filesystem it mounted."""
+    (root / CACHE_FILESYSTEM_MARKER).write_text("label=sovereign-cache uuid=test\n")
+    return root

@@ -22,6 +22,7 @@ from tests.weights.conftest import (
     Result,
     expect_within,
     make_model,
+    mark_cache_filesystem,
     run_weights,
     s3_client,
     start_weights,
@@ -87,7 +88,7 @@ def assert_same_files(source: Path, copy: Path) -> None:
 def cache(tmp_path: Path) -> Path:
     directory = tmp_path / "cache"
     directory.mkdir()
-    return directory
+    return mark_cache_filesystem(directory)
 
 
 def test_publish_then_warm_round_trip(
@@ -279,7 +280,7 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
-        yield mount_point
+        yield mark_cache_filesystem(mount_point)
     finally:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
 

@@ -28,6 +28,10 @@ from components.plan.kubernetes.spec import (
 KEDA_REPOSITORY: Final = "https://kedacore.github.io/charts"
 DEVICE_PLUGIN_REPOSITORY: Final = "https://nvidia.github.io/k8s-device-plugin"
 DCGM_EXPORTER_REPOSITORY: Final = "https://nvidia.github.io/dcgm-exporter/helm-charts"
+# The device plugin hands a pod its GPUs as a list of volume mounts, which the hosts' container
+# runtime is set to accept (components.plan.host_steps.CONTAINER_TOOLKIT_SETTINGS); the default
+# ("envvar") would need the runtime to trust NVIDIA_VISIBLE_DEVICES from any container.
+DEVICE_LIST_STRATEGY: Final = "volume-mounts"
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,7 @@ def device_plugin_chart(spec: InferenceStackSpec) -> ChartRelease:
         values={
             **gpu_daemonset_placement(),
             "gfd": {"enabled": False},
+            "deviceListStrategy": DEVICE_LIST_STRATEGY,
         },
     )
 

@@ -9,7 +9,18 @@ from typing import Final
 from sovereign_gateway.ports import ADMIN_HTTP_PORT, SCALER_GRPC_PORT
 from sovereign_gateway.routes import Metering, ModelRoute, RouteTable, TenantLimit
 
-from components.plan.kubernetes.models import model_upstream
+from components.config.catalog import (
+    TRAEFIK_WEB_ENTRY_POINT,
+    TRAEFIK_WEBSECURE_ENTRY_POINT,
+    PackagedTraefik,
+    packaged_traefik,
+)
+from components.plan.kubernetes.models import (
+    ENDPOINT_REMOVAL_SECONDS,
+    cold_start_estimate_seconds,
+    model_replicas_address,
+    model_upstream,
+)
 from components.plan.kubernetes.objects import (
     Obj,
     metadata,
@@ -36,10 +47,16 @@ from components.plan.kubernetes.spec import (
 GATEWAY_COMMAND: Final = ("sovereign-gateway",)
 ROUTES_DIR: Final = "/etc/sovereign-gateway/routes"
 KEYS_DIR: Final = "/etc/sovereign-gateway/keys"
-DRAIN_SECONDS: Final = 30
+# After the drain: the listeners and gRPC streams closing and the process exiting.
+GATEWAY_SHUTDOWN_MARGIN_SECONDS: Final = 10
 # K3s's bundled Traefik reads overrides of its chart values from this HelmChartConfig.
 TRAEFIK_CONFIG: Final = "traefik"
 TRAEFIK_INGRESS_CLASS: Final = "traefik"
+# Traefik's Kubernetes Ingress provider reads a router's entry points and TLS from these.
+TRAEFIK_ENTRYPOINTS_ANNOTATION: Final = "traefik.ingress.kubernetes.io/router.entrypoints"
+TRAEFIK_TLS_ANNOTATION: Final = "traefik.ingress.kubernetes.io/router.tls"
+# Traefik's entry-point responding timeouts, as its static configuration names them.
+TRAEFIK_TIMEOUTS: Final = ("readTimeout", "writeTimeout", "idleTimeout")
 # The edge waits this much longer than the gateway itself may hold and serve one request.
 EDGE_TIMEOUT_MARGIN_SECONDS: Final = 60
 GATEWAY_LABELS: Final = {COMPONENT_LABEL: "gateway"}
@@ -53,11 +70,13 @@ def route_table(spec: InferenceStackSpec) -> RouteTable:
             ModelRoute(
                 name=m.served,
                 upstream=model_upstream(m),
+                replicas=model_replicas_address(m),
                 target_concurrency=m.target_concurrency,
                 max_pending_requests=gateway.max_pending_requests,
                 cold_start_timeout_seconds=gateway.cold_start_timeout_seconds,
                 request_timeout_seconds=gateway.request_timeout_seconds,
                 gpus_per_replica=m.gpus_per_replica,
+                expected_cold_start_seconds=cold_start_estimate_seconds(spec, m),
             )
             for m in spec.inference.models
         ],
@@ -101,6 +120,18 @@ def api_keys_secret(spec: InferenceStackSpec) -> Obj | None:
     }
 
 
+def gateway_drain_seconds(spec: InferenceStackSpec) -> int:
+    """How long SIGTERM lets requests in flight run: no forwarded request runs longer than the
+    request timeout. A request still held for a cold model then gets a 503 to retry."""
+    return spec.inference.gateway.request_timeout_seconds
+
+
+def gateway_termination_grace_seconds(spec: InferenceStackSpec) -> int:
+    """From the pod's deletion to SIGKILL: the preStop wait for the endpoint's removal (the
+    replica still serves meanwhile), the drain, then the exit."""
+    return ENDPOINT_REMOVAL_SECONDS + gateway_drain_seconds(spec) + GATEWAY_SHUTDOWN_MARGIN_SECONDS
+
+
 def gateway_args(spec: InferenceStackSpec) -> list[str]:
     args = [
         "--routes",
@@ -115,7 +146,7 @@ def gateway_args(spec: InferenceStackSpec) -> list[str]:
         "--peers-dns",
         f"{service_host(GATEWAY_PEERS, GATEWAY_NAMESPACE)}:{SCALER_GRPC_PORT}",
         "--drain-seconds",
-        str(DRAIN_SECONDS),
+        str(gateway_drain_seconds(spec)),
     ]
     if spec.inference.gateway.tenants:
         args += ["--api-keys", f"{KEYS_DIR}/{API_KEYS_FILE}"]
@@ -133,7 +164,7 @@ def gateway_deployment(spec: InferenceStackSpec) -> Obj:
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": restricted_pod(),
-        "terminationGracePeriodSeconds": DRAIN_SECONDS + 15,
+        "terminationGracePeriodSeconds": gateway_termination_grace_seconds(spec),
         "affinity": {
             "podAntiAffinity": {
                 # preferred: a one-node cluster still runs every replica
@@ -163,6 +194,9 @@ def gateway_deployment(spec: InferenceStackSpec) -> Obj:
                     "httpGet": {"path": "/readyz", "port": "http"},
                     "periodSeconds": 5,
                 },
+                # SIGTERM (which stops the listener) only once Traefik and kube-proxy have
+                # dropped this endpoint; requests arriving meanwhile are still served
+                "lifecycle": {"preStop": {"sleep": {"seconds": ENDPOINT_REMOVAL_SECONDS}}},
                 "livenessProbe": {
                     "httpGet": {"path": "/healthz", "port": "http"},
                     "periodSeconds": 10,
@@ -258,7 +292,19 @@ def _is_hostname(host: str) -> bool:
     return any(c.isalpha() for c in host) and ":" not in host
 
 
+def _packaged_traefik(spec: InferenceStackSpec) -> PackagedTraefik | None:
+    """The Traefik chart K3s installs, or None on a cluster whose ingress is the operator's."""
+    if not spec.k3s:
+        return None
+    if spec.k3s_version is None:  # refused by InferenceStackSpec; kept for the type checker
+        raise ValueError("k3sVersion: required when k3s is true")
+    return packaged_traefik(spec.k3s_version)
+
+
 def gateway_ingress(spec: InferenceStackSpec) -> Obj:
+    """The gateway's Ingress: on ``websecure`` with TLS, or on ``web`` when the stack serves
+    plain HTTP on purpose. A cluster that is not K3s is expected to run Traefik with the chart's
+    entry-point names."""
     gateway = spec.inference.gateway
     rule: Obj = {
         "http": {
@@ -274,15 +320,26 @@ def gateway_ingress(spec: InferenceStackSpec) -> Obj:
     if _is_hostname(gateway.host):
         rule = {"host": gateway.host, **rule}
     ingress_spec: Obj = {"ingressClassName": TRAEFIK_INGRESS_CLASS, "rules": [rule]}
+    meta = metadata(GATEWAY, GATEWAY_NAMESPACE, "gateway")
+    chart = _packaged_traefik(spec)
+    web = chart.web_entry_point if chart else TRAEFIK_WEB_ENTRY_POINT
+    websecure = chart.websecure_entry_point if chart else TRAEFIK_WEBSECURE_ENTRY_POINT
     if gateway.tls_secret:
         tls: Obj = {"secretName": gateway.tls_secret}
         if _is_hostname(gateway.host):
             tls = {"hosts": [gateway.host], **tls}
         ingress_spec["tls"] = [tls]
+        # websecure only: on web the router would answer too, and API keys would cross in clear
+        meta["annotations"] = {
+            TRAEFIK_ENTRYPOINTS_ANNOTATION: websecure,
+            TRAEFIK_TLS_ANNOTATION: "true",
+        }
+    else:
+        meta["annotations"] = {TRAEFIK_ENTRYPOINTS_ANNOTATION: web}
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "Ingress",
-        "metadata": metadata(GATEWAY, GATEWAY_NAMESPACE, "gateway"),
+        "metadata": meta,
         "spec": ingress_spec,
     }
 
@@ -297,14 +354,37 @@ def edge_timeout_seconds(spec: InferenceStackSpec) -> int:
     )
 
 
-def traefik_values(spec: InferenceStackSpec) -> Obj:
+def traefik_arguments(spec: InferenceStackSpec) -> list[str]:
+    """The command-line flags K3s's Traefik must run with: both entry points' responding
+    timeouts above the longest hold plus request, and, unless the stack serves plain HTTP on
+    purpose, every ``web`` request redirected to HTTPS. Empty when the cluster is not K3s (its
+    ingress controller is the operator's).
+
+    Flags, not the chart's ``ports.<name>.transport`` values: the chart K3s v1.31 packages
+    (27.0.201+up27.0.2) templates those only from chart 28 on and passes ``additionalArguments``
+    through verbatim; Traefik v2.11 would otherwise cut every request at its 60 s default
+    ``readTimeout``. Verification compares these with the live Traefik Deployment's args.
+    """
+    chart = _packaged_traefik(spec)
+    if chart is None:
+        return []
     seconds = f"{edge_timeout_seconds(spec)}s"
+    args = [
+        f"--entryPoints.{entry_point}.transport.respondingTimeouts.{timeout}={seconds}"
+        for entry_point in (chart.web_entry_point, chart.websecure_entry_point)
+        for timeout in TRAEFIK_TIMEOUTS
+    ]
+    if not spec.inference.gateway.plain_http:
+        # to the port the Service exposes, as the chart's own ports.web.redirectTo does: the
+        # entry point's name would redirect to its container port (8443)
+        redirect = f"--entryPoints.{chart.web_entry_point}.http.redirections.entryPoint"
+        args += [f"{redirect}.to=:{chart.websecure_exposed_port}", f"{redirect}.scheme=https"]
+    return args
 
-    def transport() -> Obj:
-        timeouts = {"readTimeout": seconds, "writeTimeout": seconds, "idleTimeout": seconds}
-        return {"transport": {"respondingTimeouts": timeouts}}
 
-    return {"ports": {"web": transport(), "websecure": transport()}}
+def traefik_values(spec: InferenceStackSpec) -> Obj:
+    """The packaged chart's values that carry :func:`traefik_arguments` to Traefik."""
+    return {"additionalArguments": traefik_arguments(spec)}
 
 
 def traefik_config(spec: InferenceStackSpec) -> Obj:
@@ -322,5 +402,5 @@ def traefik_config(spec: InferenceStackSpec) -> Obj:
 def gateway_url(spec: InferenceStackSpec) -> str:
     """The OpenAI base URL clients use."""
     host = spec.inference.gateway.host
-    scheme = "https" if spec.inference.gateway.tls_secret else "http"
+    scheme = "http" if spec.inference.gateway.plain_http else "https"
     return f"{scheme}://[{host}]/v1" if ":" in host else f"{scheme}://{host}/v1"

@@ -34,7 +34,15 @@ from components.plan.kubernetes.spec import (
     OBJECT_STORE_CREDENTIALS,
     RUNTIME_CLASS,
     InferenceStackSpec,
+    replicas_service_name,
     service_host,
+)
+from components.plan.sizing import (
+    SHM_BYTES,
+    STREAMER_MEMORY_LIMIT_BYTES,
+    ReplicaHostMemory,
+    replica_cpus,
+    replica_host_memory,
 )
 
 GIB: Final = 1024**3
@@ -45,6 +53,11 @@ GIB: Final = 1024**3
 # capture, compilation on a cold compile cache) gets a fixed allowance on top.
 CACHE_READ_BYTES_PER_SECOND: Final = GIB
 ENGINE_START_ALLOWANCE_SECONDS: Final = 300
+# A typical cold start once the image, the weights and the compile cache are on the node:
+# scheduling, pod sandbox and the init container's instant ``ensure``; then vLLM's process start,
+# CUDA context, loading the compiled graphs and capturing CUDA graphs.
+POD_START_SECONDS: Final = 5
+WARM_ENGINE_START_SECONDS: Final = 60
 STARTUP_PROBE_PERIOD_SECONDS: Final = 10
 # Threads reading safetensors from the node cache into pinned memory (Run:ai Model Streamer).
 STREAMER_CONCURRENCY: Final = 16
@@ -64,7 +77,22 @@ OFFLINE_ENV: Final = {"HF_HUB_OFFLINE": "1", **TELEMETRY_OPT_OUTS}
 # The serving container's own writable places (its image filesystem is read-only).
 SCRATCH_DIR: Final = "/tmp"  # noqa: S108 - an emptyDir mounted there, private to the pod
 SERVER_UID: Final = 1000
+# uid 1000 has no /etc/passwd entry in the vllm-openai image, and torch inductor's default cache
+# directory is named after getpass.getuser(), which reads LOGNAME, USER, LNAME, USERNAME and
+# only then the passwd file (KeyError there). The name is given through the environment.
+SERVER_USER: Final = "model-server"
 CACHE_VOLUME: Final = "weights-cache"
+# The revision's compile caches on the node (CachePaths.compile_dir), read-write for the server:
+# a warm start loads compiled graphs and kernels instead of compiling them again.
+COMPILE_VOLUME: Final = "compile-cache"
+COMPILE_CACHE_DIR: Final = "/var/cache/sovereign-compile"
+# Where PyTorch, Triton and vLLM look for their caches (torch/_inductor/runtime/cache_dir_utils.py,
+# triton/knobs.py, vllm/envs.py at the versions the vllm-openai v0.11 image ships).
+COMPILE_CACHE_ENV: Final = {
+    "TORCHINDUCTOR_CACHE_DIR": f"{COMPILE_CACHE_DIR}/torchinductor",
+    "TRITON_CACHE_DIR": f"{COMPILE_CACHE_DIR}/triton",
+    "VLLM_CACHE_ROOT": f"{COMPILE_CACHE_DIR}/vllm",
+}
 
 
 def weights_container(
@@ -116,10 +144,30 @@ def weight_bytes_bound(model: ModelSpec) -> int:
     return smallest * model.gpus_per_replica * GIB
 
 
+def weights_read_seconds(model: ModelSpec) -> int:
+    """Reading the weights from the node cache into GPU memory, at the cache's floor speed."""
+    return math.ceil(weight_bytes_bound(model) / CACHE_READ_BYTES_PER_SECOND)
+
+
 def startup_budget_seconds(model: ModelSpec) -> int:
-    """How long a replica may take from container start to a healthy server."""
-    read = math.ceil(weight_bytes_bound(model) / CACHE_READ_BYTES_PER_SECOND)
-    return read + ENGINE_START_ALLOWANCE_SECONDS
+    """How long a replica may take from container start to a healthy server.
+
+    The image pull and the weights fetch happen before the container starts (the warmer pre-pulls
+    one and prefetches the other), so the probe waits for the read and the engine start alone.
+    The engine allowance still covers a cold compile cache: the first start of a revision with a
+    new image on a node compiles, every later one loads what it compiled."""
+    return weights_read_seconds(model) + ENGINE_START_ALLOWANCE_SECONDS
+
+
+def cold_start_estimate_seconds(spec: InferenceStackSpec, model: ModelSpec) -> int:
+    """What a request to a scaled-to-zero ``model`` waits, typically: the image already on the
+    node, the weights on its NVMe and the compile cache warm. The scheduling, sandbox and init
+    container (which returns at once on a verified copy), the read, the engine start.
+
+    ``spec`` is part of the signature so that node facts can refine the estimate; the weights'
+    bound and the cache's floor speed are what is known today."""
+    del spec
+    return POD_START_SECONDS + weights_read_seconds(model) + WARM_ENGINE_START_SECONDS
 
 
 def model_labels(model: ModelSpec) -> dict[str, str]:
@@ -144,11 +192,29 @@ def server_args(spec: InferenceStackSpec, model: ModelSpec) -> list[str]:
         "--load-format",
         "runai_streamer",
         "--model-loader-extra-config",
-        json.dumps({"concurrency": STREAMER_CONCURRENCY}),
+        # memory_limit bounds each worker's CPU buffer (see components.plan.sizing)
+        json.dumps(
+            {"concurrency": STREAMER_CONCURRENCY, "memory_limit": STREAMER_MEMORY_LIMIT_BYTES}
+        ),
     ]
     if model.max_model_len is not None:
         args += ["--max-model-len", str(model.max_model_len)]
     return args + list(model.args)
+
+
+def server_image(spec: InferenceStackSpec, model: ModelSpec) -> str:
+    return model.image or spec.inference.image
+
+
+def image_digest(image: str) -> str:
+    """``sha256:<hex>`` of a pinned reference (config refuses any other)."""
+    return image.rpartition("@")[2]
+
+
+def compile_cache_dir(spec: InferenceStackSpec, model: ModelSpec) -> str:
+    """The node directory of ``model``'s compile caches for the image it runs."""
+    digest = image_digest(server_image(spec, model))
+    return str(cache_paths(spec, model).compile_dir(digest))
 
 
 def server_env(spec: InferenceStackSpec, model: ModelSpec) -> list[Obj]:
@@ -160,6 +226,9 @@ def server_env(spec: InferenceStackSpec, model: ModelSpec) -> list[Obj]:
         "SOVEREIGN_PORT": str(MODEL_PORT),
         "HOME": SCRATCH_DIR,
         "XDG_CACHE_HOME": f"{SCRATCH_DIR}/.cache",
+        "USER": SERVER_USER,
+        "LOGNAME": SERVER_USER,
+        **COMPILE_CACHE_ENV,
         **OFFLINE_ENV,  # last: config cannot turn telemetry back on
     }
     return [{"name": k, "value": v} for k, v in sorted(env.items())]
@@ -186,6 +255,10 @@ def ensure_args(spec: InferenceStackSpec, model: ModelSpec) -> list[str]:
         model.name,
         "--allowed-endpoints",
         allowed_endpoints(spec),
+        "--compile-image",
+        image_digest(server_image(spec, model)),
+        "--compile-owner",
+        str(SERVER_UID),
     ]
 
 
@@ -197,18 +270,132 @@ def model_affinity(spec: InferenceStackSpec, model: ModelSpec) -> Obj:
     return required_node_affinity(*expressions)
 
 
+def memory_quantity(count: int) -> str:
+    """A Kubernetes quantity for ``count`` bytes, in whole MiB (rounded up)."""
+    return f"{math.ceil(count / 1024**2)}Mi"
+
+
+def model_host_memory(model: ModelSpec) -> ReplicaHostMemory:
+    """Host memory one replica of ``model`` requests: sized from the upper bound of its weights,
+    since the plan sees no manifest (``sovereign size`` reports the same figure)."""
+    return replica_host_memory(model.gpus_per_replica, weight_bytes_bound(model))
+
+
+def server_resources(model: ModelSpec) -> Obj:
+    """GPUs, CPUs and host memory of the serving container. The memory request is also its limit:
+    every part of it is bounded, and a replica that outgrows it is stopped instead of the node's
+    other pods. No CPU limit: a throttled scheduling loop stalls every stream of the replica."""
+    gpus = str(model.gpus_per_replica)
+    memory = memory_quantity(model_host_memory(model).total_bytes)
+    return {
+        "requests": {
+            "cpu": str(replica_cpus(model.gpus_per_replica)),
+            "memory": memory,
+            GPU_RESOURCE: gpus,
+        },
+        "limits": {"memory": memory, GPU_RESOURCE: gpus},
+    }
+
+
+# Stopping a replica without cutting its streams. vLLM v0.11.0 does not drain on SIGTERM: its
+# handler cancels the HTTP server and shuts the engine down before awaiting the server's shutdown
+# (vllm/entrypoints/launcher.py, openai/api_server.py), so every request still running is cut.
+# The replica therefore waits in preStop, still serving, until the Services have dropped it and
+# its running and waiting requests are done, and only then gets SIGTERM.
+# - ENDPOINT_REMOVAL_SECONDS: the EndpointSlice update and kube-proxy's rule sync after the pod is
+#   marked terminating; requests sent before it lands still reach the replica and are served.
+# - the drain waits at most the gateway's request timeout: no request runs longer.
+# - SHUTDOWN_MARGIN_SECONDS: vLLM's engine and workers exiting and releasing GPU memory.
+ENDPOINT_REMOVAL_SECONDS: Final = 10
+SHUTDOWN_MARGIN_SECONDS: Final = 30
+DRAIN_POLL_SECONDS: Final = 2
+# vLLM's scheduler gauges (vllm/v1/metrics/loggers.py at v0.11.0), one sample per engine.
+VLLM_BUSY_GAUGES: Final = ("vllm:num_requests_running", "vllm:num_requests_waiting")
+# Run in the server container by the preStop hook: ``python3 -c DRAIN_SCRIPT port removal
+# deadline poll gauge...``. It exits when the server is idle, gone, or the deadline has passed.
+DRAIN_SCRIPT: Final = """\
+import sys, time, urllib.request
+port, removal, deadline, poll = (int(a) for a in sys.argv[1:5])
+gauges = tuple(sys.argv[5:])
+end = time.monotonic() + deadline
+time.sleep(removal)
+while time.monotonic() < end:
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        text = urllib.request.urlopen(url, timeout=poll).read().decode()
+    except OSError:
+        break
+    busy = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(gauges)
+    )
+    if busy == 0:
+        break
+    time.sleep(poll)
+"""
+# The HPA refuses a scale-down period above 1800 s and a stabilization window above 3600 s
+# (MaxPeriodSeconds, MaxStabilizationWindowSeconds in pkg/apis/autoscaling/validation).
+HPA_MAX_PERIOD_SECONDS: Final = 1800
+HPA_MAX_STABILIZATION_SECONDS: Final = 3600
+
+
+def drain_deadline_seconds(spec: InferenceStackSpec) -> int:
+    """The longest a stopping replica waits for its requests: the gateway's request timeout."""
+    return spec.inference.gateway.request_timeout_seconds
+
+
+def termination_grace_seconds(spec: InferenceStackSpec) -> int:
+    """From the pod's deletion to SIGKILL: endpoint removal, the drain, and the engine's exit."""
+    return ENDPOINT_REMOVAL_SECONDS + drain_deadline_seconds(spec) + SHUTDOWN_MARGIN_SECONDS
+
+
+def server_lifecycle(spec: InferenceStackSpec, model: ModelSpec) -> Obj:
+    """The preStop hook: the toolkit's vLLM drains (see DRAIN_SCRIPT); a bring-your-own server
+    only waits for its endpoint's removal, and must finish its requests on SIGTERM itself."""
+    if model.image is not None:
+        return {"preStop": {"sleep": {"seconds": ENDPOINT_REMOVAL_SECONDS}}}
+    drain = [
+        "python3",
+        "-c",
+        DRAIN_SCRIPT,
+        str(MODEL_PORT),
+        str(ENDPOINT_REMOVAL_SECONDS),
+        str(ENDPOINT_REMOVAL_SECONDS + drain_deadline_seconds(spec)),
+        str(DRAIN_POLL_SECONDS),
+        *VLLM_BUSY_GAUGES,
+    ]
+    return {"preStop": {"exec": {"command": drain}}}
+
+
+def scale_down_behavior(spec: InferenceStackSpec, model: ModelSpec) -> Obj:
+    """Between 1 and maxReplicas (KEDA itself takes the last replica away after cooldownPeriod):
+    a replica goes only after the load has stayed lower for ``idleSeconds``, one at a time, and
+    the next one only once the previous has had its whole grace period to drain."""
+    return {
+        "stabilizationWindowSeconds": min(model.idle_seconds, HPA_MAX_STABILIZATION_SECONDS),
+        "selectPolicy": "Min",
+        "policies": [
+            {
+                "type": "Pods",
+                "value": 1,
+                "periodSeconds": min(termination_grace_seconds(spec), HPA_MAX_PERIOD_SECONDS),
+            }
+        ],
+    }
+
+
 def model_deployment(spec: InferenceStackSpec, model: ModelSpec) -> Obj:
     labels = model_labels(model)
-    gpus = str(model.gpus_per_replica)
     probe_port = {"port": "http", "path": "/health"}
     startup_failures = math.ceil(startup_budget_seconds(model) / STARTUP_PROBE_PERIOD_SECONDS)
     server = {
         "name": "server",
-        "image": model.image or spec.inference.image,
+        "image": server_image(spec, model),
         "args": server_args(spec, model),
         "env": server_env(spec, model),
         "ports": [{"name": "http", "containerPort": MODEL_PORT, "protocol": "TCP"}],
-        "resources": {"requests": {GPU_RESOURCE: gpus}, "limits": {GPU_RESOURCE: gpus}},
+        "resources": server_resources(model),
         "startupProbe": {
             "httpGet": probe_port,
             "periodSeconds": STARTUP_PROBE_PERIOD_SECONDS,
@@ -227,17 +414,21 @@ def model_deployment(spec: InferenceStackSpec, model: ModelSpec) -> Obj:
             "failureThreshold": 4,
             "timeoutSeconds": 10,
         },
+        "lifecycle": server_lifecycle(spec, model),
         "securityContext": restricted_container(SERVER_UID),
         "volumeMounts": [
             {"name": CACHE_VOLUME, "mountPath": spec.cache_mount_point, "readOnly": True},
             {"name": "shm", "mountPath": "/dev/shm"},  # noqa: S108 - a memory emptyDir
             {"name": "scratch", "mountPath": SCRATCH_DIR},
+            {"name": COMPILE_VOLUME, "mountPath": COMPILE_CACHE_DIR},
         ],
     }
     ensure = {
         **weights_container(spec, "weights", ensure_args(spec, model)),
         "volumeMounts": [{"name": CACHE_VOLUME, "mountPath": spec.cache_mount_point}],
     }
+    # the compile cache directory is handed to the server's user, which needs CAP_CHOWN
+    ensure["securityContext"]["capabilities"] = {"drop": ["ALL"], "add": ["CHOWN"]}
     if model.image is None:
         server["command"] = list(VLLM_COMMAND)
     return {
@@ -263,7 +454,7 @@ def model_deployment(spec: InferenceStackSpec, model: ModelSpec) -> Obj:
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "securityContext": restricted_pod(SERVER_UID),
-                    "terminationGracePeriodSeconds": 60,
+                    "terminationGracePeriodSeconds": termination_grace_seconds(spec),
                     "initContainers": [ensure],
                     "containers": [server],
                     "volumes": [
@@ -272,8 +463,22 @@ def model_deployment(spec: InferenceStackSpec, model: ModelSpec) -> Obj:
                             "hostPath": {"path": spec.cache_mount_point, "type": "Directory"},
                         },
                         # NCCL and vLLM's workers share tensors through /dev/shm
-                        {"name": "shm", "emptyDir": {"medium": "Memory"}},
+                        {
+                            "name": "shm",
+                            "emptyDir": {
+                                "medium": "Memory",
+                                "sizeLimit": memory_quantity(SHM_BYTES),
+                            },
+                        },
                         {"name": "scratch", "emptyDir": {}},
+                        # the kubelet makes it (root's) before the init container hands it over
+                        {
+                            "name": COMPILE_VOLUME,
+                            "hostPath": {
+                                "path": compile_cache_dir(spec, model),
+                                "type": "DirectoryOrCreate",
+                            },
+                        },
                     ],
                 },
             },
@@ -296,9 +501,40 @@ def model_service(model: ModelSpec) -> Obj:
     }
 
 
+def model_replicas_service(model: ModelSpec) -> Obj:
+    """Headless: its DNS name resolves to each ready replica, which the gateway probes and meters
+    one by one. Not-ready replicas stay out (``publishNotReadyAddresses`` false)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(
+            replicas_service_name(model.name),
+            MODELS_NAMESPACE,
+            "model-server",
+            **model_labels(model),
+        ),
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": "None",
+            "publishNotReadyAddresses": False,
+            "selector": model_labels(model),
+            "ports": [
+                {"name": "http", "port": MODEL_PORT, "targetPort": "http", "protocol": "TCP"}
+            ],
+        },
+    }
+
+
 def model_upstream(model: ModelSpec) -> str:
     """The base URL the gateway forwards ``model``'s requests to."""
     return f"http://{service_host(model.name, MODELS_NAMESPACE)}:{MODEL_PORT}"
+
+
+def model_replicas_address(model: ModelSpec) -> str:
+    """``host:port`` whose DNS records are ``model``'s ready replicas (its headless Service): the
+    gateway probes and meters each replica there, while requests go through ``model_upstream``."""
+    host = service_host(replicas_service_name(model.name), MODELS_NAMESPACE)
+    return f"{host}:{MODEL_PORT}"
 
 
 def scaler_address() -> str:
@@ -306,7 +542,7 @@ def scaler_address() -> str:
     return f"{service_host(GATEWAY, GATEWAY_NAMESPACE)}:{SCALER_GRPC_PORT}"
 
 
-def scaled_object(model: ModelSpec) -> Obj:
+def scaled_object(spec: InferenceStackSpec, model: ModelSpec) -> Obj:
     return {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",
@@ -317,6 +553,11 @@ def scaled_object(model: ModelSpec) -> Obj:
             "maxReplicaCount": model.max_replicas,
             "cooldownPeriod": model.idle_seconds,
             "pollingInterval": 15,
+            "advanced": {
+                "horizontalPodAutoscalerConfig": {
+                    "behavior": {"scaleDown": scale_down_behavior(spec, model)}
+                }
+            },
             "triggers": [
                 {
                     "type": "external-push",

@@ -19,7 +19,12 @@ from components.plan.kubernetes.gateway import (
     routes_config_map,
     traefik_config,
 )
-from components.plan.kubernetes.models import model_deployment, model_service, scaled_object
+from components.plan.kubernetes.models import (
+    model_deployment,
+    model_replicas_service,
+    model_service,
+    scaled_object,
+)
 from components.plan.kubernetes.objects import Obj
 from components.plan.kubernetes.security import namespaces, network_policies
 from components.plan.kubernetes.spec import RUNTIME_CLASS, InferenceStackSpec
@@ -28,11 +33,13 @@ from components.plan.kubernetes.warmer import warmer_config_map, warmer_daemon_s
 
 @dataclass(frozen=True)
 class ModelObjects:
-    """One model's Deployment, Service and ScaledObject."""
+    """One model's Deployment, its Services (one address for requests, a headless one listing
+    each ready replica for probes and metering) and its ScaledObject."""
 
     name: str
     deployment: Obj
     service: Obj
+    replicas_service: Obj
     scaled_object: Obj
 
 
@@ -62,7 +69,7 @@ class InferencePlan:
             found.append(self.runtime_class)
         found += self.warmer
         for model in self.models:
-            found += [model.deployment, model.service, model.scaled_object]
+            found += [model.deployment, model.service, model.replicas_service, model.scaled_object]
         return found + self.gateway + self.edge
 
 
@@ -77,7 +84,8 @@ def runtime_class() -> Obj:
 
 def inference_plan(spec: InferenceStackSpec) -> InferencePlan:
     warmer: list[Obj] = []
-    if any(m.prefetch for m in spec.inference.models):
+    # prefetched or not, every model's image is pre-pulled by the warmer
+    if spec.inference.models:
         warmer = [warmer_config_map(spec), warmer_daemon_set(spec)]
     secret = api_keys_secret(spec)
     gateway = [routes_config_map(spec)]
@@ -93,12 +101,18 @@ def inference_plan(spec: InferenceStackSpec) -> InferencePlan:
         namespaces=namespaces(spec),
         network_policies=network_policies(spec),
         # K3s ships RuntimeClass nvidia itself (its bundled runtimes.yaml manifest)
-        runtime_class=None if spec.k3s else runtime_class(),
+        runtime_class=None if spec.k3s or spec.nvidia_runtime_class_exists else runtime_class(),
         gpu_charts=[device_plugin_chart(spec), dcgm_exporter_chart(spec)],
         keda=keda_chart(spec),
         warmer=warmer,
         models=[
-            ModelObjects(m.name, model_deployment(spec, m), model_service(m), scaled_object(m))
+            ModelObjects(
+                m.name,
+                model_deployment(spec, m),
+                model_service(m),
+                model_replicas_service(m),
+                scaled_object(spec, m),
+            )
             for m in spec.inference.models
         ],
         gateway=gateway,

@@ -8,11 +8,13 @@ toolkit did not build. Pure: no Pulumi, no I/O.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from typing import Final
 
 from pydantic import Field, model_validator
 
+from components.config.catalog import packaged_traefik
 from components.config.errors import CrossFieldProblems, Problem
 from components.config.models import (
     CacheSpec,
@@ -84,8 +86,11 @@ class InferenceStackSpec(Model):
 
     ``nodes`` are facts about the cluster (empty when unknown: then no node is assumed to be a CPU
     node). ``k3s`` says the cluster is K3s, whose bundled RuntimeClass ``nvidia`` and Traefik
-    ingress are used instead of creating them. ``cluster_cidrs`` are the pod and service ranges,
-    which object-store egress never reaches into.
+    ingress are used instead of creating them; ``k3s_version`` (required then) is its release,
+    which picks the Traefik chart K3s packages. ``cluster_cidrs`` are the pod and service ranges,
+    which object-store egress never reaches into. ``nvidia_runtime_class_exists`` says a cluster
+    built elsewhere already has RuntimeClass ``nvidia`` (a K3s cluster, the GPU Operator's), which
+    is then used and not created a second time.
     """
 
     environment: DnsLabel
@@ -94,6 +99,8 @@ class InferenceStackSpec(Model):
     nodes: tuple[ClusterNode, ...] = ()
     cache_mount_point: str = CacheSpec().mount_point
     k3s: bool = False
+    k3s_version: str | None = None
+    nvidia_runtime_class_exists: bool = False
     cluster_cidrs: tuple[str, ...] = ("10.42.0.0/16", "10.43.0.0/16")
 
     @model_validator(mode="after")
@@ -105,6 +112,15 @@ class InferenceStackSpec(Model):
                 ipaddress.ip_network(cidr)
             except ValueError:
                 problems.append(Problem(f"clusterCidrs[{i}]", "expected a CIDR"))
+        if self.k3s_version is not None:
+            try:
+                packaged_traefik(self.k3s_version)
+            except ValueError as exc:
+                problems.append(Problem("k3sVersion", str(exc)))
+        elif self.k3s:
+            problems.append(
+                Problem("k3sVersion", "required when k3s is true (the release, like v1.31.6+k3s1)")
+            )
         if problems:
             raise CrossFieldProblems(problems)
         return self
@@ -124,12 +140,30 @@ class InferenceStackSpec(Model):
             ),
             cache_mount_point=stack.cache.mount_point,
             k3s=stack.k3s.install,
+            k3s_version=stack.k3s.version,
             cluster_cidrs=(stack.k3s.cluster_cidr, stack.k3s.service_cidr),
         )
 
     @property
     def has_cpu_nodes(self) -> bool:
         return any(n.gpu_count == 0 for n in self.nodes)
+
+
+REPLICAS_SUFFIX: Final = "-replicas"
+DNS_LABEL_MAX: Final = 63
+
+
+def replicas_service_name(model_name: str) -> str:
+    """The headless Service that lists every ready replica of a model (one DNS record each).
+
+    ``<model>-replicas``; a model name too long for the suffix keeps its head and gains a short
+    digest of the whole name, so two long names never share a Service."""
+    name = f"{model_name}{REPLICAS_SUFFIX}"
+    if len(name) <= DNS_LABEL_MAX:
+        return name
+    digest = hashlib.sha256(model_name.encode()).hexdigest()[:8]
+    head = model_name[: DNS_LABEL_MAX - len(REPLICAS_SUFFIX) - len(digest) - 1].rstrip("-")
+    return f"{head}-{digest}{REPLICAS_SUFFIX}"
 
 
 def service_host(name: str, namespace: str) -> str:

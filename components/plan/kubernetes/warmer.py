@@ -1,4 +1,5 @@
-"""The weights warmer: a DaemonSet on GPU nodes that keeps every ``prefetch`` model on the node."""
+"""The weights warmer: a DaemonSet on GPU nodes that keeps every ``prefetch`` model on the node
+and every model's serving image in the node's image store (pulled before any request waits)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,12 @@ from typing import Final
 
 from sovereign_weights.prefetch import PrefetchEntry, render_models_file
 
-from components.plan.kubernetes.models import allowed_endpoints, weights_container
+from components.plan.kubernetes.models import (
+    WEIGHTS_COMMAND,
+    allowed_endpoints,
+    server_image,
+    weights_container,
+)
 from components.plan.kubernetes.objects import (
     GPU_TOLERATIONS,
     Obj,
@@ -14,6 +20,7 @@ from components.plan.kubernetes.objects import (
     metadata,
     required_node_affinity,
     residency_expression,
+    restricted_container,
     restricted_pod,
 )
 from components.plan.kubernetes.spec import (
@@ -29,6 +36,48 @@ MODELS_DIR: Final = "/etc/sovereign-weights"
 # How often the warmer looks again for models that are missing or were removed by hand.
 WATCH_SECONDS: Final = 300
 WARMER_LABELS: Final = {COMPONENT_LABEL: "weights-warmer"}
+# The pre-pull containers run a static exit-0 program from here (``sovereign-weights
+# noop-program``): a serving image may have no shell, nor any program of its own that exits 0.
+PREPULL_VOLUME: Final = "prepull"
+# top level: /var/run is a link to /run in many images, and a scratch image has neither
+PREPULL_DIR: Final = "/sovereign-prepull"
+NOOP_PROGRAM: Final = f"{PREPULL_DIR}/noop"
+PREPULL_RESOURCES: Final = {
+    "requests": {"cpu": "10m", "memory": "16Mi"},
+    "limits": {"memory": "16Mi"},
+}
+
+
+def serving_images(spec: InferenceStackSpec) -> list[str]:
+    """Every distinct image a model replica runs, in a stable order."""
+    return sorted({server_image(spec, m) for m in spec.inference.models})
+
+
+def prepull_containers(spec: InferenceStackSpec) -> list[Obj]:
+    """Init containers that make the kubelet pull each serving image, then exit 0 at once."""
+    mount = {"name": PREPULL_VOLUME, "mountPath": PREPULL_DIR}
+    # no store credentials, no root: it only writes into the pod's own emptyDir
+    writer = {
+        "name": "prepull-program",
+        "image": spec.inference.weights_image,
+        "command": list(WEIGHTS_COMMAND),
+        "args": ["noop-program", "--out", NOOP_PROGRAM],
+        "resources": PREPULL_RESOURCES,
+        "securityContext": restricted_container(),
+        "volumeMounts": [mount],
+    }
+    pulls = [
+        {
+            "name": f"prepull-{i}",
+            "image": image,
+            "command": [NOOP_PROGRAM],
+            "resources": PREPULL_RESOURCES,
+            "securityContext": restricted_container(),
+            "volumeMounts": [{**mount, "readOnly": True}],
+        }
+        for i, image in enumerate(serving_images(spec))
+    ]
+    return [writer, *pulls]
 
 
 def prefetch_list(spec: InferenceStackSpec) -> list[PrefetchEntry]:
@@ -72,6 +121,7 @@ def warmer_daemon_set(spec: InferenceStackSpec) -> Obj:
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "securityContext": restricted_pod(),
+                    "initContainers": prepull_containers(spec),
                     "containers": [
                         {
                             **weights_container(
@@ -105,6 +155,7 @@ def warmer_daemon_set(spec: InferenceStackSpec) -> Obj:
                             "hostPath": {"path": spec.cache_mount_point, "type": "Directory"},
                         },
                         {"name": "models", "configMap": {"name": WARMER_MODELS}},
+                        {"name": PREPULL_VOLUME, "emptyDir": {"sizeLimit": "1Mi"}},
                     ],
                 },
             },

@@ -33,10 +33,31 @@ KEEPALIVE_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 ]
-SERVER_OPTIONS = [
+_SERVER_KEEPALIVE_OPTIONS = [
+    # peers' pings (KEEPALIVE_OPTIONS) are welcome, on idle connections too
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+    # the server pings too: an idle StreamIsActive stream stays alive in connection tracking on
+    # the way, and a KEDA or peer that vanished without closing is noticed and its call ended
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
 ]
+
+
+def server_options(
+    max_connection_age: float, max_connection_age_grace: float
+) -> list[tuple[str, int]]:
+    """The scaler listener's options: keepalive both ways, and a maximum connection age.
+
+    Past the age the server sends GOAWAY (new calls go to a fresh connection, through the Service
+    to any replica); calls still open get the grace, then end, and KEDA opens its stream again.
+    """
+    return [
+        *_SERVER_KEEPALIVE_OPTIONS,
+        ("grpc.max_connection_age_ms", round(max_connection_age * 1000)),
+        ("grpc.max_connection_age_grace_ms", round(max_connection_age_grace * 1000)),
+    ]
 
 
 def _to_message(replica_id: str, counts: PeerCounts) -> pb.CountsSnapshot:

@@ -2,9 +2,12 @@
 
 While requests wait for a cold model the probe runs every ``cold_probe_interval`` (50 ms by default),
 so a held request is forwarded within one interval plus one probe round trip of the first replica
-becoming ready. Otherwise the probe runs every ``warm_probe_interval``: it notices a scale-down to
-zero and meters replica time. Probing the Service, rather than watching EndpointSlices, keeps the
-gateway free of Kubernetes API access and works against any http(s) backend.
+becoming ready. Otherwise the probe runs every ``warm_probe_interval``, with the longer
+``warm_probe_timeout``: it notices a scale-down to zero and meters replica time. A replica counts as
+gone after ``probe_failure_threshold`` failed probes in a row, so a busy ``/health`` does not flip a
+model cold. Probing the route's ``replicas`` address (a headless Service: one DNS record per ready
+pod), rather than watching EndpointSlices, keeps the gateway free of Kubernetes API access and
+works against any http(s) backend.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import aiohttp
 
 from sovereign_gateway.counts import Counts
 from sovereign_gateway.metering import Metering
-from sovereign_gateway.routes import ModelRoute
+from sovereign_gateway.routes import ModelRoute, split_host_port
 from sovereign_gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,8 @@ class ModelReadiness:
         self._wake = asyncio.Event()
         self.cold_since: float | None = None
         self._observed: deque[float] = deque(maxlen=5)
+        # replica address -> failed probes in a row, for the replicas counted as ready
+        self._failures: dict[str, int] = {}
         self._accrued_at = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         metering.replicas_changed(self.name, 0, route.gpus_per_replica)
@@ -100,13 +105,17 @@ class ModelReadiness:
 
     def mark_unready(self) -> None:
         """A forward found no replica listening: hold requests until the probe sees one again."""
+        self._failures.clear()
         self._set_replicas(0)
         self._wake.set()
 
     def expected_cold_start(self) -> float:
-        """Seconds a cold start of this model takes: the median of the last ones observed."""
+        """Seconds a cold start of this model takes: the median of the last ones observed, else
+        the route's estimate, else the gateway's default."""
         if self._observed:
             return statistics.median(self._observed)
+        if self.route.expected_cold_start_seconds is not None:
+            return self.route.expected_cold_start_seconds
         return self._settings.default_cold_start_seconds
 
     def cold_retry_after(self) -> float:
@@ -162,44 +171,74 @@ class ModelReadiness:
             self._ready_event.clear()
             log.info("model has no ready replica", extra={"model": self.name})
 
-    async def _probe(self) -> int:
-        """Ready replicas behind the upstream: how many of its addresses answer ``/health``.
+    def _probe_endpoint(self) -> tuple[str, int, bool]:
+        """(host, port, per address) of what the probe resolves: the replicas' headless Service
+        when the route names one, otherwise the upstream's host."""
+        if self.route.replicas is not None:
+            host, port = split_host_port(self.route.replicas)
+            return host, port, True
+        parts = urlsplit(self.route.upstream)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return parts.hostname or "", port, False
 
-        A Service name resolves to one address (its ClusterIP): then this sees "at least one".
-        A headless Service resolves to one address per ready pod: then each is probed and the
-        count is exact. Requests themselves always go to the upstream URL as configured.
+    async def _probe_answers(self) -> dict[str, bool] | None:
+        """Each replica address and whether its ``/health`` answered; None when the name did
+        not resolve.
+
+        A ClusterIP Service name resolves to one address: then the upstream URL itself is probed
+        and the answer means "at least one". A headless Service resolves to one address per
+        ready pod: each is probed, so the count is exact. Requests always go to the upstream.
         """
         parts = urlsplit(self.route.upstream)
-        host = parts.hostname or ""
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        host, port, per_address = self._probe_endpoint()
         try:
             addresses = await self._resolve(host, port)
         except OSError:
-            return 0
-        if len(addresses) <= 1:
-            return int(await self._healthy(self.route.upstream + "/health"))
+            return None
+        if not per_address and len(addresses) <= 1:
+            return {self.route.upstream: await self._healthy(self.route.upstream + "/health")}
         base = f"{parts.scheme}://{{}}:{port}{parts.path}/health"
+        netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         answers = await asyncio.gather(
             *(
                 self._healthy(
                     base.format(f"[{address}]" if ":" in address else address),
-                    host_header=parts.netloc,
+                    host_header=netloc,
                     server_hostname=host if parts.scheme == "https" else None,
                 )
                 for address in addresses
             )
         )
-        return sum(answers)
+        return dict(zip(addresses, answers, strict=True))
+
+    async def _probe(self) -> int:
+        """Ready replicas, with hysteresis: a replica that answered stays counted until it fails
+        ``probe_failure_threshold`` probes in a row (a replica busy generating may miss one), or
+        at once when its address leaves DNS."""
+        answers = await self._probe_answers()
+        threshold = self._settings.probe_failure_threshold
+        for address in list(self._failures):
+            if answers is not None and address not in answers:
+                del self._failures[address]  # no longer a ready pod of the headless Service
+        for address, healthy in (answers or dict.fromkeys(self._failures, False)).items():
+            if healthy:
+                self._failures[address] = 0
+            elif address in self._failures:
+                self._failures[address] += 1
+                if self._failures[address] >= threshold:
+                    del self._failures[address]
+        return len(self._failures)
 
     async def _healthy(
         self, url: str, host_header: str | None = None, server_hostname: str | None = None
     ) -> bool:
+        timeout = self._settings.warm_probe_timeout if self.ready else self._settings.probe_timeout
         try:
             async with self._session.get(
                 url,
                 headers={"Host": host_header} if host_header else None,
                 server_hostname=server_hostname,
-                timeout=aiohttp.ClientTimeout(total=self._settings.probe_timeout),
+                timeout=aiohttp.ClientTimeout(total=timeout),
             ) as response:
                 return response.status == 200
         except (aiohttp.ClientError, TimeoutError, OSError):

@@ -8,6 +8,7 @@ Example::
     {"models": [{"name": "meta-llama/Llama-3.3-70B-Instruct",
                  "upstream": "http://llama-70b.sovereign-models.svc:8000",
                  "targetConcurrency": 8, "maxPendingRequests": 1000,
+                 "replicas": "llama-70b-replicas.sovereign-models.svc:8000",
                  "coldStartTimeoutSeconds": 900, "requestTimeoutSeconds": 600,
                  "gpusPerReplica": 4}],
      "tenants": [{"name": "team-a", "maxConcurrentRequests": 16}],
@@ -36,16 +37,48 @@ class _Schema(BaseModel):
     )
 
 
+def split_host_port(text: str, default_host: str | None = None) -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT`` or (with a default host) ``:PORT`` as (host, port).
+
+    The one parser of such addresses (route table and command line); ValueError says what was
+    expected.
+    """
+    expected = f"expected HOST:PORT (IPv6 as [ADDR]:PORT), got {text!r}"
+    if text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if ":" in host:
+            raise ValueError(expected)
+    if not sep or not port_text.isdigit():
+        raise ValueError(expected)
+    if not host:
+        if default_host is None:
+            raise ValueError(expected)
+        host = default_host
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ValueError(f"expected a port between 1 and 65535, got {port}")
+    return host, port
+
+
 class ModelRoute(_Schema):
-    """One model: the name clients send as ``model`` and the base URL of its replicas' Service."""
+    """One model: the name clients send as ``model``, the base URL of its replicas' Service, and
+    optionally ``replicas``, a ``host:port`` whose DNS records are the model's ready replicas (a
+    headless Service): the gateway probes and meters each of them there, and forwards through
+    ``upstream``."""
 
     name: Annotated[str, Field(min_length=1, max_length=256)]
     upstream: str
+    replicas: str | None = None
     target_concurrency: Annotated[int, Field(ge=1)] = 8
     max_pending_requests: Annotated[int, Field(ge=1)] = 1000
     cold_start_timeout_seconds: Annotated[float, Field(gt=0)] = 900.0
     request_timeout_seconds: Annotated[float, Field(gt=0)] = 600.0
     gpus_per_replica: Annotated[int, Field(ge=0)] = 1
+    # the plan's estimate of one cold start (pod start, weights from the node cache, engine start):
+    # Retry-After until the gateway has seen a cold start of its own; unset: the gateway's default
+    expected_cold_start_seconds: Annotated[float, Field(gt=0, le=86400)] | None = None
 
     @field_validator("name")
     @classmethod
@@ -71,6 +104,13 @@ class ModelRoute(_Schema):
         except ValueError as error:
             raise ValueError(f"expected a valid port in {value!r}: {error}") from None
         return value.rstrip("/")
+
+    @field_validator("replicas")
+    @classmethod
+    def _replicas_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_host_port(value)
+        return value
 
 
 class TenantLimit(_Schema):

@@ -2,7 +2,8 @@
 
 A ScaledObject names its model in the trigger metadata key ``model``. The metric is the model's
 pending plus in-flight requests summed over every live gateway replica; its per-replica target is
-the model's ``targetConcurrency``; the model is active while that sum is above zero.
+the model's ``targetConcurrency``; the model is active while that sum is above zero. The push
+stream carries only "active" (see ``StreamIsActive``).
 """
 
 from __future__ import annotations
@@ -63,15 +64,24 @@ class ExternalScaler(pb_grpc.ExternalScalerServicer):
     async def StreamIsActive(  # noqa: N802  (gRPC method name)
         self, request: pb.ScaledObjectRef, context: _Context[object, object]
     ) -> AsyncIterator[pb.IsActiveResponse]:
-        """Sends the current value at once, then each change as it happens."""
+        """Pushes "active" at once if the model is, then each time it becomes active again.
+
+        Never "inactive": KEDA 2.16 acts on a pushed value with the ScaledObject copy its push
+        path was started with, whose last-active time only its own pushes refresh, so a pushed
+        "inactive" after a busy period longer than ``cooldownPeriod`` scales every replica to
+        zero at once (fixed in KEDA 2.18). Scale-in is left to the polled ``IsActive``, whose
+        loop re-reads the ScaledObject and honours the cooldown.
+        """
         route = await self._route(request, context)
-        last: bool | None = None
+        # the stream is open from here on: a caller can tell that before any push comes
+        await context.send_initial_metadata(())
+        was_active = False
         while True:
             changed = self._counts.signal.current()
             active = self._active(route.name)
-            if active != last:
-                yield pb.IsActiveResponse(result=active)
-                last = active
+            if active and not was_active:
+                yield pb.IsActiveResponse(result=True)
+            was_active = active
             await changed.wait()
 
     async def GetMetricSpec(  # noqa: N802  (gRPC method name)

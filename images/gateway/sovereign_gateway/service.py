@@ -26,12 +26,12 @@ from sovereign_gateway.errors import error_response, sse_error_event
 from sovereign_gateway.logs import iso_time, write_record
 from sovereign_gateway.metering import Metering
 from sovereign_gateway.peers import (
-    SERVER_OPTIONS,
     PeerService,
     PeerWatchers,
     add_peer_service,
+    server_options,
 )
-from sovereign_gateway.readiness import ModelReadiness
+from sovereign_gateway.readiness import ModelReadiness, Resolver, resolve_addresses
 from sovereign_gateway.routes import RouteTable, RouteTableError, load_route_table
 from sovereign_gateway.scaler import ExternalScaler, add_scaler
 from sovereign_gateway.settings import Settings
@@ -50,6 +50,10 @@ _UPSTREAM_KEEPALIVE_SECONDS = 4.0
 _ACCRUE_GRANULARITY = 0.05
 _SERVER_HEADER = "sovereign-gateway"
 CLIENT_GONE = "client_disconnected"
+SHUTTING_DOWN = "gateway_shutdown"
+# after the drain: how long the listeners, and the gRPC calls still open (KEDA's and the peers'
+# streams), get to close
+_CLOSE_SECONDS = 0.5
 
 
 @dataclass
@@ -70,6 +74,9 @@ class _Record:
     error: str | None = None
     client_address: str | None = None
     usage: Usage | None = None
+    # a streamed reply under way, and whether what was sent of it ends at an SSE event's end
+    stream_response: web.StreamResponse | None = None
+    stream_at_event_end: bool = True
 
 
 @dataclass(frozen=True)
@@ -94,8 +101,15 @@ async def _hide_server_version(request: web.Request, response: web.StreamRespons
 class Gateway:
     """Everything one gateway process runs. ``start`` then ``wait_stopped``; SIGTERM drains."""
 
-    def __init__(self, settings: Settings, routes: RouteTable, api_keys: ApiKeys | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        routes: RouteTable,
+        api_keys: ApiKeys | None,
+        resolve: Resolver = resolve_addresses,
+    ) -> None:
         self.settings = settings
+        self._resolve = resolve
         self.routes = routes
         self.api_keys = api_keys
         self.replica_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:12]}"
@@ -110,6 +124,12 @@ class Gateway:
         self._peers = PeerWatchers(self.replica_id, self.counts, settings.peer_retry_interval)
         self._tasks: list[asyncio.Task[None]] = []
         self._stamps: dict[Path, _FileStamp | None] = {}
+        # each routed request runs under a deadline that SIGTERM sets to the end of the drain
+        self._request_scopes: set[asyncio.Timeout] = set()
+        self._drain_deadline: float | None = None
+        self._routed_requests = 0
+        self._no_requests = asyncio.Event()
+        self._no_requests.set()
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -128,7 +148,11 @@ class Gateway:
         for route in self.routes.models:
             self._add_model(route.name)
 
-        self._grpc = grpc.aio.server(options=SERVER_OPTIONS)
+        self._grpc = grpc.aio.server(
+            options=server_options(
+                settings.scaler_max_connection_age, settings.scaler_max_connection_age_grace
+            )
+        )
         add_scaler(self._grpc, ExternalScaler(self.counts, lambda: self.routes))
         add_peer_service(self._grpc, PeerService(self.replica_id, self.counts))
         if self._grpc.add_insecure_port(str(settings.scaler_listen)) == 0:
@@ -162,7 +186,9 @@ class Gateway:
         runner = web.AppRunner(
             app,
             handler_cancellation=True,
-            shutdown_timeout=self.settings.drain_seconds,
+            # the drain itself is ``_drain``: by the time the runner shuts down, no routed
+            # request is left (aiohttp would wait up to twice this for each)
+            shutdown_timeout=_CLOSE_SECONDS,
             access_log=None,
         )
         await runner.setup()
@@ -178,18 +204,33 @@ class Gateway:
         route = self.routes.model(name)
         assert route is not None
         assert self._session is not None
-        state = ModelReadiness(route, self.settings, self._session, self.counts, self.metering)
+        state = ModelReadiness(
+            route, self.settings, self._session, self.counts, self.metering, self._resolve
+        )
         self.models[name] = state
         state.start()
 
     def request_stop(self) -> None:
-        """SIGTERM: stop taking requests, let the ones in flight finish, then stop."""
+        """SIGTERM: stop taking requests, let the ones in flight finish for up to
+        ``--drain-seconds``, then stop."""
         if not self.draining:
             self.draining = True
             log.info("draining", extra={"drainSeconds": self.settings.drain_seconds})
             self._tasks.append(asyncio.create_task(self._drain(), name="drain"))
 
     async def _drain(self) -> None:
+        """Stop listening; requests in flight run until they end or the drain does, when a
+        stream gets an error event and a request not yet answered a 503."""
+        deadline = asyncio.get_running_loop().time() + self.settings.drain_seconds
+        self._drain_deadline = deadline
+        for scope in self._request_scopes:
+            scope.reschedule(deadline)
+        for runner in self._runners:
+            for site in list(runner.sites):
+                await site.stop()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline + _CLOSE_SECONDS):
+                await self._no_requests.wait()
         await self.close()
         self._stopped.set()
 
@@ -209,7 +250,7 @@ class Gateway:
         for state in self.models.values():
             await state.stop()
         if self._grpc is not None:
-            await self._grpc.stop(grace=1.0)
+            await self._grpc.stop(grace=_CLOSE_SECONDS)
         if self._session is not None:
             await self._session.close()
         log.info("gateway stopped")
@@ -368,8 +409,10 @@ class Gateway:
         )
         if self.settings.record_client_address:
             record.client_address = request.remote
+        self._routed_requests += 1
+        self._no_requests.clear()
         try:
-            response = await self._admit(request, record)
+            response = await self._admit_until_drain_ends(request, record)
         except asyncio.CancelledError:
             record.status = 499  # the client went away
             record.error = record.error or CLIENT_GONE
@@ -379,6 +422,45 @@ class Gateway:
             return response
         finally:
             self._finish_record(record)
+            self._routed_requests -= 1
+            if not self._routed_requests:
+                self._no_requests.set()
+
+    async def _admit_until_drain_ends(
+        self, request: web.Request, record: _Record
+    ) -> web.StreamResponse:
+        scope = asyncio.timeout_at(self._drain_deadline)
+        try:
+            async with scope:
+                self._request_scopes.add(scope)
+                try:
+                    return await self._admit(request, record)
+                finally:
+                    self._request_scopes.discard(scope)
+        except TimeoutError:
+            if not scope.expired():
+                raise
+        return await self._cut_at_drain_end(request, record)
+
+    async def _cut_at_drain_end(self, request: web.Request, record: _Record) -> web.StreamResponse:
+        """The drain ended with this request still running: tell the client, then close."""
+        log.warning(
+            "request cut at the end of the drain",
+            extra={"model": record.model, "requestId": record.request_id},
+        )
+        message = "The gateway replica is shutting down; send the request again."
+        response = record.stream_response
+        if response is None:
+            return self._error(record, 503, message, "server_error", SHUTTING_DOWN, retry_after=1)
+        record.error = SHUTTING_DOWN
+        try:
+            if not record.stream_at_event_end:
+                await response.write(b"\n\n")  # end the partial event before ours
+            await response.write(sse_error_event(message, SHUTTING_DOWN))
+            await response.write_eof()
+        except ConnectionResetError:
+            record.error = CLIENT_GONE
+        return response
 
     def _error(
         self,
@@ -614,6 +696,7 @@ class Gateway:
             },
         )
         await response.prepare(request)
+        record.stream_response = response
         sniffer = StreamUsage()
         record.usage = sniffer.usage
         try:
@@ -622,6 +705,7 @@ class Gateway:
                     record.ttft = time.monotonic() - record.arrived
                     self.metering.first_token(record.model, record.tenant, record.ttft)
                 sniffer.feed(chunk)
+                record.stream_at_event_end = chunk.endswith(b"\n\n")
                 try:
                     await response.write(chunk)
                 except ConnectionResetError:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sovereign_gateway.ports import ADMIN_HTTP_PORT, PUBLIC_PORT, SCALER_GRPC_PORT
+from sovereign_gateway.routes import split_host_port
 
 
 class SettingsError(ValueError):
@@ -27,22 +28,10 @@ class HostPort:
 
 def parse_host_port(text: str, flag: str, default_host: str | None = None) -> HostPort:
     """``HOST:PORT``, ``[V6]:PORT`` or (with a default host) ``:PORT``; errors name ``flag``."""
-    expected = f"{flag}: expected HOST:PORT (IPv6 as [ADDR]:PORT), got {text!r}"
-    if text.startswith("["):
-        host, sep, port_text = text[1:].partition("]:")
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if ":" in host:
-            raise SettingsError(expected)
-    if not sep or not port_text.isdigit():
-        raise SettingsError(expected)
-    if not host:
-        if default_host is None:
-            raise SettingsError(expected)
-        host = default_host
-    port = int(port_text)
-    if not 0 < port < 65536:
-        raise SettingsError(f"{flag}: expected a port between 1 and 65535, got {port}")
+    try:
+        host, port = split_host_port(text, default_host)
+    except ValueError as error:
+        raise SettingsError(f"{flag}: {error}") from None
     return HostPort(host, port)
 
 
@@ -63,13 +52,24 @@ class Settings:
     cold_probe_interval: float = 0.05
     # how often a model's /health is probed otherwise (notices scale-down, meters replica time)
     warm_probe_interval: float = 1.0
+    # a cold model's probe: short, so a replica coming up is seen at once
     probe_timeout: float = 1.0
+    # a ready model's probe: a replica busy generating may answer /health slowly
+    warm_probe_timeout: float = 5.0
+    # a ready replica counts as gone after this many failed probes in a row (or at once when it
+    # leaves DNS, or when a forward finds nothing listening)
+    probe_failure_threshold: int = 3
     # Retry-After for a cold model before any cold start of it has been observed
     default_cold_start_seconds: float = 30.0
     reload_interval: float = 1.0
     peer_dns_interval: float = 5.0
     peer_retry_interval: float = 0.5
     drain_seconds: float = 30.0
+    # KEDA's push stream (and each peer stream) is opened again after this long on one
+    # connection; open calls get the grace first. KEDA 2.16 waits longer before each reconnect
+    # of its stream (2 s doubling to 1 min, never reset), so the age is long.
+    scaler_max_connection_age: float = 3600.0
+    scaler_max_connection_age_grace: float = 30.0
     records: Path | None = None
     record_client_address: bool = False
     log_level: str = "info"
@@ -115,11 +115,27 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-body-bytes", default="8388608", help="largest request body accepted")
     parser.add_argument("--cold-probe-interval", default="0.05")
     parser.add_argument("--warm-probe-interval", default="1.0")
-    parser.add_argument("--probe-timeout", default="1.0")
+    parser.add_argument("--probe-timeout", default="1.0", help="a cold model's /health probe")
+    parser.add_argument("--warm-probe-timeout", default="5.0", help="a ready model's /health probe")
+    parser.add_argument(
+        "--probe-failure-threshold",
+        default="3",
+        help="failed probes in a row before a ready replica counts as gone",
+    )
     parser.add_argument("--default-cold-start-seconds", default="30")
     parser.add_argument("--reload-interval", default="1.0")
     parser.add_argument("--peer-dns-interval", default="5.0")
     parser.add_argument("--drain-seconds", default="30", help="how long SIGTERM waits for requests")
+    parser.add_argument(
+        "--scaler-max-connection-age",
+        default="3600",
+        help="seconds before a scaler connection is sent GOAWAY",
+    )
+    parser.add_argument(
+        "--scaler-max-connection-age-grace",
+        default="30",
+        help="seconds calls still open on it may run after that",
+    )
     parser.add_argument("--records", default=None, help="request records file (default: stdout)")
     parser.add_argument(
         "--record-client-address",
@@ -142,6 +158,11 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         raise SettingsError(
             f"--max-body-bytes: expected a positive number of bytes, got {args.max_body_bytes!r}"
         )
+    if not args.probe_failure_threshold.isdigit() or int(args.probe_failure_threshold) < 1:
+        raise SettingsError(
+            "--probe-failure-threshold: expected a positive whole number, "
+            f"got {args.probe_failure_threshold!r}"
+        )
     return Settings(
         routes=Path(args.routes),
         listen=parse_host_port(args.listen, "--listen", "0.0.0.0"),  # noqa: S104
@@ -154,12 +175,20 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         cold_probe_interval=_positive("--cold-probe-interval", args.cold_probe_interval),
         warm_probe_interval=_positive("--warm-probe-interval", args.warm_probe_interval),
         probe_timeout=_positive("--probe-timeout", args.probe_timeout),
+        warm_probe_timeout=_positive("--warm-probe-timeout", args.warm_probe_timeout),
+        probe_failure_threshold=int(args.probe_failure_threshold),
         default_cold_start_seconds=_positive(
             "--default-cold-start-seconds", args.default_cold_start_seconds
         ),
         reload_interval=_positive("--reload-interval", args.reload_interval),
         peer_dns_interval=_positive("--peer-dns-interval", args.peer_dns_interval),
         drain_seconds=_positive("--drain-seconds", args.drain_seconds),
+        scaler_max_connection_age=_positive(
+            "--scaler-max-connection-age", args.scaler_max_connection_age
+        ),
+        scaler_max_connection_age_grace=_positive(
+            "--scaler-max-connection-age-grace", args.scaler_max_connection_age_grace
+        ),
         records=Path(args.records) if args.records else None,
         record_client_address=bool(args.record_client_address),
         log_level=str(args.log_level),

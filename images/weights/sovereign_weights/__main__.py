@@ -1,4 +1,4 @@
-"""``sovereign-weights {publish,ensure,prefetch,status}``: one line on exit, progress meanwhile.
+"""``sovereign-weights {publish,ensure,prefetch,noop-program,status}``: one line on exit, progress meanwhile.
 
 Exit codes are in :mod:`sovereign_weights.errors`. Every command that talks to a store checks the
 endpoint against ``--allowed-endpoints`` (when given) before it builds a client.
@@ -17,7 +17,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from sovereign_weights.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, WeightsError
+from sovereign_weights.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, WeightsError
 from sovereign_weights.layout import LayoutError, default_model_name, parse_object_uri
 from sovereign_weights.manifest import ManifestError
 from sovereign_weights.report import Reporter, human_bytes
@@ -101,6 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     ensure = sub.add_parser("ensure", help="make one revision complete in the cache")
     _add_store_flags(ensure)
     _add_warm_flags(ensure)
+    ensure.add_argument(
+        "--compile-image",
+        metavar="sha256:HEX",
+        help="also make the revision's compile cache directory for this serving image digest",
+    )
+    ensure.add_argument(
+        "--compile-owner",
+        type=int,
+        metavar="UID",
+        help="the serving user (uid and gid) that owns the compile cache directory",
+    )
     ensure.set_defaults(func=_cmd_ensure)
 
     prefetch = sub.add_parser("prefetch", help="ensure every model of a models file")
@@ -111,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_flags(prefetch, target=False)
     _add_warm_flags(prefetch)
     prefetch.set_defaults(func=_cmd_prefetch)
+
+    noop = sub.add_parser(
+        "noop-program", help="write a static program that exits 0 (for pre-pulling images)"
+    )
+    noop.add_argument("--out", required=True, type=Path, metavar="FILE")
+    noop.set_defaults(func=_cmd_noop_program)
 
     status = sub.add_parser("status", help="models in the cache: complete, partial or absent")
     status.add_argument("--cache", required=True, type=Path, metavar="DIR")
@@ -202,6 +219,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
         f"{len(manifest.files)} file(s), {human_bytes(manifest.total_bytes)}; "
         f"{human_bytes(result.uploaded_bytes)} sent, {result.skipped_files} file(s) and "
         f"{result.resumed_parts} part(s) already there"
+        + (f"; left out {len(result.left_out)} file(s) not in the index" if result.left_out else "")
     )
     return EXIT_OK
 
@@ -211,9 +229,22 @@ def _cmd_ensure(args: argparse.Namespace) -> int:
     from sovereign_weights.warm import Target, Warmer  # noqa: PLC0415
 
     target = Target(_model_name(args), parse_object_uri(args.uri), args.revision)
+    if (args.compile_image is None) != (args.compile_owner is None):
+        raise UsageError("--compile-image and --compile-owner: expected both or neither")
     client_for = _client_factory(args)
     # refuse a disallowed endpoint even when the cache already holds the revision
     check_endpoint_allowed(args.endpoint, args.allowed_endpoints)
+    if args.compile_image is not None:
+        from sovereign_weights.cache import (  # noqa: PLC0415
+            prepare_compile_dir,
+            require_cache_filesystem,
+        )
+        from sovereign_weights.layout import CachePaths  # noqa: PLC0415
+
+        # before the fetch: a missing capability shows at once, not after a long download
+        paths = CachePaths(args.cache, target.model, target.revision)
+        require_cache_filesystem(args.cache)
+        prepare_compile_dir(paths, args.compile_image, args.compile_owner)
     warmer = Warmer(
         target,
         args.cache,
@@ -294,6 +325,17 @@ def _cmd_prefetch(args: argparse.Namespace) -> int:
         )
         return worst
     print(f"prefetch: {len(result.ok)} model(s) complete in {args.cache}")
+    return EXIT_OK
+
+
+def _cmd_noop_program(args: argparse.Namespace) -> int:
+    from sovereign_weights.noop import UnsupportedMachine, write_exit_zero_program  # noqa: PLC0415
+
+    try:
+        path = write_exit_zero_program(args.out)
+    except UnsupportedMachine as exc:
+        raise UsageError(str(exc)) from exc
+    print(f"noop-program: wrote {path}")
     return EXIT_OK
 
 

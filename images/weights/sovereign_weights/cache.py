@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from sovereign_weights.errors import UsageError, WeightsError
 from sovereign_weights.layout import (
+    CACHE_FILESYSTEM_MARKER,
     PARTIAL_SUFFIX,
     CachePaths,
     check_segment,
@@ -52,6 +55,23 @@ def _walk_files(root: Path) -> Iterator[Path]:
     for base, _dirs, files in os.walk(root):
         for name in files:
             yield Path(base, name)
+
+
+def require_cache_filesystem(cache: Path) -> None:
+    """Refuse ``cache`` unless it is the root of the node's cache filesystem.
+
+    The filesystem's label cannot be read inside a container (no block device, no blkid), and a
+    bind-mounted hostPath differs in device from its container parent either way; the marker the
+    host's cache step writes on the mounted filesystem can be read everywhere the cache is seen.
+    """
+    if not cache.is_dir():
+        raise UsageError(f"--cache {cache}: no such directory")
+    if not (cache / CACHE_FILESYSTEM_MARKER).is_file():
+        raise UsageError(
+            f"--cache {cache}: not the cache filesystem; expected {CACHE_FILESYSTEM_MARKER} at its "
+            "root, which the host's cache step writes once it has mounted the NVMe cache (is the "
+            "array mounted?)"
+        )
 
 
 def revision_state(cache: Path, model: str, revision: str) -> RevisionState:
@@ -268,9 +288,19 @@ def evict_lru(
         doomed = paths.model_dir / f".{state.revision}{_EVICTING_SUFFIX}"
         paths.complete_dir.rename(doomed)
         shutil.rmtree(doomed)
+        _remove_compile_caches(paths)
         evicted.append(state)
         free = free_bytes(cache)
     return Eviction(tuple(evicted), tuple(kept), free)
+
+
+def _remove_compile_caches(paths: CachePaths) -> None:
+    """Compiled kernels are worth nothing without the weights they were built for."""
+    if not paths.compile_root.is_dir():
+        return
+    doomed = paths.model_dir / f"{paths.compile_root.name}{_EVICTING_SUFFIX}"
+    paths.compile_root.rename(doomed)
+    shutil.rmtree(doomed)
 
 
 def clear_abandoned_evictions(model_dir: Path) -> None:
@@ -281,3 +311,27 @@ def clear_abandoned_evictions(model_dir: Path) -> None:
         if entry.name.startswith(".") and entry.name.endswith(_EVICTING_SUFFIX):
             check_segment(entry.name[1 : -len(_EVICTING_SUFFIX)], "revision")
             shutil.rmtree(entry, ignore_errors=True)
+
+
+# --- compile caches ------------------------------------------------------------------------
+
+
+class CompileDirError(WeightsError):
+    """The compile cache directory exists as something else than a directory."""
+
+
+def prepare_compile_dir(paths: CachePaths, image_digest: str, owner: int) -> Path:
+    """Make ``paths.compile_dir(image_digest)`` exist, owned by ``owner`` (user and group).
+
+    Only the last directory is handed over: its parents stay root's, so the server can neither
+    rename nor replace it, and eviction (as root) can always remove it. Ownership is changed only
+    when it differs: the init container holds ``CAP_CHOWN`` for the first start alone.
+    """
+    target = paths.compile_dir(image_digest)
+    target.mkdir(mode=0o755, parents=True, exist_ok=True)
+    found = os.stat(target, follow_symlinks=False)
+    if not stat.S_ISDIR(found.st_mode):
+        raise CompileDirError(f"compile cache {target}: expected a directory")
+    if (found.st_uid, found.st_gid) != (owner, owner):
+        os.chown(target, owner, owner, follow_symlinks=False)
+    return target

@@ -15,6 +15,10 @@ Node cache, for ``--cache DIR --model NAME --revision REV``::
     DIR/NAME/.REV.partial/           the copy being fetched: ``<file>.part`` (with its
                                      ``<file>.part.progress``) then ``<file>`` once verified
     DIR/NAME/.REV.lock               flock(2) held by the warmer that fetches this revision
+    DIR/NAME/.REV.compile/sha256-HEX/
+                                     the serving image's compile caches (torch inductor, triton,
+                                     vLLM's torch.compile) for this revision, one directory per
+                                     image digest, owned by the server's user; evicted with REV
 
 Entries whose names start with a dot are never revisions, so listing ``DIR/NAME`` is enough to
 tell what is complete. Pure and stdlib only.
@@ -32,9 +36,16 @@ PART_SUFFIX = ".part"
 PROGRESS_SUFFIX = ".part.progress"
 PARTIAL_SUFFIX = ".partial"
 LOCK_SUFFIX = ".lock"
+COMPILE_SUFFIX = ".compile"
+# Written at the cache filesystem's root by the host's cache step once it has mounted it, never by
+# this tool: a cache directory without it is a bare mount point (the array missing at boot, the
+# mount skipped by nofail), whose writes would land on the root disk.
+CACHE_FILESYSTEM_MARKER = ".sovereign-cache-filesystem"
 
 # A model name or a revision becomes one path segment and one key segment.
 _SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+# An OCI image digest as a pinned reference ends: ``...@sha256:<64 hex>``.
+_IMAGE_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 class LayoutError(ValueError):
@@ -142,6 +153,20 @@ class CachePaths:
     @property
     def manifest_file(self) -> Path:
         return self.complete_dir / MANIFEST_NAME
+
+    @property
+    def compile_root(self) -> Path:
+        """Every compile cache of this revision: removed when the revision is evicted."""
+        return self.model_dir / f".{self.revision}{COMPILE_SUFFIX}"
+
+    def compile_dir(self, image_digest: str) -> Path:
+        """The compile caches one serving image (``sha256:<hex>``) builds for this revision.
+
+        Compiled kernels depend on the model's shapes and on the exact torch, triton and vLLM of
+        the image, so the directory is keyed by both and a new image starts from an empty one."""
+        if not _IMAGE_DIGEST.match(image_digest):
+            raise LayoutError(f"image digest {image_digest!r}: expected sha256:<64 hex digits>")
+        return self.compile_root / image_digest.replace(":", "-")
 
     def partial_file(self, relative_path: str) -> Path:
         """A file that has been fully fetched and verified, waiting for the final rename."""

@@ -9,7 +9,15 @@ Tensor bytes come from the safetensors headers of the files themselves (8-byte l
 header length, then a JSON object mapping each tensor to ``dtype``, ``shape`` and
 ``data_offsets``). A directory without weight files but with ``model.safetensors.index.json`` (as
 published beside every sharded Hugging Face checkpoint) is described from the index's
-``metadata.total_size`` instead. Pydantic and the stdlib only.
+``metadata.total_size`` instead.
+
+Some checkpoints ship the same weights twice: a consolidated file (``consolidated.safetensors``,
+``model.safetensors``) beside a sharded set listed by ``model.safetensors.index.json``. vLLM's
+default loader keeps only the files the index's ``weight_map`` names
+(``filter_duplicate_safetensors_files``), but its Run:ai streamer loader, which the serving pods
+use, streams every ``*.safetensors`` file at the top of the model directory. So a directory with an
+index is published, and described, as the index's set only (:func:`select_weight_set`).
+Pydantic and the stdlib only.
 """
 
 from __future__ import annotations
@@ -245,6 +253,70 @@ def model_files(directory: Path) -> list[str]:
     return sorted(found)
 
 
+@dataclass(frozen=True)
+class WeightSet:
+    """The files of a model directory to publish, and the safetensors files left out of them."""
+
+    files: tuple[str, ...]
+    left_out: tuple[str, ...] = ()
+
+
+def _streamed_by_loader(relative: str) -> bool:
+    # The Run:ai streamer lists ``<model dir>/*.safetensors``: the top level only.
+    return "/" not in relative and relative.endswith(SAFETENSORS_SUFFIX)
+
+
+def index_weight_files(directory: Path) -> frozenset[str] | None:
+    """The files named by the ``weight_map`` of ``model.safetensors.index.json``; None without one."""
+    path = directory / SAFETENSORS_INDEX_NAME
+    if not path.is_file():
+        return None
+    try:
+        weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ManifestError(
+            f"{SAFETENSORS_INDEX_NAME}: expected weight_map (tensor name -> file): {exc}"
+        ) from exc
+    if (
+        not isinstance(weight_map, dict)
+        or not weight_map
+        or not all(isinstance(name, str) for name in weight_map.values())
+    ):
+        raise ManifestError(
+            f"{SAFETENSORS_INDEX_NAME}: weight_map must map each tensor name to a file name"
+        )
+    named: set[str] = set()
+    for name in weight_map.values():
+        try:
+            named.add(check_relative_path(name))
+        except ValueError as exc:
+            raise ManifestError(f"{SAFETENSORS_INDEX_NAME}: weight_map: {exc}") from exc
+    return frozenset(named)
+
+
+def select_weight_set(directory: Path, relatives: Sequence[str]) -> WeightSet:
+    """Which of ``relatives`` (from :func:`model_files`) to publish: vLLM's index rule.
+
+    Without ``model.safetensors.index.json`` every file is kept. With it, every file it names
+    must be present, and a top-level ``*.safetensors`` file it does not name (a consolidated copy
+    of the same weights) is left out, so the streamer never loads the weights twice.
+    """
+    named = index_weight_files(directory)
+    if named is None:
+        return WeightSet(files=tuple(relatives))
+    present = set(relatives)
+    for name in sorted(named):
+        if name not in present:
+            raise ManifestError(
+                f"{SAFETENSORS_INDEX_NAME}: weight_map names {name}, which is not in {directory}"
+            )
+    left_out = tuple(r for r in relatives if _streamed_by_loader(r) and r not in named)
+    return WeightSet(
+        files=tuple(r for r in relatives if r not in left_out),
+        left_out=left_out,
+    )
+
+
 def _read_config(directory: Path) -> dict[str, JsonValue] | None:
     path = directory / CONFIG_NAME
     if not path.is_file():
@@ -274,11 +346,18 @@ def _index_total_size(directory: Path) -> int | None:
     return total
 
 
-def describe_directory(directory: Path) -> ModelFacts:
-    """Sizing facts of a local model directory, from headers (or the index), without hashing."""
-    weights = [
-        directory / rel for rel in model_files(directory) if rel.endswith(SAFETENSORS_SUFFIX)
-    ]
+def describe_directory(directory: Path, weight_set: WeightSet | None = None) -> ModelFacts:
+    """Sizing facts of a local model directory, from headers (or the index), without hashing.
+
+    ``weight_set`` is the selection being published; by default, the one
+    :func:`select_weight_set` makes. A directory with an index and no weight files at all (the
+    index alone, for sizing) is described from the index's ``metadata.total_size``.
+    """
+    relatives = model_files(directory)
+    if weight_set is None and any(rel.endswith(SAFETENSORS_SUFFIX) for rel in relatives):
+        weight_set = select_weight_set(directory, relatives)
+    kept = weight_set.files if weight_set is not None else relatives
+    weights = [directory / rel for rel in kept if rel.endswith(SAFETENSORS_SUFFIX)]
     config = _read_config(directory)
     if weights:
         by_dtype: dict[str, int] = {}
@@ -321,9 +400,10 @@ def build_manifest(
     on_file: Callable[[str, int], None] | None = None,
 ) -> Manifest:
     """Hash every file of ``directory`` and describe it; ``on_file(path, size)`` after each."""
-    facts = describe_directory(directory)
+    weight_set = select_weight_set(directory, model_files(directory))
+    facts = describe_directory(directory, weight_set)
     entries: list[ManifestFile] = []
-    for relative in model_files(directory):
+    for relative in weight_set.files:
         path = directory / relative
         entries.append(
             ManifestFile(path=relative, size=path.stat().st_size, sha256=sha256_of(path))

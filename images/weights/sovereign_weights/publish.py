@@ -7,6 +7,11 @@ Each file is hashed once (sha256 for the manifest, MD5 per upload part for S3's 
 - a larger file is sent as a multipart upload; an upload left by an earlier run for the same key
   is resumed: its parts whose ETag equals the local part's MD5 are kept, the others sent again.
 
+Where ``model.safetensors.index.json`` names a sharded set and a consolidated copy of the same
+weights sits beside it, only the index's set is published (the rule and why are in
+:func:`sovereign_weights.manifest.select_weight_set`), and one ``left-out`` event says which files
+stayed behind.
+
 The manifest is written last, so a warmer never sees a revision whose objects are not all there.
 A revision is immutable: a manifest already published with other content is never overwritten.
 
@@ -27,11 +32,13 @@ from typing import TYPE_CHECKING
 from sovereign_weights.errors import UsageError, WeightsError
 from sovereign_weights.layout import ObjectLocation
 from sovereign_weights.manifest import (
+    SAFETENSORS_INDEX_NAME,
     Manifest,
     ManifestError,
     ManifestFile,
     describe_directory,
     model_files,
+    select_weight_set,
 )
 from sovereign_weights.report import Reporter, human_bytes
 from sovereign_weights.store import error_code
@@ -87,6 +94,8 @@ class PublishResult:
     skipped_files: int = 0
     resumed_parts: int = 0
     already_published: bool = False
+    left_out: tuple[str, ...] = ()
+    """Safetensors files of the directory not published: a second copy of the index's set."""
 
 
 def hash_file(directory: Path, relative: str, part_bytes: int) -> LocalFile:
@@ -138,7 +147,16 @@ class Publisher:
     def publish(self, directory: Path) -> PublishResult:
         if not directory.is_dir():
             raise UsageError(f"{directory}: not a directory")
-        relatives = model_files(directory)
+        weight_set = select_weight_set(directory, model_files(directory))
+        if weight_set.left_out:
+            self.reporter.event(
+                "left-out",
+                f"left out {', '.join(weight_set.left_out)}: not named by "
+                f"{SAFETENSORS_INDEX_NAME}, a second copy of its weights that the streamer "
+                "would load as well",
+                files=list(weight_set.left_out),
+            )
+        relatives = weight_set.files
         self.reporter.event(
             "hash", f"hashing {len(relatives)} file(s) in {directory}", files=len(relatives)
         )
@@ -146,12 +164,12 @@ class Publisher:
             files = list(
                 pool.map(lambda rel: hash_file(directory, rel, self.settings.part_bytes), relatives)
             )
-        facts = describe_directory(directory)
+        facts = describe_directory(directory, weight_set)
         try:
             manifest = facts.manifest(self.model, self.revision, [f.entry for f in files])
         except ValueError as exc:
             raise ManifestError(f"{directory}: {exc}") from exc
-        result = PublishResult(manifest)
+        result = PublishResult(manifest, left_out=weight_set.left_out)
         published = self._published_manifest()
         if published is not None:
             if published.files != manifest.files:

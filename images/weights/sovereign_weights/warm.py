@@ -36,6 +36,7 @@ from sovereign_weights.cache import (
     clear_abandoned_evictions,
     evict_lru,
     free_bytes,
+    require_cache_filesystem,
 )
 from sovereign_weights.errors import (
     LockTimeout,
@@ -287,8 +288,7 @@ class Warmer:
 
     def ensure(self) -> WarmResult:
         started = time.monotonic()
-        if not self.cache.is_dir():
-            raise UsageError(f"--cache {self.cache}: no such directory")
+        require_cache_filesystem(self.cache)
         if self._complete():
             return self._present("present", started)
         self.paths.model_dir.mkdir(parents=True, exist_ok=True)

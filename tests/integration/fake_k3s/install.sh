@@ -1,7 +1,7 @@
 #!/bin/sh
-# Stand-in for the K3s installer (https://get.k3s.io) in lab tests, where K3s downloads cannot be
-# reached. It treats its environment the way the real installer does, which is what the tests
-# examine, and installs a unit around the stand-in binary:
+# Stand-in for the K3s installer (install.sh of the pinned release) in lab tests, where K3s
+# downloads cannot be reached. It treats its environment the way the real installer does, which
+# is what the tests examine, and installs a unit around the stand-in binary:
 # - INSTALL_K3S_SKIP_DOWNLOAD=true: the k3s binary already in /usr/local/bin is used;
 # - INSTALL_K3S_EXEC: "server" (unit k3s) or "agent" (unit k3s-agent);
 # - K3S_URL without K3S_TOKEN, K3S_TOKEN_FILE or K3S_CLUSTER_SECRET is refused;

@@ -89,6 +89,9 @@ FILESYSTEM=xfs
 FS_LABEL=sov-weights
 MOUNT_POINT=/var/lib/sovereign/weights
 FSTAB_OPTIONS="defaults,noatime,nofail,x-systemd.device-timeout=30s"
+# The warmer refuses a cache directory without this file. Written on the mounted filesystem only,
+# so a mount point left bare (nofail, array missing) has none.
+CACHE_MARKER=.sovereign-cache-filesystem
 MDADM_CONF=/etc/mdadm/mdadm.conf
 MIB=1048576
 
@@ -591,6 +594,13 @@ ensure_mounted() {
   fact cache.size_bytes "$(blockdev --getsize64 "$TARGET" </dev/null)"
 }
 
+# Runs after ensure_mounted: our filesystem is what is mounted at the mount point.
+ensure_cache_marker() {
+  local uuid
+  uuid="$(blkid -p -s UUID -o value "$TARGET" </dev/null)"
+  ensure_file "${MOUNT_POINT}/${CACHE_MARKER}" 644 "label=${FS_LABEL} uuid=${uuid}"
+}
+
 apply() {
   # checks: nothing on the host changes before all of them pass
   resolve_devices
@@ -609,6 +619,7 @@ apply() {
   ensure_mdadm_conf
   ensure_fstab
   ensure_mounted
+  ensure_cache_marker
 }
 
 stop_array() {

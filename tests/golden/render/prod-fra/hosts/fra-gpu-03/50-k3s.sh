@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # 50-k3s: K3s at the pinned version as the first server (cluster-init, embedded etcd), a joining
-# server, or an agent. The installer is checksum-verified, or an air-gap bundle already on the
-# host is used. Config carries node labels, taints, tls-san, secrets encryption and the registry
+# server, or an agent. The installer is install.sh at the pinned release's tag, checksum-verified,
+# or the one in an air-gap bundle already on the host. Config carries node labels, taints, tls-san, secrets encryption and the registry
 # mirrors from the residency policy. Teardown leaves the cluster and never touches the cache.
 # The cluster token reaches K3s only through /etc/rancher/k3s/token (0600, named by token-file in
 # the config): the executor sets K3S_TOKEN as an unexported variable of this script, the installer
@@ -82,7 +82,7 @@ finish() {
 
 K3S_ROLE=server-join
 K3S_VERSION=v1.31.6+k3s1
-INSTALLER_URL=https://get.k3s.io
+INSTALLER_URL=https://raw.githubusercontent.com/k3s-io/k3s/v1.31.6%2Bk3s1/install.sh
 INSTALLER_SHA256=2ce4e1bf7bd1e6c8e9d5a9c3b6d0f7e4a1b2c3d4e5f60718293a4b5c6d7e8f90
 AIRGAP_BUNDLE=''
 CONFIG_CONTENT='node-name: fra-gpu-03
@@ -99,12 +99,12 @@ node-label:
 server: https://203.0.113.11:6443
 tls-san:
 - inference.fra.example.eu
+- 203.0.113.11
 - 203.0.113.13
 secrets-encryption: true
 cluster-cidr: 10.42.0.0/16
 service-cidr: 10.43.0.0/16
-write-kubeconfig-mode: '"'"'0600'"'"'
-default-runtime: nvidia'
+write-kubeconfig-mode: '"'"'0600'"'"''
 REGISTRIES_CONTENT='mirrors:
   docker.io:
     endpoint:

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # 30-cuda-container-toolkit: the pinned CUDA toolkit and NVIDIA container toolkit, with a CDI spec
 # regenerated at every boot, ready for K3s's containerd (K3s picks up the nvidia runtime itself).
+# The runtime hands an unprivileged container only the GPUs the device plugin mounted a list of,
+# never those its NVIDIA_VISIBLE_DEVICES names.
 # Shared by every step. Protocol lines on stdout, read by the executor:
 #   SOVEREIGN-FACT key=value     something the step found (versions, devices)
 #   SOVEREIGN-CHANGE text        one change made, in words
@@ -112,6 +114,9 @@ CUDA_PACKAGE=cuda-toolkit-12-8
 TOOLKIT_VERSION=1.17.8
 TOOLKIT_REPO=https://nvidia.github.io/libnvidia-container
 CDI_SPEC=/var/run/cdi/nvidia.yaml
+TOOLKIT_CONFIG=/etc/nvidia-container-runtime/config.toml
+# key=value settings of the runtime's config.toml
+TOOLKIT_SETTINGS=(accept-nvidia-visible-devices-envvar-when-unprivileged=false accept-nvidia-visible-devices-as-volume-mounts=true)
 export DEBIAN_FRONTEND=noninteractive
 
 installed_version() {
@@ -135,6 +140,15 @@ add_toolkit_repo() {
   apt-get update -qq
 }
 
+# the runtime's config as the pinned nvidia-ctk writes it with our settings applied
+wanted_toolkit_config() {
+  local setting args=()
+  for setting in "${TOOLKIT_SETTINGS[@]}"; do
+    args+=(--set "$setting")
+  done
+  nvidia-ctk config --config-file="$TOOLKIT_CONFIG" "${args[@]}"
+}
+
 generate_cdi() {
   mkdir -p /var/run/cdi
   nvidia-ctk cdi generate --output="$CDI_SPEC" >/dev/null
@@ -155,6 +169,9 @@ apply() {
       "libnvidia-container-tools=${TOOLKIT_VERSION}-1" "libnvidia-container1=${TOOLKIT_VERSION}-1"
   fi
   fact container_toolkit.version "$TOOLKIT_VERSION"
+  local toolkit_config
+  toolkit_config="$(wanted_toolkit_config)"
+  ensure_file "$TOOLKIT_CONFIG" 644 "$toolkit_config"
   ensure_unit_file /etc/systemd/system/sovereign-nvidia-cdi.service "[Unit]
 Description=Generate the NVIDIA CDI specification for containerd
 After=nvidia-persistenced.service

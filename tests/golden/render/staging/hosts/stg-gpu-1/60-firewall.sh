@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# 60-firewall: nftables table "inet sovereign": inbound only SSH (on the port sshd listens on) and
-# the cluster ports between cluster nodes; optionally outbound only to an allowlist. Loaded by a
-# unit at boot, checked with nft -c before it replaces the running table.
+# 60-firewall: nftables table "inet sovereign": inbound only SSH (on the port sshd listens on),
+# the cluster ports between cluster nodes, and on servers the API port from k3s.apiAllowedCidrs;
+# optionally outbound only to an allowlist. Loaded by a unit at boot, checked with nft -c before
+# it replaces the running table.
 # Shared by every step. Protocol lines on stdout, read by the executor:
 #   SOVEREIGN-FACT key=value     something the step found (versions, devices)
 #   SOVEREIGN-CHANGE text        one change made, in words
@@ -79,14 +80,22 @@ CLUSTER_NODES_V4=(198.51.100.21 198.51.100.22)
 CLUSTER_NODES_V6=()
 CLUSTER_NETWORKS_V4=(10.42.0.0/16 10.43.0.0/16)
 CLUSTER_NETWORKS_V6=()
+# ranges outside the cluster that may reach the API server (pulumi's Kubernetes provider, kubectl)
+API_PORT=6443
+API_CLIENTS_V4=(203.0.113.128/28)
+API_CLIENTS_V6=()
 EGRESS_ALLOWLIST_ENABLED=False
 # the egress allowlist plus the DNS resolvers
-EGRESS_V4=(185.12.64.1 185.12.64.2)
+EGRESS_V4=(185.12.64.1/32 185.12.64.2/32)
 EGRESS_V6=()
 # NTP servers given as addresses, and those given by name (resolved here, when the rules are built)
 NTP_V4=()
 NTP_V6=()
 NTP_NAMES=(ntp1.hetzner.de ntp2.hetzner.com)
+# what the host must still reach once egress is limited: the allowed registries and object stores
+# (the apt mirrors are read from the host's own sources)
+REQUIRED_DESTINATIONS=(registry.fsn1.example.eu fsn1.your-objectstorage.com)
+APT_SOURCE_FILES=(/etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources)
 RULES=/etc/nftables.d/sovereign.nft
 LOADED_MARK=/run/sovereign-firewall.sha256
 
@@ -114,6 +123,105 @@ ntp_addresses() {
   } | awk 'NF && !seen[$1]++ {print $1}'
 }
 
+# address_bits ADDRESS: the address as 32 (IPv4) or 128 (IPv6) characters 0 and 1
+address_bits() {
+  local address=$1 part bits="" i value
+  local -a parts=()
+  if [[ $address == *:* ]]; then
+    local head=$address tail=""
+    local -a head_parts=() tail_parts=()
+    if [[ $address == *::* ]]; then
+      head=${address%%::*}
+      tail=${address#*::}
+    fi
+    if [ -n "$head" ]; then
+      IFS=: read -r -a head_parts <<<"$head"
+    fi
+    if [ -n "$tail" ]; then
+      IFS=: read -r -a tail_parts <<<"$tail"
+    fi
+    parts=("${head_parts[@]}")
+    for ((i = ${#head_parts[@]} + ${#tail_parts[@]}; i < 8; i++)); do
+      parts+=(0)
+    done
+    parts+=("${tail_parts[@]}")
+    for part in "${parts[@]}"; do
+      value=$((16#$part))
+      for ((i = 15; i >= 0; i--)); do
+        bits+=$(((value >> i) & 1))
+      done
+    done
+  else
+    IFS=. read -r -a parts <<<"$address"
+    for part in "${parts[@]}"; do
+      for ((i = 7; i >= 0; i--)); do
+        bits+=$(((10#$part >> i) & 1))
+      done
+    done
+  fi
+  echo "$bits"
+}
+
+# in_range ADDRESS CIDR: whether the address lies in the range (same family only)
+in_range() {
+  local address=$1 network=${2%/*} length=${2#*/} wanted have
+  have="$(address_bits "$address")"
+  wanted="$(address_bits "$network")"
+  if [ "${#have}" != "${#wanted}" ]; then
+    return 1
+  fi
+  if [ "$length" = "$2" ]; then
+    length=${#wanted}
+  fi
+  [ "${have:0:length}" = "${wanted:0:length}" ]
+}
+
+# apt_hosts: the host names in the apt sources (one-line and deb822 formats), each once
+apt_hosts() {
+  local file
+  for file in "${APT_SOURCE_FILES[@]}"; do
+    if [ -f "$file" ]; then
+      awk '/^[[:space:]]*#/ {next}
+        $1 == "deb" || $1 == "deb-src" || $1 == "URIs:" {
+          for (i = 2; i <= NF; i++) if ($i ~ /:\/\//) print $i
+        }' "$file"
+    fi
+  done | sed -E 's#^[a-z0-9+.-]+://([^/@]*@)?##; s#/.*$##; s#^\[([^]]*)\].*$#\1#; s#^([^:]*):[0-9]+$#\1#' |
+    awk 'NF && !seen[$1]++'
+}
+
+# egress_preflight: refuse, naming each one, when a destination the host needs resolves to an
+# address the egress rules would drop (cluster nodes and networks, the allowlist, the resolvers)
+egress_preflight() {
+  local name address range allowed outside=""
+  local -a ranges=("${CLUSTER_NODES_V4[@]}" "${CLUSTER_NODES_V6[@]}" "${CLUSTER_NETWORKS_V4[@]}"
+    "${CLUSTER_NETWORKS_V6[@]}" "${EGRESS_V4[@]}" "${EGRESS_V6[@]}")
+  # shellcheck disable=SC2046 # one destination per word
+  for name in "${REQUIRED_DESTINATIONS[@]}" $(apt_hosts); do
+    local addresses
+    addresses="$(getent ahosts "$name" 2>/dev/null | awk '$1 !~ /^::ffff:/ && !seen[$1]++ {print $1}' || true)"
+    if [ -z "$addresses" ]; then
+      log "egress preflight: ${name} does not resolve here; not checked"
+      continue
+    fi
+    for address in $addresses; do
+      allowed=0
+      for range in "${ranges[@]}"; do
+        if in_range "$address" "$range"; then
+          allowed=1
+          break
+        fi
+      done
+      if [ "$allowed" = 0 ]; then
+        outside+="${outside:+, }${name} (${address})"
+      fi
+    done
+  done
+  if [ -n "$outside" ]; then
+    refuse "the egress allowlist would cut this host off from: ${outside}; add their ranges to residency.egressAllowlist"
+  fi
+}
+
 # elements LIST: a set's element line, or nothing for an empty set
 elements() {
   if [ -n "$1" ]; then
@@ -122,8 +230,10 @@ elements() {
 }
 
 render_rules() {
-  local nodes nodes6 networks networks6 egress egress6 ntp ntp6
+  local nodes nodes6 networks networks6 api_clients api_clients6 egress egress6 ntp ntp6
   nodes="$(join_set "${CLUSTER_NODES_V4[@]}")"
+  api_clients="$(join_set "${API_CLIENTS_V4[@]}")"
+  api_clients6="$(join_set "${API_CLIENTS_V6[@]}")"
   nodes6="$(join_set "${CLUSTER_NODES_V6[@]}")"
   networks="$(join_set "${CLUSTER_NETWORKS_V4[@]}")"
   networks6="$(join_set "${CLUSTER_NETWORKS_V6[@]}")"
@@ -152,6 +262,16 @@ table inet sovereign {
     flags interval
     $(elements "$networks6")
   }
+  set api_clients {
+    type ipv4_addr
+    flags interval
+    $(elements "$api_clients")
+  }
+  set api_clients6 {
+    type ipv6_addr
+    flags interval
+    $(elements "$api_clients6")
+  }
   chain input {
     type filter hook input priority filter; policy drop;
     ct state established,related accept
@@ -160,10 +280,12 @@ table inet sovereign {
     meta l4proto 1 accept comment "icmp"
     meta l4proto 58 accept comment "ipv6-icmp"
     tcp dport { $(ssh_ports) } accept
-    ip saddr @cluster_nodes tcp dport { 2379-2380, 5001, 6443, 10250 } accept
+    ip saddr @cluster_nodes tcp dport { 2379-2380, 5001, ${API_PORT}, 10250 } accept
+    ip saddr @api_clients tcp dport ${API_PORT} accept
     ip saddr @cluster_nodes udp dport { 8472, 51820, 51821 } accept
     ip saddr @cluster_networks accept
-    ip6 saddr @cluster_nodes6 tcp dport { 2379-2380, 5001, 6443, 10250 } accept
+    ip6 saddr @cluster_nodes6 tcp dport { 2379-2380, 5001, ${API_PORT}, 10250 } accept
+    ip6 saddr @api_clients6 tcp dport ${API_PORT} accept
     ip6 saddr @cluster_nodes6 udp dport { 8472, 51820, 51821 } accept
     ip6 saddr @cluster_networks6 accept
   }
@@ -220,6 +342,9 @@ load_rules() {
 
 apply() {
   local wanted
+  if [ "$EGRESS_ALLOWLIST_ENABLED" = True ]; then
+    egress_preflight
+  fi
   wanted="$(render_rules)"
   if ! nft -c -f - <<<"$wanted" >/dev/null 2>&1; then
     refuse "the generated nftables rules do not parse: $(nft -c -f - <<<"$wanted" 2>&1 | head -3)"
@@ -245,7 +370,7 @@ WantedBy=multi-user.target"
   local current
   current="$(sha256sum "$RULES" | cut -d' ' -f1)"
   if ! nft list table inet sovereign >/dev/null 2>&1 || [ "$(cat "$LOADED_MARK" 2>/dev/null || true)" != "$current" ]; then
-    change "load firewall rules (inbound: SSH $(ssh_ports) and cluster ports)" load_rules
+    change "load firewall rules (inbound: SSH $(ssh_ports), cluster ports, API from ${#API_CLIENTS_V4[@]} IPv4 and ${#API_CLIENTS_V6[@]} IPv6 client ranges)" load_rules
   fi
   fact firewall.rules_sha256 "$current"
   fact firewall.egress_allowlist "$EGRESS_ALLOWLIST_ENABLED"
