@@ -6,6 +6,7 @@ each one, unchanged, into a ``pulumi_kubernetes`` resource and orders them.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -13,9 +14,18 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.plan.kubernetes import ChartRelease, InferenceStackSpec, inference_plan
-from components.plan.kubernetes.gateway import gateway_url, route_table
+from components.plan.kubernetes.gateway import (
+    SCALER_CA_PLACEHOLDER,
+    TLS_CA_KEY,
+    TLS_CERT_KEY,
+    TLS_PRIVATE_KEY,
+    gateway_url,
+    route_table,
+    scaler_server_names,
+)
 from components.plan.kubernetes.objects import Obj
 from components.plan.kubernetes.spec import MODELS_NAMESPACE
+from components.providers.scaler_pki import ScalerPki, ca_fingerprint
 
 ResourceClass = Callable[..., pulumi.CustomResource]
 
@@ -92,8 +102,10 @@ class InferenceStack(pulumi.ComponentResource):
     Resources, in order: namespaces (with Pod Security levels) and NetworkPolicies; RuntimeClass
     ``nvidia`` (unless the cluster is K3s, which ships it); Helm releases of the NVIDIA device
     plugin, the DCGM exporter and KEDA (after the models namespace, where it binds a Role); the
-    weights warmer (ConfigMap, DaemonSet); the gateway (route-table ConfigMap, API-key Secret,
-    Deployment, Services, PodDisruptionBudget, Ingress); per model a Deployment (replicas left
+    weights warmer (ConfigMap, DaemonSet); the scaler's mutual TLS (``ScalerPki``: a private CA,
+    the replicas' and KEDA's certificates; their two Secrets; KEDA's TriggerAuthentication); the
+    gateway (route-table ConfigMap, API-key Secret, Deployment, Services, PodDisruptionBudget,
+    Ingress); per model a Deployment (replicas left
     to KEDA, after the warmer), a Service, a headless Service of its ready replicas and a
     ``ScaledObject`` (after KEDA and after the gateway's Deployment and Services, whose scaler
     it names); on K3s the Traefik timeouts (HelmChartConfig).
@@ -164,17 +176,35 @@ class InferenceStack(pulumi.ComponentResource):
             helm_release(f"{name}-{c.name}", c, child([*home(c.namespace), *extra]))
             for c in plan.gpu_charts
         ]
+        # the scaler's mutual TLS: certificates issued once into the state, keys only as secrets
+        self.scaler_pki = ScalerPki(
+            f"{name}-scaler-pki", scaler_server_names(), opts=pulumi.ResourceOptions(parent=self)
+        )
+        pki = self.scaler_pki
+        # the gateway's and KEDA's pods carry the CA's fingerprint, so a new CA restarts both
+        ca_sha256 = pki.caCert.apply(ca_fingerprint)
         # the chart binds a Role in the models namespace (watchNamespace): it must exist first
         self.keda = helm_release(
             f"{name}-{plan.keda.name}",
-            plan.keda,
+            dataclasses.replace(plan.keda, values=_with_scaler_ca(plan.keda.values, ca_sha256)),
             child([*home(plan.keda.namespace), *home(MODELS_NAMESPACE)]),
         )
         self.warmer = [placed(o) for o in plan.warmer]
+        gateway_tls, keda_tls, authentication = plan.scaler_trust
+        self.scaler_secrets = [
+            placed(
+                {**gateway_tls, "stringData": _tls_data(pki.caCert, pki.serverCert, pki.serverKey)}
+            ),
+            placed({**keda_tls, "stringData": _tls_data(pki.caCert, pki.kedaCert, pki.kedaKey)}),
+        ]
+        # a custom resource of KEDA's: after its chart (the CRDs) and the Secret it names
+        self.scaler_authentication = placed(authentication, self.keda, self.scaler_secrets[1])
         first = [o for o in plan.gateway if o["kind"] in ("ConfigMap", "Secret")]
         rest = [o for o in plan.gateway if o["kind"] not in ("ConfigMap", "Secret")]
         config = [placed(o) for o in first]
-        self.gateway = config + [placed(o, *config) for o in rest]
+        self.gateway = config + [
+            placed(_with_scaler_ca(o, ca_sha256), *config, self.scaler_secrets[0]) for o in rest
+        ]
         # KEDA dials the gateway's scaler as soon as a ScaledObject exists, and an HPA made while
         # the scaler cannot answer has no metric: the ScaledObjects wait for the gateway to serve
         scaler = [
@@ -198,7 +228,7 @@ class InferenceStack(pulumi.ComponentResource):
             self.services[model.name] = placed(model.service)
             self.replicas_services[model.name] = placed(model.replicas_service)
             self.scaled_objects[model.name] = placed(
-                model.scaled_object, self.keda, deployment, *scaler
+                model.scaled_object, self.keda, deployment, self.scaler_authentication, *scaler
             )
         self.edge = [wire(o, upstream) for o in plan.edge]
         self.gateway_url: pulumi.Output[str] = pulumi.Output.from_input(gateway_url(spec))
@@ -213,6 +243,21 @@ class InferenceStack(pulumi.ComponentResource):
                 "route_table": self.route_table,
             }
         )
+
+
+def _tls_data(
+    ca: pulumi.Input[str], cert: pulumi.Input[str], key: pulumi.Input[str]
+) -> dict[str, pulumi.Input[str]]:
+    return {TLS_CA_KEY: ca, TLS_CERT_KEY: cert, TLS_PRIVATE_KEY: key}
+
+
+def _with_scaler_ca(value: Any, ca_sha256: pulumi.Output[str]) -> Any:
+    """``value`` with the plan's placeholder for the scaler CA's fingerprint replaced by it."""
+    if isinstance(value, dict):
+        return {k: _with_scaler_ca(v, ca_sha256) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_with_scaler_ca(v, ca_sha256) for v in value]
+    return ca_sha256 if value == SCALER_CA_PLACEHOLDER else value
 
 
 def _as_list(value: Any) -> list[pulumi.Resource]:

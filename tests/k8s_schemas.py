@@ -1,8 +1,8 @@
 """Schema checks for rendered Kubernetes objects, shared by the unit tests and the contract test.
 
 * built-in kinds: kubernetes-validate in strict mode, at the pinned K3s release's Kubernetes;
-* KEDA's ScaledObject: the committed CRD's ``openAPIV3Schema`` (kubernetes-validate lets custom
-  resources through unchecked), plus a walk that refuses fields the schema does not declare (the
+* KEDA's ScaledObject and TriggerAuthentication: the committed CRDs' ``openAPIV3Schema``
+  (kubernetes-validate lets custom resources through unchecked), plus a walk that refuses fields the schema does not declare (the
   API server would silently prune them);
 * Helm values: the keys and value types of the chart's own ``values.yaml`` (none of the pinned
   charts ships a ``values.schema.json``).
@@ -21,6 +21,7 @@ import yaml
 
 DATA = Path(__file__).resolve().parent / "data"
 KEDA_CRD = DATA / "keda-2.16.1" / "keda.sh_scaledobjects.yaml"
+KEDA_TRIGGER_AUTH_CRD = DATA / "keda-2.16.1" / "keda.sh_triggerauthentications.yaml"
 CHART_VALUES = DATA / "charts"
 
 
@@ -63,6 +64,21 @@ def undeclared_fields(value: Any, schema: dict[str, Any], path: str = "") -> lis
 
 def validate_scaled_object(obj: dict[str, Any]) -> None:
     schema = scaled_object_schema()
+    jsonschema.validate(obj, schema)
+    undeclared = undeclared_fields(obj, schema)
+    assert not undeclared, f"fields the KEDA CRD does not declare: {undeclared}"
+
+
+@cache
+def trigger_authentication_schema() -> dict[str, Any]:
+    crd = yaml.safe_load(KEDA_TRIGGER_AUTH_CRD.read_text())
+    (served,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
+    schema: dict[str, Any] = served["schema"]["openAPIV3Schema"]
+    return schema
+
+
+def validate_trigger_authentication(obj: dict[str, Any]) -> None:
+    schema = trigger_authentication_schema()
     jsonschema.validate(obj, schema)
     undeclared = undeclared_fields(obj, schema)
     assert not undeclared, f"fields the KEDA CRD does not declare: {undeclared}"

@@ -179,7 +179,8 @@ K3S_PACKAGED_TRAEFIK: dict[str, PackagedTraefik] = {
     ),
 }
 
-_K3S_RELEASE = re.compile(r"v([0-9]+\.[0-9]+)\.([0-9]+)\+k3s[0-9]+", re.ASCII)
+# A K3s release as its tags spell it: v<minor>.<patch>+k3s<n> (v1.31.6+k3s1).
+K3S_RELEASE = re.compile(r"v(1\.[0-9]{2})\.([0-9]{1,2})\+k3s[0-9]", re.ASCII)
 
 
 def packaged_traefik(k3s_version: str) -> PackagedTraefik:
@@ -187,7 +188,7 @@ def packaged_traefik(k3s_version: str) -> PackagedTraefik:
 
     Raises ValueError naming the releases the table knows when it does not know this one: the
     edge timeouts are set in a form only a known chart is checked to pass through."""
-    match = _K3S_RELEASE.fullmatch(k3s_version)
+    match = K3S_RELEASE.fullmatch(k3s_version)
     known = "; ".join(
         f"v{minor}.{entry.first_patch} or a later v{minor} patch (Traefik chart "
         f"{entry.chart_version})"

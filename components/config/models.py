@@ -20,7 +20,7 @@ import posixpath
 import re
 import types
 import typing
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Final, Literal, Union
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -42,6 +42,7 @@ from components.config.catalog import (
     CUDA_MIN_DRIVER_BRANCH,
     EU_EEA_COUNTRIES,
     GPU_MODELS,
+    K3S_RELEASE,
     packaged_traefik,
     provider_locations,
     region_country,
@@ -242,22 +243,15 @@ def _cidr(value: str) -> str:
     return str(parse_network(value))
 
 
-def _not_everything(value: str) -> str:
-    if ipaddress.ip_network(value).prefixlen == 0:
-        raise ValueError(
-            "allows every address, which is no allowlist; expected the ranges hosts may reach "
-            "(omit egressAllowlist to leave egress open)"
-        )
-    return value
+def _not_every_address(refusal: str) -> AfterValidator:
+    """Refuses a range that holds every address (0.0.0.0/0, ::/0) with ``refusal``."""
 
+    def check(value: str) -> str:
+        if ipaddress.ip_network(value).prefixlen == 0:
+            raise ValueError(refusal)
+        return value
 
-def _not_every_client(value: str) -> str:
-    if ipaddress.ip_network(value).prefixlen == 0:
-        raise ValueError(
-            "opens the API server to every address; expected the ranges of the machines that "
-            "run pulumi (omit apiAllowedCidrs to allow only the cluster's nodes)"
-        )
-    return value
+    return AfterValidator(check)
 
 
 def everything_covered_problems(
@@ -391,11 +385,6 @@ def _version(pattern: str, example: str) -> AfterValidator:
     return AfterValidator(check)
 
 
-def _k3s_release_with_known_traefik(value: str) -> str:
-    packaged_traefik(value)
-    return value
-
-
 def _label_key(value: str) -> str:
     match = _LABEL_KEY.fullmatch(value)
     prefix = match["prefix"] if match else None
@@ -417,6 +406,19 @@ def _label_key(value: str) -> str:
         raise ValueError(
             "keys under kubernetes.io and k8s.io are reserved (the kubelet refuses them); "
             "expected a key under your own prefix"
+        )
+    return value
+
+
+def _selector_label_key(value: str) -> str:
+    """A label key a selector may match: any well-formed key, reserved prefixes included (the
+    pods selected carry labels such as ``app.kubernetes.io/name``)."""
+    match = _LABEL_KEY.fullmatch(value)
+    prefix = match["prefix"] if match else None
+    if not match or (prefix is not None and not _DNS_SUBDOMAIN.fullmatch(prefix)):
+        raise ValueError(
+            "expected a Kubernetes label key: [prefix/]name, the prefix a DNS subdomain, "
+            "the name up to 63 of [A-Za-z0-9-_.]"
         )
     return value
 
@@ -579,14 +581,29 @@ DnsLabel = Annotated[str, AfterValidator(_dns_label)]
 HostOrIp = Annotated[str, AfterValidator(_host_or_ip)]
 IpAddress = Annotated[str, AfterValidator(_ip_only)]
 Cidr = Annotated[str, AfterValidator(_cidr)]
-AllowlistEntry = Annotated[str, AfterValidator(_cidr), AfterValidator(_not_everything)]
-ApiClientRange = Annotated[str, AfterValidator(_cidr), AfterValidator(_not_every_client)]
+AllowlistEntry = Annotated[
+    str,
+    AfterValidator(_cidr),
+    _not_every_address(
+        "allows every address, which is no allowlist; expected the ranges hosts may reach "
+        "(omit egressAllowlist to leave egress open)"
+    ),
+]
+ApiClientRange = Annotated[
+    str,
+    AfterValidator(_cidr),
+    _not_every_address(
+        "opens the API server to every address; expected the ranges of the machines that "
+        "run pulumi (omit apiAllowedCidrs to allow only the cluster's nodes)"
+    ),
+]
 Country = Annotated[str, AfterValidator(_country)]
 PublicIp = Annotated[str, AfterValidator(_public_ip)]
 Fingerprint = Annotated[str, AfterValidator(_fingerprint)]
 KeyReference = Annotated[str, AfterValidator(_key_reference)]
 DiskId = Annotated[str, AfterValidator(_disk_id)]
 LabelKey = Annotated[str, AfterValidator(_label_key)]
+SelectorLabelKey = Annotated[str, AfterValidator(_selector_label_key)]
 LabelValue = Annotated[str, AfterValidator(_label_value)]
 LabelSafeName = Annotated[str, AfterValidator(_label_safe_name)]
 HttpsEndpoint = Annotated[str, AfterValidator(_https_endpoint)]
@@ -796,6 +813,15 @@ class SshDefaults(Model):
     step_timeout_seconds: int = Field(default=1800, ge=10, le=14400)
     reboot_timeout_seconds: int = Field(default=900, ge=30, le=7200)
     max_parallel_hosts: int = Field(default=8, ge=1, le=256)
+    # a host that answers no keepalive for (interval times missed replies) seconds has stopped
+    # (a hung kernel, a frozen VM): its step fails then, not at stepTimeoutSeconds
+    keepalive_interval_seconds: int = Field(default=15, ge=1, le=300)
+    keepalive_missed_replies: int = Field(default=4, ge=1, le=100)
+
+    @property
+    def keepalive_bound_seconds(self) -> int:
+        """How long a host may leave keepalives unanswered before it counts as stopped."""
+        return self.keepalive_interval_seconds * self.keepalive_missed_replies
 
 
 # --- cluster -------------------------------------------------------------------------------
@@ -805,12 +831,7 @@ class K3sSpec(Model):
     """The K3s cluster: pinned release, network ranges, and what goes into its config."""
 
     install: bool = True
-    version: Annotated[
-        str,
-        _version(r"v1\.[0-9]{2}\.[0-9]{1,2}\+k3s[0-9]", "v1.31.6+k3s1"),
-        # the release picks the Traefik chart the edge settings must pass through
-        AfterValidator(_k3s_release_with_known_traefik),
-    ]
+    version: Annotated[str, _version(K3S_RELEASE.pattern, "v1.31.6+k3s1")]
     installer_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     # a directory on every host holding k3s-airgap-images-*.tar*
     airgap_bundle: HostPath | None = None
@@ -848,6 +869,12 @@ class K3sSpec(Model):
             problems.append(
                 Problem("serviceCidr", "overlaps clusterCidr; expected disjoint ranges")
             )
+        if self.install:
+            # the release picks the Traefik chart the edge settings must pass through
+            try:
+                packaged_traefik(self.version)
+            except ValueError as exc:
+                problems.append(Problem("version", str(exc)))
         problems += duplicate_problems("tlsSans", self.tls_sans, "name")
         problems += duplicate_problems("apiAllowedCidrs", self.api_allowed_cidrs, "range")
         problems += everything_covered_problems(
@@ -907,6 +934,11 @@ class ModelGpuSpec(Model):
         return self
 
 
+# Each model also gets a headless Service named ``<name>-replicas`` (a digest shortens a long
+# name, components.plan.kubernetes.spec.replicas_service_name): no model name may end like one.
+REPLICAS_SERVICE_SUFFIX: Final = "-replicas"
+
+
 class ModelSpec(Model):
     """One served model behind the OpenAI-compatible endpoint.
 
@@ -929,6 +961,16 @@ class ModelSpec(Model):
     image: PinnedImage | None = None
     args: tuple[Annotated[str, Field(max_length=4096)], ...] = ()
     env: dict[str, Annotated[str, Field(max_length=4096)]] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _not_a_replicas_service_name(cls, value: str) -> str:
+        if value.endswith(REPLICAS_SERVICE_SUFFIX):
+            raise ValueError(
+                f"ends with {REPLICAS_SERVICE_SUFFIX!r}, the suffix of the Service that lists a "
+                "model's replicas; expected a name without it"
+            )
+        return value
 
     @model_validator(mode="after")
     def _env_names(self) -> ModelSpec:
@@ -955,6 +997,19 @@ class TenantSpec(Model):
     max_concurrent_requests: int | None = Field(default=None, ge=1, le=100000)
 
 
+class MetricsScraperSpec(Model):
+    """Who may read the gateway's admin port (``/metrics``, ``/usage``): the cluster's scraper.
+
+    ``tokenSecret`` names a Secret in the gateway's namespace whose ``token`` key the gateway
+    asks for as a bearer token (the scraper sends the same token); without it the NetworkPolicy
+    alone keeps everyone else out.
+    """
+
+    namespace: DnsLabel
+    pod_labels: dict[SelectorLabelKey, LabelValue] = Field(min_length=1)
+    token_secret: DnsSubdomain | None = None
+
+
 class GatewaySpec(Model):
     """The OpenAI-compatible entry point that holds requests while a model wakes up."""
 
@@ -969,6 +1024,8 @@ class GatewaySpec(Model):
     # network in clear text, so a stack says so on purpose (a closed lab)
     plain_http: bool = False
     tenants: tuple[TenantSpec, ...] = ()
+    # none: the admin port is reachable from no pod (every namespace of ours denies by default)
+    metrics_scraper: MetricsScraperSpec | None = None
 
     @model_validator(mode="after")
     def _unique_tenants(self) -> GatewaySpec:

@@ -47,6 +47,12 @@ class HostUnreachable(StepError):
     """SSH could not be established within the configured retries."""
 
 
+class HostStoppedAnswering(HostUnreachable):
+    """The host left SSH keepalives unanswered for the configured bound while something ran on it
+    (a hung kernel, a frozen VM). What ran may have been cut short; steps are idempotent, so a
+    re-run once the host answers again converges."""
+
+
 class HostKeyMismatch(StepError):
     """The host presented another key than the one pinned in the stack. Never retried."""
 

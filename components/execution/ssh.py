@@ -11,6 +11,10 @@ It runs a rendered step script on a host over one pinned, authenticated connecti
   never on a command line; they are redacted from everything that comes back: log lines, the
   stdout the step's facts, changes and refusals are read from, and the stderr tail of errors;
 * output is streamed line by line to a callback while the step runs, within the step timeout;
+* a host that stops answering (a hung kernel, a frozen VM) is noticed within a bound of its own,
+  independent of the step timeout: the executor asks for a ``keepalive@openssh.com`` reply every
+  ``ssh.keepaliveIntervalSeconds`` and gives the host up when none has come for
+  ``ssh.keepaliveMissedReplies`` intervals, naming the step it was running;
 * exit status 100 means "reboot required": the executor reboots the host, waits for it with a new
   boot id (bounded), and runs the step again, which must then finish.
 """
@@ -37,6 +41,7 @@ import paramiko
 from components.config.models import HostSpec, SshDefaults
 from components.execution.outcome import (
     HostKeyMismatch,
+    HostStoppedAnswering,
     HostUnreachable,
     StepFailed,
     StepOutcome,
@@ -183,6 +188,61 @@ class Redactor:
         return line
 
 
+# OpenSSH's own keepalive request: every SSH server answers it (a server that does not know it
+# answers with a failure, which is an answer all the same)
+KEEPALIVE_REQUEST = "keepalive@openssh.com"
+STDIN_CHUNK_BYTES = 32768
+
+
+class KeepaliveWatch:
+    """Asks the host for a keepalive reply every interval; when none has come for ``bound``
+    seconds, closes the connection, which wakes every call waiting on it.
+
+    paramiko's own ``set_keepalive`` only sends, and a channel or exec request can wait forever
+    on a host that stopped: the reply deadline has to be enforced from outside those calls. One
+    thread asks and waits for each reply; another judges the silence.
+    """
+
+    def __init__(self, transport: paramiko.Transport, interval: float, bound: float) -> None:
+        self._transport = transport
+        self._interval = interval
+        self.bound = bound
+        self._last_answer = time.monotonic()
+        self._stopped = threading.Event()
+        self.silent_for: float | None = None  # set when the host was given up
+        for target, role in ((self._ask, "ask"), (self._judge, "judge")):
+            threading.Thread(target=target, name=f"ssh-keepalive-{role}", daemon=True).start()
+
+    def _ask(self) -> None:
+        while not self._stopped.is_set() and self._transport.is_active():
+            asked = time.monotonic()
+            try:
+                # returns on the reply, or once the connection is closed
+                self._transport.global_request(KEEPALIVE_REQUEST, wait=True)
+            except (paramiko.SSHException, EOFError, OSError):
+                return
+            if not self._transport.is_active():
+                return
+            self._last_answer = time.monotonic()
+            self._stopped.wait(max(0.0, self._interval - (self._last_answer - asked)))
+
+    def _judge(self) -> None:
+        while True:
+            remaining = self._last_answer + self.bound - time.monotonic()
+            if remaining > 0:
+                if self._stopped.wait(remaining):
+                    return
+                continue
+            if self._stopped.is_set() or not self._transport.is_active():
+                return
+            self.silent_for = time.monotonic() - self._last_answer
+            self._transport.close()
+            return
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
 @dataclass
 class RunResult:
     exit_status: int
@@ -197,6 +257,7 @@ class HostSession:
     target: HostTarget
     settings: SshDefaults
     _client: paramiko.SSHClient | None = None
+    _watch: KeepaliveWatch | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def connect(self) -> None:
@@ -237,7 +298,11 @@ class HostSession:
                 continue
             transport = client.get_transport()
             if transport is not None:
-                transport.set_keepalive(15)
+                self._watch = KeepaliveWatch(
+                    transport,
+                    self.settings.keepalive_interval_seconds,
+                    self.settings.keepalive_bound_seconds,
+                )
             self._client = client
             return
         raise HostUnreachable(
@@ -249,9 +314,26 @@ class HostSession:
         return bool(transport and transport.is_active())
 
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
         if self._client is not None:
             self._client.close()
             self._client = None
+
+    def _stopped_answering(self, activity: str, started: float) -> HostStoppedAnswering | None:
+        """The report for a connection the keepalive watch gave up, or None if it did not."""
+        silent_for = self._watch.silent_for if self._watch is not None else None
+        if silent_for is None:
+            return None
+        s = self.settings
+        return HostStoppedAnswering(
+            f"{self.target.where}: host stopped answering during {activity} after "
+            f"{time.monotonic() - started:.0f} s: no answer to SSH keepalives for {silent_for:.0f} s "
+            f"(one every ssh.keepaliveIntervalSeconds = {s.keepalive_interval_seconds} s, "
+            f"ssh.keepaliveMissedReplies = {s.keepalive_missed_replies}). It may have been cut "
+            "short on the host; run it again once the host answers (steps are idempotent)"
+        )
 
     def _wrap(self, command: str) -> str:
         return command if self.target.user == "root" else f"sudo -n {command}"
@@ -265,8 +347,13 @@ class HostSession:
         payloads: Mapping[str, bytes] | None = None,
         timeout: float | None = None,
         on_line: LineSink | None = None,
+        activity: str = "a command",
     ) -> RunResult:
-        """Run ``script`` with bash, feeding it on stdin; stream output; return status and output."""
+        """Run ``script`` with bash, feeding it on stdin; stream output; return status and output.
+
+        ``activity`` names what runs (``step 40-nvme-cache (apply)``) in the report of a host
+        that stops answering meanwhile.
+        """
         env = dict(env or {})
         secret_env = dict(secret_env or {})
         redact = Redactor(secret_env.values())
@@ -275,6 +362,7 @@ class HostSession:
         command = self._wrap(f"env {assignments} bash -s" if assignments else "bash -s")
         limit = timeout if timeout is not None else self.settings.step_timeout_seconds
         with self._lock:
+            started = time.monotonic()
             self.connect()
             assert self._client is not None
             transport = self._client.get_transport()
@@ -294,8 +382,13 @@ class HostSession:
                     )
                 finally:
                     channel.close()
-            except (paramiko.SSHException, EOFError, OSError) as exc:
+            except (paramiko.SSHException, EOFError, OSError, HostUnreachable) as exc:
+                stopped = self._stopped_answering(activity, started)
                 self.close()  # the next call reconnects (bounded retries)
+                if stopped is not None:
+                    raise stopped from None
+                if isinstance(exc, HostUnreachable):
+                    raise
                 raise HostUnreachable(f"{self.target.where}: connection lost: {exc!r}") from None
 
     def _upload(self, transport: paramiko.Transport, archive: bytes, limit: float) -> str:
@@ -324,11 +417,11 @@ class HostSession:
         redact: Redactor,
         on_line: LineSink | None,
     ) -> RunResult:
+        deadline = time.monotonic() + limit
         channel.settimeout(1.0)
         channel.exec_command(command)
-        channel.sendall(stdin_data)
+        self._send_stdin(channel, stdin_data, deadline, limit)
         channel.shutdown_write()
-        deadline = time.monotonic() + limit
         buffers = {"stdout": b"", "stderr": b""}
         stdout_lines: list[str] = []
         stderr_lines: list[str] = []
@@ -367,10 +460,7 @@ class HostSession:
                 break
             if time.monotonic() > deadline:
                 channel.close()
-                raise StepFailed(
-                    f"{self.target.where}: timed out after {limit:.0f} s "
-                    "(raise ssh.stepTimeoutSeconds if the step is legitimately slow)"
-                )
+                raise self._timed_out(limit)
             if not progressed:
                 # block briefly on the channel instead of spinning
                 channel.status_event.wait(0.05)
@@ -387,8 +477,43 @@ class HostSession:
         tail = "\n".join(stderr_lines[-20:])
         return RunResult(status, "\n".join(stdout_lines), tail)
 
+    def _send_stdin(
+        self, channel: paramiko.Channel, data: bytes, deadline: float, limit: float
+    ) -> None:
+        """All of ``data`` to the command's stdin, within the step's deadline.
+
+        A host that takes input slowly leaves the channel's window full for a while (each send
+        then times out after the channel's 1 s); that is waiting, not a lost connection. A host
+        that stopped altogether is the keepalive watch's to judge: it closes the channel.
+        """
+        offset = 0
+        while offset < len(data):
+            try:
+                sent = channel.send(data[offset : offset + STDIN_CHUNK_BYTES])
+            except TimeoutError:
+                sent = 0
+                if channel.closed:
+                    raise EOFError(
+                        "the connection closed while the step's input was sent"
+                    ) from None
+            else:
+                if sent == 0:
+                    raise EOFError("the host stopped reading the step's input")
+            offset += sent
+            if offset < len(data) and time.monotonic() > deadline:
+                channel.close()
+                raise self._timed_out(limit)
+
+    def _timed_out(self, limit: float) -> StepFailed:
+        return StepFailed(
+            f"{self.target.where}: timed out after {limit:.0f} s "
+            "(raise ssh.stepTimeoutSeconds if the step is legitimately slow)"
+        )
+
     def boot_id(self) -> str:
-        result = self.run_script("cat /proc/sys/kernel/random/boot_id\n", timeout=30)
+        result = self.run_script(
+            "cat /proc/sys/kernel/random/boot_id\n", timeout=30, activity="reading the boot id"
+        )
         return result.stdout.strip()
 
     def reboot_and_wait(self) -> None:
@@ -483,7 +608,10 @@ def run_step(
     """Run one step in ``mode`` and return its outcome; handles the reboot-required protocol."""
     where = f"{session.target.where} step {step_name} ({mode})"
     env = {"SOVEREIGN_MODE": mode}
-    result = session.run_script(script, env, secret_env, payloads=payloads, on_line=on_line)
+    activity = f"step {step_name} ({mode})"
+    result = session.run_script(
+        script, env, secret_env, payloads=payloads, on_line=on_line, activity=activity
+    )
     outcome = interpret_exit(where, result.exit_status, result.stdout, result.stderr_tail)
     if outcome != "reboot":
         assert not isinstance(outcome, str)
@@ -493,7 +621,14 @@ def run_step(
     if on_line is not None:
         on_line("stderr", f"[{step_name}] rebooting {session.target.name} as the step requires")
     session.reboot_and_wait()
-    again = session.run_script(script, env, secret_env, payloads=payloads, on_line=on_line)
+    again = session.run_script(
+        script,
+        env,
+        secret_env,
+        payloads=payloads,
+        on_line=on_line,
+        activity=f"{activity} after the reboot",
+    )
     second = interpret_exit(
         where + " after reboot", again.exit_status, again.stdout, again.stderr_tail
     )

@@ -159,17 +159,35 @@ def forward_port(host: InventoryHost, guest_port: int, timeouts: LabTimeouts) ->
         probe.bind((LOOPBACK, 0))
         host_port = int(probe.getsockname()[1])
     command, arguments = port_forward_command(host_port, guest_port)
-    with QmpClient.connect(
-        HostLayout(host.host_dir).qmp_socket,
-        timeouts.qmp_socket_s,
-        timeouts.qmp_reply_s,
-        timeouts.poll_interval_s,
-    ) as qmp:
+    with guest_monitor(host, timeouts) as qmp:
         # the human monitor answers errors as text, not as a QMP error
         answer = str(qmp.execute(command, arguments)).strip()
     if answer:
         raise LabError(f"{host.name}: forwarding port {host_port} to {guest_port}: {answer}")
     return host_port
+
+
+def guest_monitor(host: InventoryHost, timeouts: LabTimeouts) -> QmpClient:
+    """A QMP connection to the running ``host``'s QEMU."""
+    return QmpClient.connect(
+        HostLayout(host.host_dir).qmp_socket,
+        timeouts.qmp_socket_s,
+        timeouts.qmp_reply_s,
+        timeouts.poll_interval_s,
+    )
+
+
+def pause_guest(host: InventoryHost, timeouts: LabTimeouts) -> None:
+    """Stop the guest's CPUs: its network stays connected (QEMU's user-mode network runs on) but
+    nothing in the guest answers, as on a host whose kernel hung."""
+    with guest_monitor(host, timeouts) as qmp:
+        qmp.execute("stop")
+
+
+def resume_guest(host: InventoryHost, timeouts: LabTimeouts) -> None:
+    """Let a paused guest run on from where it stopped."""
+    with guest_monitor(host, timeouts) as qmp:
+        qmp.execute("cont")
 
 
 def create_sparse_image(path: Path, size_bytes: int) -> None:

@@ -20,7 +20,7 @@ import yaml
 from components.config.models import HostSpec, StackConfig, image_registry
 from components.plan.checks import LAYERS, NO_DEFAULT_NVIDIA_RUNTIME
 from components.plan.cluster import node_labels
-from components.plan.kubernetes.gateway import TRAEFIK_CONFIG, traefik_arguments
+from components.plan.kubernetes.gateway import TRAEFIK_DEPLOYMENT, traefik_arguments
 from components.plan.kubernetes.models import TELEMETRY_OPT_OUTS as PLANNED_TELEMETRY_OPT_OUTS
 from components.plan.kubernetes.spec import (
     COUNTRY_LABEL,
@@ -514,13 +514,13 @@ def _traefik_check(config: StackConfig, objects: ClusterObjects) -> CheckResult:
         (
             d
             for d in _items(objects.system_deployments)
-            if d.get("metadata", {}).get("name") == TRAEFIK_CONFIG
+            if d.get("metadata", {}).get("name") == TRAEFIK_DEPLOYMENT
             and d.get("metadata", {}).get("namespace", SYSTEM_NAMESPACE) == SYSTEM_NAMESPACE
         ),
         None,
     )
     if deployment is None:
-        observed = f"no Deployment {SYSTEM_NAMESPACE}/{TRAEFIK_CONFIG}"
+        observed = f"no Deployment {SYSTEM_NAMESPACE}/{TRAEFIK_DEPLOYMENT}"
         return verdict("inference", CLUSTER, check, False, observed, expected)
     containers = _pod_spec(deployment).get("containers", [])
     running = _flag_values([str(a) for c in containers for a in c.get("args", [])])

@@ -217,7 +217,14 @@ def start_backends(workdir: Path) -> tuple[list[subprocess.Popen[bytes]], list[s
     return processes, urls
 
 
-def start_gateway(workdir: Path, backends: list[str]) -> Tool:
+def start_gateway(
+    workdir: Path, backends: list[str], name: str = "gateway", source: Path | None = None
+) -> Tool:
+    """The gateway of this checkout, or (``source``) the ``images/gateway`` package of another
+    checkout, e.g. an earlier commit's, run with this environment's dependencies."""
+    env = dict(os.environ)
+    if source is not None:
+        env["PYTHONPATH"] = str(source / "images" / "gateway")
     routes = workdir / "routes.json"
     routes.write_text(
         json.dumps(
@@ -243,9 +250,10 @@ def start_gateway(workdir: Path, backends: list[str]) -> Tool:
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env=env,
     )
-    assert wait_http(f"http://127.0.0.1:{admin}/readyz", 20), "gateway did not start"
-    return Tool("gateway", f"http://127.0.0.1:{port}/v1/chat/completions", process)
+    assert wait_http(f"http://127.0.0.1:{admin}/readyz", 20), f"{name} did not start"
+    return Tool(name, f"http://127.0.0.1:{port}/v1/chat/completions", process)
 
 
 def ensure_venv(venv: Path, package: str, log: Callable[[str], None]) -> bool:
@@ -372,11 +380,39 @@ def max_rate(url: str, duration: float) -> tuple[float, list[dict[str, Any]]]:
     return best, steps
 
 
+def print_ratios(results: dict[str, Any]) -> None:
+    """This gateway against its anchors measured in the same run."""
+    if "gateway" in results and "gateway-baseline" in results:
+        now, then = results["gateway"], results["gateway-baseline"]
+        ratios = {
+            "saturation throughput": now["saturation"]["rate"]
+            / max(then["saturation"]["rate"], 1e-9),
+            "saturation p50": now["saturation"]["p50_ms"] / max(then["saturation"]["p50_ms"], 1e-9),
+            "moderate p50": now["moderate"]["p50_ms"] / max(then["moderate"]["p50_ms"], 1e-9),
+            "CPU per request": now["saturation"]["cpu_ms_per_request"]
+            / max(then["saturation"]["cpu_ms_per_request"], 1e-9),
+        }
+        for what, ratio in ratios.items():
+            print(f"gateway / baseline {what}: {ratio:.2f}")
+    if "gateway" in results and "vllm-router" in results:
+        ratio = results["gateway"]["saturation"]["rate"] / max(
+            results["vllm-router"]["saturation"]["rate"], 1e-9
+        )
+        print(f"gateway / vllm-router saturation throughput: {ratio:.2f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=float, default=4.0)
     parser.add_argument("--tools", default="gateway,vllm-router,litellm")
     parser.add_argument("--venv", default="/tmp/bench-venv")
+    parser.add_argument(
+        "--baseline-gateway",
+        type=Path,
+        metavar="CHECKOUT",
+        help="also measure the gateway of another checkout (git worktree add DIR REV), as the "
+        "anchor this one is compared with in the same run",
+    )
     parser.add_argument("--loadgen", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--concurrency", type=int, default=0, help=argparse.SUPPRESS)
@@ -393,6 +429,8 @@ def main() -> int:
         wanted = args.tools.split(",")
         if "gateway" in wanted:
             tools.append(start_gateway(workdir, urls))
+        if args.baseline_gateway is not None:
+            tools.append(start_gateway(workdir, urls, "gateway-baseline", args.baseline_gateway))
         if "vllm-router" in wanted and (
             tool := start_vllm_router(Path(args.venv), urls, notes.append)
         ):
@@ -440,11 +478,7 @@ def main() -> int:
             }
         results["notes"] = notes
         print(json.dumps(results, indent=2))
-        if "gateway" in results and "vllm-router" in results:
-            ratio = results["gateway"]["saturation"]["rate"] / max(
-                results["vllm-router"]["saturation"]["rate"], 1e-9
-            )
-            print(f"gateway / vllm-router saturation throughput: {ratio:.2f}")
+        print_ratios(results)
     finally:
         for tool in tools:
             tool.stop()

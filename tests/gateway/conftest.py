@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import resource
 import signal
 import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,13 @@ class Gateway:
         return self.process.returncode
 
 
+def _limit_descriptors(limit: int) -> Callable[[], None]:
+    def limit_in_child() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    return limit_in_child
+
+
 def scaled_object(model: str) -> scaler_pb.ScaledObjectRef:
     return scaler_pb.ScaledObjectRef(
         name="llm", namespace="sovereign-models", scalerMetadata={"model": model}
@@ -201,7 +209,9 @@ class Processes:
         name: str = "gw",
         ports: tuple[int, int, int] | None = None,
         wait: bool = True,
+        descriptor_limit: int | None = None,
     ) -> Gateway:
+        """``descriptor_limit``: the process's RLIMIT_NOFILE, soft and hard (``ulimit -n``)."""
         port, scaler_port, admin_port = ports or (free_port(), free_port(), free_port())
         routes_file = self.tmp / f"{name}-routes.json"
         routes_file.write_text(json.dumps(routes))
@@ -221,8 +231,15 @@ class Processes:
             str(records_file),
             *args,
         ]
+        limit = None if descriptor_limit is None else _limit_descriptors(descriptor_limit)
         with log_file.open("wb") as log:
-            process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log)
+            process = subprocess.Popen(
+                command,
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                preexec_fn=limit,  # noqa: PLW1509  (one setrlimit call in the child)
+            )
         gateway = Gateway(
             process, port, scaler_port, admin_port, routes_file, records_file, log_file
         )

@@ -5,11 +5,14 @@ Run as ``python -m tests.gateway.fake_vllm --port N``. It behaves like a replica
 start, then listens. ``--reuse-port`` lets a second replica share the port, the kernel spreading
 connections between them like a Service. A request may steer the reply through a ``fake`` object in
 its body: ``chunks`` (streamed chunks), ``interval`` (seconds between chunks), ``delay`` (seconds
-before answering), ``die_after`` (the process exits after sending that many chunks). ``POST /fake/health`` slows
-``/health`` or makes its next answers 503 (a replica busy generating). Every streamed
-chunk carries ``sent``, the server's ``time.monotonic()`` when it was written (the clock is shared by
-the processes of one machine). ``GET /fake/stats`` tells when it started listening and when the
-first request arrived.
+before answering), ``die_after`` (the process exits after sending that many chunks),
+``reset_after_read`` (the request is read, counted, then its connection reset, as by a replica that
+crashes on it), ``body_bytes`` (a non-streamed answer of exactly that many bytes, generated while it
+is sent: ``large_answer``), ``fail_status`` (that 5xx status, its body a traceback:
+``ENGINE_TRACEBACK``). ``POST /fake/health`` slows ``/health`` or makes its next answers 503 (a
+replica busy generating). Every streamed chunk carries ``sent``, the server's ``time.monotonic()``
+when it was written (the clock is shared by the processes of one machine). ``GET /fake/stats`` tells
+when it started listening and when the first request arrived (``requests`` counts the requests read).
 """
 
 from __future__ import annotations
@@ -20,14 +23,30 @@ import contextlib
 import json
 import os
 import signal
+import socket
+import struct
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
 
 MODEL = web.AppKey("model", str)
-_STATS: dict[str, Any] = {"listening_since": None, "first_request_at": None, "requests": 0}
+# the body of a ``fail_status`` answer: what must never reach a gateway's client
+ENGINE_TRACEBACK = (
+    "Traceback (most recent call last):\n"
+    '  File "/usr/local/lib/python3.12/site-packages/vllm/engine/llm_engine.py", line 1, in step\n'
+    "RuntimeError: CUDA error: an illegal memory access was encountered (node gpu-7, 10.42.3.17)\n"
+)
+_STATS: dict[str, Any] = {
+    "listening_since": None,
+    "first_request_at": None,
+    "requests": 0,
+    # the client end (address:port) of each connection a completion request arrived on
+    "request_connections": [],
+}
 _HEALTH: dict[str, Any] = {"delay": 0.0, "failures": 0}
+_LARGE_ANSWER_PIECE = 1 << 20
 
 
 def _fake(body: dict[str, Any]) -> dict[str, Any]:
@@ -78,10 +97,59 @@ async def _models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": [{"id": name, "object": "model"}]})
 
 
+def large_answer(size: int, usage: dict[str, int]) -> Iterator[bytes]:
+    """A chat completion of exactly ``size`` bytes, its content padded with numbered pieces and
+    ``usage`` last, as vLLM writes it; the test regenerates it to check every byte."""
+    head = (
+        b'{"id":"cmpl-fake","object":"chat.completion","model":"fake/model","choices":'
+        b'[{"index":0,"message":{"role":"assistant","content":"'
+    )
+    tail = b'"},"finish_reason":"stop"}],"usage":' + json.dumps(usage).encode() + b"}"
+    padding = size - len(head) - len(tail)
+    if padding < 0:
+        raise ValueError(f"body_bytes: expected at least {len(head) + len(tail)}, got {size}")
+    yield head
+    for number, start in enumerate(range(0, padding, _LARGE_ANSWER_PIECE)):
+        piece = b"%010d" % number + b"y" * (_LARGE_ANSWER_PIECE - 10)
+        yield piece[: padding - start]
+    yield tail
+
+
+async def _send_large_answer(
+    request: web.Request, size: int, usage: dict[str, int]
+) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.content_length = size
+    await response.prepare(request)
+    for piece in large_answer(size, usage):
+        await response.write(piece)
+    await response.write_eof()
+    return response
+
+
+def _reset_connection(request: web.Request) -> None:
+    """Drop the client's connection with a TCP reset (SO_LINGER 0), as a crashing replica does."""
+    transport = request.transport
+    assert transport is not None
+    transport.get_extra_info("socket").setsockopt(
+        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+    )
+    transport.abort()
+
+
 async def _completion(request: web.Request) -> web.StreamResponse:
     _count_request()
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    if peer is not None and f"{peer[0]}:{peer[1]}" not in _STATS["request_connections"]:
+        _STATS["request_connections"].append(f"{peer[0]}:{peer[1]}")
     body = await request.json()
     fake = _fake(body)
+    if fake.get("reset_after_read"):
+        _reset_connection(request)
+        return web.Response()  # never reaches the client: its connection is gone
+    if fake.get("fail_status"):
+        # a server whose handler raised and whose error page is the traceback
+        return web.Response(status=int(fake["fail_status"]), text=ENGINE_TRACEBACK)
     chunks = int(fake.get("chunks", 3))
     interval = float(fake.get("interval", 0.0))
     die_after = fake.get("die_after")
@@ -96,6 +164,8 @@ async def _completion(request: web.Request) -> web.StreamResponse:
         "total_tokens": prompt_tokens + chunks,
     }
     created = int(time.time())
+    if body.get("stream") is not True and fake.get("body_bytes"):
+        return await _send_large_answer(request, int(fake["body_bytes"]), usage)
     if body.get("stream") is not True:
         text = " ".join(f"tok{i}" for i in range(chunks))
         choice: dict[str, Any] = (
@@ -173,7 +243,8 @@ async def _embeddings(request: web.Request) -> web.Response:
 
 
 def build_app(model: str) -> web.Application:
-    app = web.Application()
+    # vLLM takes bodies far past aiohttp's 1 MiB default; the gateway's own limit is what is tested
+    app = web.Application(client_max_size=64 * 1024 * 1024)
     app[MODEL] = model
     app.router.add_get("/health", _health)
     app.router.add_get("/fake/stats", _stats)

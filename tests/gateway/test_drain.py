@@ -19,8 +19,9 @@ from tests.loopback import accepts_connections
 
 MODEL = "m"
 DRAIN = 3.0
-# stopping the listeners, the gRPC server and the process itself after the drain
-EXIT_BOUND = 1.5
+# stopping the listeners, the gRPC server and the process itself after the drain: generous on a
+# shared machine, yet short of the doubled drain this test exists to catch
+EXIT_BOUND = DRAIN * 0.9
 
 
 def test_sigterm_drains_for_drain_seconds_and_a_cut_stream_gets_an_error_event(

@@ -110,6 +110,7 @@ def test_chat_completions_and_embeddings_are_routed_by_model(setup: Setup) -> No
     assert set(record) == {
         "time",
         "requestId",
+        "clientRequestId",
         "endpoint",
         "model",
         "tenant",

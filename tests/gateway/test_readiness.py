@@ -202,3 +202,46 @@ def test_a_slow_or_failing_health_does_not_flip_a_ready_model_cold(processes: Pr
     # a replica that keeps failing does go
     backend.set_health(failures=1000)
     assert wait_until(lambda: _ready_replicas(gateway) == 0, 5)
+
+
+def test_a_replica_ready_before_dns_lists_it_ends_the_cold_start_through_the_upstream(
+    processes: Processes,
+) -> None:
+    port = free_port()
+    processes.backend(port, host="127.0.0.1")  # the ClusterIP Service, whose endpoint is ready
+    processes.backend(port, host="127.0.0.2")  # the pod behind it
+    listed: list[str] = []  # what cluster DNS answers for the headless Service so far
+
+    async def cluster_dns(host: str, resolved_port: int) -> list[str]:
+        if host != HEADLESS or not listed:
+            # the pod is ready, but the headless name still has no record (a cached negative
+            # answer): resolvers say the name is not known
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return list(listed)
+
+    async def scenario() -> tuple[int, int]:
+        settings = Settings(routes=Path("routes.json"), warm_probe_interval=0.05)
+        route = ModelRoute(
+            name="m", upstream=f"http://127.0.0.1:{port}", replicas=f"{HEADLESS}:{port}"
+        )
+        async with aiohttp.ClientSession() as session:
+            state = ModelReadiness(
+                route, settings, session, Counts(), Metering(0.0, "EUR"), cluster_dns
+            )
+            state.start()
+            try:
+                # the cold start ends on the upstream's answer, not on DNS
+                await state.wait_ready(time.monotonic() + 3)
+                before_dns = state.replicas
+                listed.extend(["127.0.0.2", "127.0.0.1"])
+                deadline = time.monotonic() + 5
+                while state.replicas != 2 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)
+                return before_dns, state.replicas
+            finally:
+                await state.stop()
+
+    before_dns, after_dns = asyncio.run(scenario())
+    assert before_dns == 1
+    # once DNS lists the replicas, each is counted
+    assert after_dns == 2

@@ -85,6 +85,12 @@ REFUSED: list[tuple[Callable[[dict[str, Any]], None], str, str]] = [
         "used twice",
     ),
     (
+        # "<model>-replicas" is the name of a model's headless Service: it would clash
+        lambda c: _model(c).update(name="mistral-replicas", servedName="x/y"),
+        "inference.models[0].name",
+        "ends with '-replicas'",
+    ),
+    (
         lambda c: _model(c)["source"].update(revision=".hidden"),
         "inference.models[0].source.revision",
         "not starting with '.' or '-'",

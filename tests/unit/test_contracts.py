@@ -23,7 +23,12 @@ from sovereign_weights.prefetch import load_models_file
 
 from components.config import load_stack_file
 from components.plan.kubernetes import InferenceStackSpec, inference_plan
-from components.plan.kubernetes.spec import GATEWAY, GATEWAY_NAMESPACE, MODELS_NAMESPACE
+from components.plan.kubernetes.spec import (
+    GATEWAY,
+    GATEWAY_API_KEYS,
+    GATEWAY_NAMESPACE,
+    MODELS_NAMESPACE,
+)
 from components.plan.render import render_stack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,7 +125,7 @@ def test_gateway_parses_its_arguments_and_key_file(rendered: tuple[Path, Path]) 
     )
     mounts = {m["mountPath"] for m in gateway["volumeMounts"]}
     assert str(settings.routes.parent) in mounts
-    secrets = _objects(out, "Secret")
+    secrets = [s for s in _objects(out, "Secret") if s["metadata"]["name"] == GATEWAY_API_KEYS]
     if config.inference.gateway.tenants:
         assert settings.api_keys is not None
         assert str(settings.api_keys.parent) in mounts

@@ -242,6 +242,17 @@ def test_k3s_release_without_a_known_traefik_chart_is_refused(tmp_path: Path, ve
     assert "v1.31.2" in problems["k3s.version"]
 
 
+def test_a_k3s_release_the_toolkit_does_not_install_is_not_held_to_the_table(
+    tmp_path: Path,
+) -> None:
+    # k3s.install false: no K3s of the toolkit's, so no packaged Traefik to pass flags through
+    data = copy.deepcopy(stack_data("staging"))
+    data["config"][NS + "k3s"].update(version="v1.33.1+k3s1", install=False)
+    config = load_stack_file(write_stack(tmp_path, data))
+    assert config.k3s.version == "v1.33.1+k3s1"
+    assert traefik_arguments(InferenceStackSpec.from_stack(config)) == []
+
+
 def test_hand_built_k3s_spec_needs_the_k3s_release() -> None:
     stack = load_stack_file(ROOT / "stacks" / "Pulumi.staging.yaml")
     with pytest.raises(ValueError, match=r"k3sVersion: required when k3s is true"):

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from components.config.models import SshDefaults
 from components.execution.outcome import (
     HostKeyMismatch,
+    HostStoppedAnswering,
     HostUnreachable,
     StepFailed,
     StepRefused,
@@ -25,11 +30,13 @@ from components.execution.ssh import (
     HostSession,
     HostTarget,
     Redactor,
+    RunResult,
     on_hosts,
     run_step,
     secret_prelude,
 )
 from tests.conftest import LocalSshd, step_script
+from tests.loopback import wait_until
 
 FAST = SshDefaults(connect_timeout_seconds=3, connect_retries=1, retry_backoff_seconds=0)
 
@@ -402,3 +409,159 @@ def test_payloads_arrive_intact_and_are_cleaned_up(local_sshd: LocalSshd) -> Non
     digest, directory = result.stdout.splitlines()
     assert digest == hashlib.sha256(blob).hexdigest()
     assert not Path(directory).exists(), "the payload directory must be removed when the step ends"
+
+
+# a host that leaves keepalives unanswered for 2 s has stopped; steps may run for 60 s
+KEEPALIVE_FAST = FAST.model_copy(
+    update={
+        "keepalive_interval_seconds": 1,
+        "keepalive_missed_replies": 2,
+        "step_timeout_seconds": 60,
+    }
+)
+
+
+def parent_of(pid: int) -> int:
+    # the command name in /proc/PID/stat may hold spaces and parentheses: read after the last ")"
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
+def serving_sshd_processes(sshd: LocalSshd, shell_parent: int) -> list[int]:
+    """The sshd processes from the parent of a step's shell up to the listener (excluded): they
+    serve one connection."""
+    listener = int((sshd.workdir / "sshd.pid").read_text())
+    chain = []
+    current = shell_parent
+    while current != listener:
+        assert current > 1, f"process {shell_parent} is not served by the test sshd {listener}"
+        chain.append(current)
+        current = parent_of(current)
+    return chain
+
+
+class FrozenHost:
+    """Stops, with SIGSTOP, the sshd processes serving a connection and the step's own processes:
+    to the client, the host then answers nothing at all, as a hung kernel or a paused VM."""
+
+    def __init__(self, sshd: LocalSshd) -> None:
+        self._sshd = sshd
+        self.sshd_pids: list[int] = []
+        self.step_group: int | None = None
+        self.frozen_at: float | None = None
+
+    def on_line(self, _stream: str, line: str) -> None:
+        if line.startswith("step-pid ") and self.frozen_at is None:
+            step_pid = int(line.split()[1])
+            self.sshd_pids = serving_sshd_processes(self._sshd, parent_of(step_pid))
+            # sshd starts the command in a session of its own: its group is the step's processes
+            self.step_group = os.getpgid(step_pid)
+            os.killpg(self.step_group, signal.SIGSTOP)
+            for pid in self.sshd_pids:
+                os.kill(pid, signal.SIGSTOP)
+            self.frozen_at = time.monotonic()
+
+    def cut_short_and_release(self) -> None:
+        """The step's work is lost (as in a host reset); the stopped sshd processes then see their
+        client gone and exit."""
+        if self.step_group is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.step_group, signal.SIGKILL)
+        for pid in self.sshd_pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+def test_a_host_that_stops_answering_mid_step_is_reported_within_the_keepalive_bound_and_the_step_converges_on_a_rerun(
+    local_sshd: LocalSshd, tmp_path: Path
+) -> None:
+    marker = tmp_path / "marker"
+    script = step_script(
+        f'apply() {{\n  if [ ! -f {marker} ]; then\n    echo "step-pid $$"\n    sleep 5\n'
+        f'    change "create marker" touch {marker}\n  fi\n}}\n'
+    )
+    frozen = FrozenHost(local_sshd)
+    session = HostSession(target(local_sshd), KEEPALIVE_FAST)
+    try:
+        with pytest.raises(HostStoppedAnswering) as stopped:
+            run_step(session, "99-test", script, on_line=frozen.on_line)
+        noticed_after = time.monotonic() - (frozen.frozen_at or 0)
+        frozen.cut_short_and_release()
+        finished_while_frozen = marker.exists()
+        rerun = run_step(session, "99-test", script)
+        again = run_step(session, "99-test", script)
+    finally:
+        frozen.cut_short_and_release()
+        session.close()
+    message = str(stopped.value)
+    assert "host stopped answering during step 99-test (apply) after " in message
+    assert "no answer to SSH keepalives for 2 s" in message
+    # the bound is 2 s; the step timeout (60 s) is what the executor waited for before
+    assert noticed_after < KEEPALIVE_FAST.step_timeout_seconds / 2, noticed_after
+    assert not finished_while_frozen, "the frozen step must not have finished its work"
+    assert (rerun.result, rerun.changes) == ("changed", ("create marker",))
+    assert again.result == "unchanged"
+
+
+def test_a_host_that_stops_answering_between_steps_is_reconnected_for_the_next_step(
+    local_sshd: LocalSshd,
+) -> None:
+    """paramiko waits for a channel on a silent host for an hour: the watch closes the dead
+    connection first, so the next step gets a new one instead of waiting."""
+    session = HostSession(target(local_sshd), KEEPALIVE_FAST)
+    frozen = FrozenHost(local_sshd)
+    try:
+        shell_parent = int(session.run_script('echo "$PPID"\n').stdout)
+        frozen.sshd_pids = serving_sshd_processes(local_sshd, shell_parent)
+        for pid in frozen.sshd_pids:
+            os.kill(pid, signal.SIGSTOP)
+        first_client = session._client
+        outcome: list[RunResult | BaseException] = []
+
+        def next_step() -> None:
+            try:
+                outcome.append(session.run_script("echo next\n"))
+            except BaseException as exc:  # handed to the test's thread for its assertions
+                outcome.append(exc)
+
+        worker = threading.Thread(target=next_step, daemon=True)
+        # the next step starts once the watch has given the silent connection up
+        assert wait_until(
+            lambda: not session._alive(), KEEPALIVE_FAST.keepalive_bound_seconds * 3
+        ), "the watch never gave up the silent connection"
+        worker.start()
+        worker.join(timeout=KEEPALIVE_FAST.step_timeout_seconds / 2)
+    finally:
+        frozen.cut_short_and_release()
+    try:
+        assert outcome, "the next step waited on the silent connection"
+        result = outcome[0]
+        assert isinstance(result, RunResult), result
+        assert result.stdout == "next"
+        assert session._client is not first_client
+    finally:
+        session.close()
+
+
+def test_a_quiet_step_on_a_host_that_answers_keepalives_runs_to_its_end(
+    local_sshd: LocalSshd,
+) -> None:
+    """Silence on the step's output is not silence of the host: only unanswered keepalives count."""
+    session = HostSession(target(local_sshd), KEEPALIVE_FAST)
+    try:
+        result = session.run_script(
+            f"sleep {KEEPALIVE_FAST.keepalive_bound_seconds * 2}\necho done\n"
+        )
+    finally:
+        session.close()
+    assert result.stdout == "done"
+
+
+def test_keepalive_settings_are_read_from_the_stack_and_refused_when_out_of_range() -> None:
+    settings = SshDefaults.model_validate(
+        {"keepaliveIntervalSeconds": 5, "keepaliveMissedReplies": 3}
+    )
+    assert settings.keepalive_bound_seconds == 15
+    assert SshDefaults().keepalive_bound_seconds == 60
+    for field_name, value in (("keepaliveIntervalSeconds", 0), ("keepaliveMissedReplies", 0)):
+        with pytest.raises(ValidationError, match=field_name):
+            SshDefaults.model_validate({field_name: value})

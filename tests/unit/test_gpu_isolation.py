@@ -105,19 +105,25 @@ def test_toolkit_trusts_the_visible_devices_variable_only_from_privileged_contai
     assert 'capSysAdmin = "CAP_SYS_ADMIN"' in (TOOLKIT / "privileged.go").read_text()
 
 
-def test_toolkit_step_writes_the_settings_through_the_pinned_nvidia_ctk() -> None:
+def toolkit_step_arguments(commands: tuple[str, ...], call: str) -> list[str]:
+    """Run ``call`` with the toolkit step's own functions, each of ``commands`` replaced by a
+    stand-in that prints its arguments one per line: what the step would pass them."""
     config = gpu_stack()
     (step,) = render_host_steps(config, config.hosts[0], only=("30-cuda-container-toolkit",))
-    # nvidia-ctk cannot run here: a stand-in records the arguments the step's own code passes
     definitions = step.script.split('case "$SOVEREIGN_MODE" in')[0]
-    stand_in = 'nvidia-ctk() { printf "%s\\n" "$@"; }'
+    stand_ins = "\n".join(f'{name}() {{ printf "%s\\n" "$@"; }}' for name in commands)
     result = subprocess.run(
-        ["bash", "-c", f"{definitions}\n{stand_in}\nwanted_toolkit_config\n"],
+        ["bash", "-c", f"{definitions}\n{stand_ins}\n{call}\n"],
         capture_output=True,
         text=True,
         check=True,
     )
-    arguments = result.stdout.splitlines()
+    return result.stdout.splitlines()
+
+
+def test_toolkit_step_writes_the_settings_through_the_pinned_nvidia_ctk() -> None:
+    # nvidia-ctk cannot run here: a stand-in records the arguments the step's own code passes
+    arguments = toolkit_step_arguments(("nvidia-ctk",), "wanted_toolkit_config")
     settings = [f"{k}={v}" for k, v in CONTAINER_TOOLKIT_SETTINGS.items()]
     assert arguments == [
         "config",
@@ -130,7 +136,17 @@ def test_toolkit_step_writes_the_settings_through_the_pinned_nvidia_ctk() -> Non
     # without --in-place or --output the new config goes to stdout, for the step to compare
     options = (TOOLKIT / "nvidia-ctk-config-options.go").read_text()
     assert "return nullCloser{os.Stdout}, nil" in options
+    config = gpu_stack()
+    (step,) = render_host_steps(config, config.hosts[0], only=("30-cuda-container-toolkit",))
     assert 'ensure_file "$TOOLKIT_CONFIG" 644 "$toolkit_config"' in step.script
+
+
+def test_toolkit_upgrades_keep_the_edited_runtime_config_without_a_prompt() -> None:
+    # apt-get cannot install here: a stand-in records the options the step passes it
+    arguments = toolkit_step_arguments(("apt-get", "apt-mark"), "install_pinned pkg=1.0")
+    # the step edits config.toml after installing: dpkg must keep it, never ask (no terminal)
+    assert "Dpkg::Options::=--force-confold" in arguments
+    assert "Dpkg::Options::=--force-confdef" in arguments
 
 
 # --- the device plugin: the list as volume mounts ----------------------------------------------

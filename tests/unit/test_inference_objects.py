@@ -33,6 +33,7 @@ from tests.k8s_schemas import (
     undeclared_fields,
     validate_builtin,
     validate_scaled_object,
+    validate_trigger_authentication,
     values_problems,
 )
 
@@ -42,7 +43,7 @@ SERVING_STACKS = [
     for p in sorted((ROOT / "stacks").glob("Pulumi.*.yaml"))
     if load_stack_file(p).inference.models
 ]
-CUSTOM_KINDS = {"ScaledObject", "HelmChartConfig"}
+CUSTOM_KINDS = {"ScaledObject", "HelmChartConfig", "TriggerAuthentication"}
 
 
 def stack_variant(tmp_path: Path, edit: Any, base: str = "Pulumi.staging.yaml") -> StackConfig:
@@ -113,6 +114,8 @@ def test_existing_cluster_objects_are_valid_too(
     for obj in plan.objects():
         if obj["kind"] == "ScaledObject":
             validate_scaled_object(obj)
+        elif obj["kind"] == "TriggerAuthentication":
+            validate_trigger_authentication(obj)
         else:
             validate_builtin(obj, version)
 
@@ -527,6 +530,8 @@ def test_every_file_render_writes_is_valid(stack_file: Path, tmp_path: Path) -> 
         kinds.add(obj["kind"])
         if obj["kind"] == "ScaledObject":
             validate_scaled_object(obj)
+        elif obj["kind"] == "TriggerAuthentication":
+            validate_trigger_authentication(obj)
         elif obj["kind"] == "HelmChartConfig":
             assert json.loads(obj["spec"]["valuesContent"])["additionalArguments"]
         else:

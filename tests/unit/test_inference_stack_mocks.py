@@ -17,6 +17,7 @@ import yaml
 from components.config import load_stack_file
 from components.inference_stack import InferenceStack
 from components.plan.kubernetes import ClusterNode, InferenceStackSpec, inference_plan
+from components.plan.kubernetes.gateway import GATEWAY_SCALER_TLS, KEDA_SCALER_CLIENT_TLS
 from components.plan.kubernetes.spec import (
     GATEWAY_NAMESPACE,
     MODELS_NAMESPACE,
@@ -31,6 +32,7 @@ from tests.unit.test_program_mocks import (
     ProgramRun,
     as_wire,
     run_mocked,
+    scaler_ca_as_planned,
     unwrap_secrets,
     without_secrets,
 )
@@ -110,6 +112,10 @@ def test_every_planned_object_and_chart_lands_on_that_provider(team_run: Program
     for reg in registered:
         assert reg.provider.startswith(provider.urn)
         inputs = unwrap_secrets(reg.raw_inputs)
+        if inputs["metadata"]["name"] in (GATEWAY_SCALER_TLS, KEDA_SCALER_CLIENT_TLS):
+            # filled in by the wiring from ScalerPki (tests/unit/test_scaler_trust_plan.py)
+            inputs.pop("stringData")
+        inputs = scaler_ca_as_planned(inputs)
         match = [
             o
             for o in plan.objects()
@@ -119,6 +125,7 @@ def test_every_planned_object_and_chart_lands_on_that_provider(team_run: Program
     releases = team_run.of_type(HELM_TYPE)
     assert sorted(r.raw_inputs["name"] for r in releases) == sorted(c.name for c in plan.charts)
     keda = next(r for r in releases if r.raw_inputs["name"] == "keda")
+    assert scaler_ca_as_planned(keda.raw_inputs["values"]) == as_wire(plan.keda.values)
     for reg in team_run.of_type(SCALED_OBJECT_TYPE):
         assert keda.urn in reg.dependencies
     assert team_run.stack_outputs["gatewayUrl"] == f"https://{spec.inference.gateway.host}/v1"

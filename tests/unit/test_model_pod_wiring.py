@@ -14,7 +14,6 @@ from components.plan.kubernetes import InferenceStackSpec, inference_plan
 from components.plan.kubernetes.models import (
     COMPILE_CACHE_DIR,
     COMPILE_CACHE_ENV,
-    COMPILE_VOLUME,
     SERVER_UID,
     cold_start_estimate_seconds,
     startup_budget_seconds,
@@ -79,14 +78,21 @@ def test_each_revision_and_image_gets_a_compile_cache_on_the_node() -> None:
         digest = image.rpartition("@")[2]
         expected = CachePaths(Path(spec.cache_mount_point), model.name, model.source.revision)
         volumes = {v["name"]: v for v in pod["volumes"]}
-        assert volumes[COMPILE_VOLUME]["hostPath"] == {
-            "path": str(expected.compile_dir(digest)),
-            "type": "DirectoryOrCreate",
-        }
         (server,) = pod["containers"]
-        mounts = {m["name"]: m for m in server["volumeMounts"]}
-        assert mounts[COMPILE_VOLUME]["mountPath"] == COMPILE_CACHE_DIR
-        assert not mounts[COMPILE_VOLUME].get("readOnly", False)
+        (compile_mount,) = [
+            m for m in server["volumeMounts"] if m["mountPath"] == COMPILE_CACHE_DIR
+        ]
+        # a read-write subPath of the node cache: resolved only once the init container, which
+        # refuses an unmarked cache, has made the directory; no hostPath the kubelet would create
+        # on a bare mount point before any container runs
+        cache = volumes[compile_mount["name"]]["hostPath"]
+        assert cache == {"path": spec.cache_mount_point, "type": "Directory"}
+        node_path = Path(cache["path"]) / compile_mount["subPath"]
+        assert node_path == expected.compile_dir(digest)
+        assert not compile_mount.get("readOnly", False)
+        assert not any(
+            v.get("hostPath", {}).get("type") == "DirectoryOrCreate" for v in volumes.values()
+        )
         env = {e["name"]: e["value"] for e in server["env"]}
         for name in COMPILE_CACHE_ENV:
             assert env[name].startswith(COMPILE_CACHE_DIR + "/"), name
@@ -132,3 +138,12 @@ def test_the_headless_service_reaches_pods_the_gateway_may_connect_to() -> None:
         (server,) = pod_of(model.deployment)["containers"]
         container_ports = {p["name"]: p["containerPort"] for p in server["ports"]}
         assert container_ports[port["targetPort"]] in allowed_ports
+
+
+def test_replicas_service_names_stay_dns_labels_and_apart_for_long_model_names() -> None:
+    long_a = "m" * 60 + "-a"
+    long_b = "m" * 60 + "-b"
+    names = {replicas_service_name(n) for n in ("short", long_a, long_b)}
+    assert "short-replicas" in names
+    assert len(names) == 3
+    assert all(len(n) <= 63 and n.endswith("-replicas") for n in names)

@@ -253,7 +253,8 @@ def test_the_memory_request_covers_streamer_buffers_shm_and_processes(
     resources = server["resources"]
     request = quantity(resources["requests"]["memory"])
     assert request >= workers * per_worker + shm_bytes + processes
-    assert quantity(resources["limits"]["memory"]) == request
+    # requested, not limited: an estimate must not become an OOM kill at start-up
+    assert "memory" not in resources["limits"]
     assert quantity(resources["requests"]["cpu"]) >= 1 + workers
     # one formula: the Deployment asks for what sizing says
     assert request == model_host_memory(model).total_bytes

@@ -194,3 +194,23 @@ def test_the_drain_returns_when_the_server_is_gone() -> None:
         port = unused.server_address[1]
     # nothing listens there any more: the wait ends at once instead of running to the deadline
     assert run_drain(port, deadline=60) < 30
+
+
+def test_pulumi_waits_for_a_rollout_as_long_as_a_replica_takes_to_stop_and_start() -> None:
+    config = load_stack_file(
+        Path(__file__).resolve().parents[2] / "stacks" / "Pulumi.prod-fra.yaml"
+    )
+    spec = InferenceStackSpec.from_stack(config)
+    for deployment in (m.deployment for m in inference_plan(spec).models):
+        pod = deployment["spec"]["template"]["spec"]
+        (server,) = pod["containers"]
+        probe = server["startupProbe"]
+        # maxSurge 0: the old replica's whole grace, then the new one's whole startup budget
+        assert deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0
+        needed = (
+            pod["terminationGracePeriodSeconds"]
+            + probe["periodSeconds"] * probe["failureThreshold"]
+        )
+        waited = int(deployment["metadata"]["annotations"]["pulumi.com/timeoutSeconds"])
+        # pulumi-kubernetes' default wait for a Deployment is 10 minutes: far too short here
+        assert waited > needed > 600

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 import runpy
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,13 @@ from components.config import StackConfig, load_stack_file
 from components.config.loader import build_stack_config, section_from_engine
 from components.plan.host_steps import render_host_steps
 from components.plan.kubernetes import InferenceStackSpec, inference_plan
+from components.plan.kubernetes.gateway import (
+    GATEWAY_SCALER_TLS,
+    KEDA_SCALER_CLIENT_TLS,
+    SCALER_CA_ANNOTATION,
+    SCALER_CA_PLACEHOLDER,
+)
+from components.providers.scaler_pki import issue_scaler_certificates
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK_FILES = sorted((ROOT / "stacks").glob("Pulumi.*.yaml"))
@@ -36,6 +44,7 @@ SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
 STACK_TYPE = "pulumi:pulumi:Stack"
 HOST_STEP_TYPE = "pulumi-python:dynamic/sovereign:HostStep"
 CLUSTER_ACCESS_TYPE = "pulumi-python:dynamic/sovereign:ClusterAccess"
+SCALER_PKI_TYPE = "pulumi-python:dynamic/sovereign:ScalerPki"
 FLEET_TYPE = "sovereign:fleet:Fleet"
 GPU_HOST_TYPE = "sovereign:gpu_host:GpuHost"
 CACHE_TYPE = "sovereign:nvme_weight_cache:NvmeWeightCache"
@@ -149,6 +158,21 @@ def as_wire(value: Any) -> Any:
     return [as_wire(v) for v in value]
 
 
+def scaler_ca_as_planned(value: Any) -> Any:
+    """Registered inputs with the scaler CA's fingerprint (which the wiring puts where the plan
+    holds a placeholder) back to that placeholder, after checking it is one."""
+    if isinstance(value, dict):
+        return {
+            k: SCALER_CA_PLACEHOLDER
+            if k == SCALER_CA_ANNOTATION and re.fullmatch(r"[0-9a-f]{64}", v)
+            else scaler_ca_as_planned(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [scaler_ca_as_planned(v) for v in value]
+    return value
+
+
 class RecordingMonitor(MockMonitor):
     """The SDK's mock monitor, also recording parents, providers, dependencies and secrets."""
 
@@ -217,6 +241,10 @@ class ProgramMocks(pulumi.runtime.Mocks):
                 "readyNodes": list(inputs["nodes"]),
             }
             return f"{inputs['host']}/kubeconfig", outs
+        if args.typ == SCALER_PKI_TYPE:
+            # the provider's create: PEM text for every output, the keys among them
+            issued = issue_scaler_certificates(list(inputs["serverNames"]))
+            return f"{args.name}-id", {**inputs, **asdict(issued)}
         return f"{args.name}-id", inputs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[Any]]:
@@ -352,6 +380,7 @@ def test_every_resource_has_the_expected_parent(program_run: tuple[Path, Program
         K3S_TYPE: STACK_TYPE,
         CLUSTER_ACCESS_TYPE: K3S_TYPE,
         INFERENCE_TYPE: STACK_TYPE,
+        SCALER_PKI_TYPE: INFERENCE_TYPE,
     }
     for reg in run.registrations:
         if reg.type == STACK_TYPE:
@@ -552,7 +581,12 @@ def test_kubernetes_resources_are_the_plan_objects_unchanged(
             inputs["metadata"]["name"],
         )
         assert key in objects, f"{reg.type} {reg.name} is not in the plan"
+        if key[3] in (GATEWAY_SCALER_TLS, KEDA_SCALER_CLIENT_TLS):
+            # the certificates come from ScalerPki, as secrets (tests/unit/test_scaler_trust_plan.py)
+            assert "stringData" in reg.secret_paths
+            inputs.pop("stringData")
         # camelCase plan dicts reach the engine key for key, value for value
+        inputs = scaler_ca_as_planned(inputs)
         assert inputs == as_wire(objects[key]), f"{reg.name} differs from the plan"
         seen.add(key)
     assert seen == set(objects)
@@ -564,7 +598,7 @@ def test_kubernetes_resources_are_the_plan_objects_unchanged(
         assert release["chart"] == chart.chart
         assert release["namespace"] == chart.namespace
         assert release["repositoryOpts"] == {"repo": chart.repository}
-        assert release["values"] == as_wire(chart.values)
+        assert scaler_ca_as_planned(release["values"]) == as_wire(chart.values)
     assert releases["keda"]["version"] == config.inference.charts.keda
     assert (
         releases["nvidia-device-plugin"]["version"] == config.inference.charts.nvidia_device_plugin

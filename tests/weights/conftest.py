@@ -3,6 +3,7 @@ of it, model directories with real safetensors files, and a runner for ``soverei
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -181,3 +182,22 @@ def mark_cache_filesystem(root: Path) -> Path:
     """What host-setup/40-nvme-cache writes at the root of the cache filesystem it mounted."""
     (root / CACHE_FILESYSTEM_MARKER).write_text("label=sovereign-cache uuid=test\n")
     return root
+
+
+@contextlib.contextmanager
+def marked_tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
+    """A real filesystem (a tmpfs of ``size``) mounted at ``mount_point`` and marked as the host's
+    cache step marks the cache filesystem it mounted; unmounted afterwards."""
+    mount_point.mkdir(exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mark_cache_filesystem(mount_point)
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)

@@ -23,6 +23,7 @@ from tests.weights.conftest import (
     expect_within,
     make_model,
     mark_cache_filesystem,
+    marked_tmpfs,
     run_weights,
     s3_client,
     start_weights,
@@ -269,20 +270,8 @@ def test_endpoint_not_allowed_is_refused_before_any_request(
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 12 MiB tmpfs: a cache that fills up."""
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield mark_cache_filesystem(mount_point)
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+    with marked_tmpfs(tmp_path / "small", "12m") as mount_point:
+        yield mount_point
 
 
 def test_full_cache_is_refused_before_fetching_and_evicts_only_unused(

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from components.plan.kubernetes.gateway import scaler_ca_annotations
 from components.plan.kubernetes.objects import (
     GPU_TOLERATIONS,
     gpu_node_expression,
@@ -70,6 +71,9 @@ def keda_chart(spec: InferenceStackSpec) -> ChartRelease:
             "watchNamespace": MODELS_NAMESPACE,
             # the NetworkPolicy that admits KEDA to the scaler port selects on this name
             "operator": {"name": KEDA_OPERATOR},
+            # KEDA keeps its first connection to the gateway's scaler, with the CA it was made
+            # with, until the operator restarts: a new CA restarts it
+            "podAnnotations": {"keda": scaler_ca_annotations()},
         },
     )
 

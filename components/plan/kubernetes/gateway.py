@@ -15,9 +15,11 @@ from components.config.catalog import (
     PackagedTraefik,
     packaged_traefik,
 )
+from components.plan.cluster import LABEL_PREFIX
 from components.plan.kubernetes.models import (
     ENDPOINT_REMOVAL_SECONDS,
     cold_start_estimate_seconds,
+    drain_deadline_seconds,
     model_replicas_address,
     model_upstream,
 )
@@ -38,6 +40,7 @@ from components.plan.kubernetes.spec import (
     GATEWAY_ROUTES,
     GPU_COUNT_LABEL,
     HOSTNAME_LABEL,
+    MODELS_NAMESPACE,
     ROUTES_FILE,
     SYSTEM_NAMESPACE,
     InferenceStackSpec,
@@ -51,6 +54,8 @@ KEYS_DIR: Final = "/etc/sovereign-gateway/keys"
 GATEWAY_SHUTDOWN_MARGIN_SECONDS: Final = 10
 # K3s's bundled Traefik reads overrides of its chart values from this HelmChartConfig.
 TRAEFIK_CONFIG: Final = "traefik"
+# The Deployment K3s's packaged chart runs Traefik as (its fullname: the release name, traefik).
+TRAEFIK_DEPLOYMENT: Final = "traefik"
 TRAEFIK_INGRESS_CLASS: Final = "traefik"
 # Traefik's Kubernetes Ingress provider reads a router's entry points and TLS from these.
 TRAEFIK_ENTRYPOINTS_ANNOTATION: Final = "traefik.ingress.kubernetes.io/router.entrypoints"
@@ -60,6 +65,24 @@ TRAEFIK_TIMEOUTS: Final = ("readTimeout", "writeTimeout", "idleTimeout")
 # The edge waits this much longer than the gateway itself may hold and serve one request.
 EDGE_TIMEOUT_MARGIN_SECONDS: Final = 60
 GATEWAY_LABELS: Final = {COMPONENT_LABEL: "gateway"}
+# Mutual TLS on the scaler listener (see ``components.providers.scaler_pki``): the replicas'
+# certificate in the gateway's namespace, KEDA's client certificate beside its ScaledObjects.
+GATEWAY_SCALER_TLS: Final = "sovereign-gateway-scaler-tls"
+KEDA_SCALER_CLIENT_TLS: Final = "sovereign-gateway-scaler-client"
+SCALER_TLS_DIR: Final = "/etc/sovereign-gateway/scaler-tls"
+# the keys of a kubernetes.io/tls Secret, with the CA beside them
+TLS_CA_KEY: Final = "ca.crt"
+TLS_CERT_KEY: Final = "tls.crt"
+TLS_PRIVATE_KEY: Final = "tls.key"
+# A pod-template annotation that carries the scaler CA's fingerprint on the gateway and on KEDA's
+# operator: both read their certificates once (the gateway at start; KEDA keeps its first
+# connection per scalerAddress for good), so a new CA must restart both. The fingerprint is
+# known only once ``ScalerPki`` has issued the set: the plan holds a placeholder that the wiring
+# replaces, so a render stays free of certificates.
+SCALER_CA_ANNOTATION: Final = f"{LABEL_PREFIX}/scaler-ca-sha256"
+SCALER_CA_PLACEHOLDER: Final = "<sha256 of the scaler CA certificate, set at deploy>"
+ADMIN_TOKEN_DIR: Final = "/etc/sovereign-gateway/admin-token"  # noqa: S105  (a path)
+ADMIN_TOKEN_KEY: Final = "token"  # noqa: S105  (the key in the Secret)
 
 
 def route_table(spec: InferenceStackSpec) -> RouteTable:
@@ -76,6 +99,7 @@ def route_table(spec: InferenceStackSpec) -> RouteTable:
                 cold_start_timeout_seconds=gateway.cold_start_timeout_seconds,
                 request_timeout_seconds=gateway.request_timeout_seconds,
                 gpus_per_replica=m.gpus_per_replica,
+                max_replicas=m.max_replicas,
                 expected_cold_start_seconds=cold_start_estimate_seconds(spec, m),
             )
             for m in spec.inference.models
@@ -120,16 +144,40 @@ def api_keys_secret(spec: InferenceStackSpec) -> Obj | None:
     }
 
 
-def gateway_drain_seconds(spec: InferenceStackSpec) -> int:
-    """How long SIGTERM lets requests in flight run: no forwarded request runs longer than the
-    request timeout. A request still held for a cold model then gets a 503 to retry."""
-    return spec.inference.gateway.request_timeout_seconds
-
-
 def gateway_termination_grace_seconds(spec: InferenceStackSpec) -> int:
     """From the pod's deletion to SIGKILL: the preStop wait for the endpoint's removal (the
     replica still serves meanwhile), the drain, then the exit."""
-    return ENDPOINT_REMOVAL_SECONDS + gateway_drain_seconds(spec) + GATEWAY_SHUTDOWN_MARGIN_SECONDS
+    return ENDPOINT_REMOVAL_SECONDS + drain_deadline_seconds(spec) + GATEWAY_SHUTDOWN_MARGIN_SECONDS
+
+
+def scaler_server_names() -> list[str]:
+    """The names in the replicas' certificate: the Service KEDA dials, then the peers' name."""
+    return [
+        service_host(GATEWAY, GATEWAY_NAMESPACE),
+        service_host(GATEWAY_PEERS, GATEWAY_NAMESPACE),
+    ]
+
+
+def scaler_ca_annotations() -> dict[str, str]:
+    """The pod annotations that restart a reader of the scaler's certificates on a new CA."""
+    return {SCALER_CA_ANNOTATION: SCALER_CA_PLACEHOLDER}
+
+
+def scaler_tls_secrets() -> list[Obj]:
+    """The two Secrets of the scaler's mutual TLS, without their data: the wiring fills it from
+    the ``ScalerPki`` resource as Pulumi secrets, so no key is ever in the plan or a render."""
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": metadata(name, namespace, "gateway"),
+            "type": "kubernetes.io/tls",
+        }
+        for name, namespace in (
+            (GATEWAY_SCALER_TLS, GATEWAY_NAMESPACE),
+            (KEDA_SCALER_CLIENT_TLS, MODELS_NAMESPACE),
+        )
+    ]
 
 
 def gateway_args(spec: InferenceStackSpec) -> list[str]:
@@ -146,10 +194,23 @@ def gateway_args(spec: InferenceStackSpec) -> list[str]:
         "--peers-dns",
         f"{service_host(GATEWAY_PEERS, GATEWAY_NAMESPACE)}:{SCALER_GRPC_PORT}",
         "--drain-seconds",
-        str(gateway_drain_seconds(spec)),
+        # a request held for a cold model at the end gets a 503 to retry
+        str(drain_deadline_seconds(spec)),
+        # only KEDA and the other replicas hold a certificate of the stack's scaler CA
+        "--scaler-tls-cert",
+        f"{SCALER_TLS_DIR}/{TLS_CERT_KEY}",
+        "--scaler-tls-key",
+        f"{SCALER_TLS_DIR}/{TLS_PRIVATE_KEY}",
+        "--scaler-tls-ca",
+        f"{SCALER_TLS_DIR}/{TLS_CA_KEY}",
+        "--peer-tls-server-name",
+        service_host(GATEWAY_PEERS, GATEWAY_NAMESPACE),
     ]
     if spec.inference.gateway.tenants:
         args += ["--api-keys", f"{KEYS_DIR}/{API_KEYS_FILE}"]
+    scraper = spec.inference.gateway.metrics_scraper
+    if scraper is not None and scraper.token_secret:
+        args += ["--admin-token-file", f"{ADMIN_TOKEN_DIR}/{ADMIN_TOKEN_KEY}"]
     return args
 
 
@@ -160,6 +221,20 @@ def gateway_deployment(spec: InferenceStackSpec) -> Obj:
     if gateway.tenants:
         volumes.append({"name": "api-keys", "secret": {"secretName": GATEWAY_API_KEYS}})
         mounts.append({"name": "api-keys", "mountPath": KEYS_DIR, "readOnly": True})
+    volumes.append({"name": "scaler-tls", "secret": {"secretName": GATEWAY_SCALER_TLS}})
+    mounts.append({"name": "scaler-tls", "mountPath": SCALER_TLS_DIR, "readOnly": True})
+    scraper = gateway.metrics_scraper
+    if scraper is not None and scraper.token_secret:
+        volumes.append(
+            {
+                "name": "admin-token",
+                "secret": {
+                    "secretName": scraper.token_secret,
+                    "items": [{"key": ADMIN_TOKEN_KEY, "path": ADMIN_TOKEN_KEY}],
+                },
+            }
+        )
+        mounts.append({"name": "admin-token", "mountPath": ADMIN_TOKEN_DIR, "readOnly": True})
     pod: Obj = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -225,9 +300,13 @@ def gateway_deployment(spec: InferenceStackSpec) -> Obj:
             "replicas": gateway.replicas,
             "selector": {"matchLabels": GATEWAY_LABELS},
             "template": {
-                # no checksum annotation: the gateway reloads the mounted route table and key
-                # file in place, so a model added or a key rotated never restarts the entry point
-                "metadata": {"labels": GATEWAY_LABELS},
+                # no checksum of the route table or the keys: the gateway reloads both in place,
+                # so a model added or a key rotated never restarts the entry point; the scaler's
+                # certificates are read at start, so a new CA does
+                "metadata": {
+                    "labels": GATEWAY_LABELS,
+                    "annotations": scaler_ca_annotations(),
+                },
                 "spec": pod,
             },
         },

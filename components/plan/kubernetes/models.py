@@ -84,7 +84,6 @@ SERVER_USER: Final = "model-server"
 CACHE_VOLUME: Final = "weights-cache"
 # The revision's compile caches on the node (CachePaths.compile_dir), read-write for the server:
 # a warm start loads compiled graphs and kernels instead of compiling them again.
-COMPILE_VOLUME: Final = "compile-cache"
 COMPILE_CACHE_DIR: Final = "/var/cache/sovereign-compile"
 # Where PyTorch, Triton and vLLM look for their caches (torch/_inductor/runtime/cache_dir_utils.py,
 # triton/knobs.py, vllm/envs.py at the versions the vllm-openai v0.11 image ships).
@@ -217,6 +216,11 @@ def compile_cache_dir(spec: InferenceStackSpec, model: ModelSpec) -> str:
     return str(cache_paths(spec, model).compile_dir(digest))
 
 
+def compile_cache_subpath(spec: InferenceStackSpec, model: ModelSpec) -> str:
+    """``compile_cache_dir`` relative to the node cache (the volume's root)."""
+    return str(PurePosixPath(compile_cache_dir(spec, model)).relative_to(spec.cache_mount_point))
+
+
 def server_env(spec: InferenceStackSpec, model: ModelSpec) -> list[Obj]:
     env = {
         **model.env,
@@ -239,6 +243,11 @@ def allowed_endpoints(spec: InferenceStackSpec) -> str:
     return ",".join(spec.residency.allowed_object_store_endpoints)
 
 
+def cache_filesystem_args(spec: InferenceStackSpec) -> list[str]:
+    """The weights tool's refusal of an unmarked cache, where the toolkit's cache step marks it."""
+    return ["--require-cache-filesystem"] if spec.cache_filesystem_marked else []
+
+
 def ensure_args(spec: InferenceStackSpec, model: ModelSpec) -> list[str]:
     """The warmer's ``ensure``: returns at once when the verified copy is on the node."""
     return [
@@ -259,6 +268,7 @@ def ensure_args(spec: InferenceStackSpec, model: ModelSpec) -> list[str]:
         image_digest(server_image(spec, model)),
         "--compile-owner",
         str(SERVER_UID),
+        *cache_filesystem_args(spec),
     ]
 
 
@@ -282,9 +292,11 @@ def model_host_memory(model: ModelSpec) -> ReplicaHostMemory:
 
 
 def server_resources(model: ModelSpec) -> Obj:
-    """GPUs, CPUs and host memory of the serving container. The memory request is also its limit:
-    every part of it is bounded, and a replica that outgrows it is stopped instead of the node's
-    other pods. No CPU limit: a throttled scheduling loop stalls every stream of the replica."""
+    """GPUs, CPUs and host memory of the serving container: requested, so the pod is never
+    BestEffort and the scheduler places it where the memory is. No memory limit: the process
+    allowances are estimates not yet measured on a GPU, and an OOM kill at CUDA graph capture
+    would fail every cold start; under node pressure the kubelet evicts pods above their request
+    first. No CPU limit: a throttled scheduling loop stalls every stream of the replica."""
     gpus = str(model.gpus_per_replica)
     memory = memory_quantity(model_host_memory(model).total_bytes)
     return {
@@ -293,7 +305,7 @@ def server_resources(model: ModelSpec) -> Obj:
             "memory": memory,
             GPU_RESOURCE: gpus,
         },
-        "limits": {"memory": memory, GPU_RESOURCE: gpus},
+        "limits": {GPU_RESOURCE: gpus},
     }
 
 
@@ -341,13 +353,30 @@ HPA_MAX_STABILIZATION_SECONDS: Final = 3600
 
 
 def drain_deadline_seconds(spec: InferenceStackSpec) -> int:
-    """The longest a stopping replica waits for its requests: the gateway's request timeout."""
+    """The longest a stopping replica (a model server or a gateway) waits for its requests: no
+    forwarded request runs longer than the gateway's request timeout."""
     return spec.inference.gateway.request_timeout_seconds
 
 
 def termination_grace_seconds(spec: InferenceStackSpec) -> int:
     """From the pod's deletion to SIGKILL: endpoint removal, the drain, and the engine's exit."""
     return ENDPOINT_REMOVAL_SECONDS + drain_deadline_seconds(spec) + SHUTDOWN_MARGIN_SECONDS
+
+
+# pulumi-kubernetes waits this long for a Deployment's rollout (its default is 10 minutes).
+PULUMI_TIMEOUT_ANNOTATION: Final = "pulumi.com/timeoutSeconds"
+# Scheduling, the pod sandbox and the init container that finds the weights on the node.
+ROLLOUT_START_MARGIN_SECONDS: Final = 120
+
+
+def rollout_timeout_seconds(spec: InferenceStackSpec, model: ModelSpec) -> int:
+    """How long ``pulumi up`` waits for a model's rollout: with ``maxSurge: 0`` an old replica
+    releases its GPUs (its whole grace period) before the new one starts and becomes healthy."""
+    return (
+        termination_grace_seconds(spec)
+        + ROLLOUT_START_MARGIN_SECONDS
+        + startup_budget_seconds(model)
+    )
 
 
 def server_lifecycle(spec: InferenceStackSpec, model: ModelSpec) -> Obj:
@@ -420,7 +449,14 @@ def model_deployment(spec: InferenceStackSpec, model: ModelSpec) -> Obj:
             {"name": CACHE_VOLUME, "mountPath": spec.cache_mount_point, "readOnly": True},
             {"name": "shm", "mountPath": "/dev/shm"},  # noqa: S108 - a memory emptyDir
             {"name": "scratch", "mountPath": SCRATCH_DIR},
-            {"name": COMPILE_VOLUME, "mountPath": COMPILE_CACHE_DIR},
+            # the node cache's compile directory for this revision and image, read-write: a
+            # subPath is resolved when the server starts, after the init container (which refuses
+            # an unmarked cache) made it and handed it over; nothing lands on a bare mount point
+            {
+                "name": CACHE_VOLUME,
+                "mountPath": COMPILE_CACHE_DIR,
+                "subPath": compile_cache_subpath(spec, model),
+            },
         ],
     }
     ensure = {
@@ -431,10 +467,12 @@ def model_deployment(spec: InferenceStackSpec, model: ModelSpec) -> Obj:
     ensure["securityContext"]["capabilities"] = {"drop": ["ALL"], "add": ["CHOWN"]}
     if model.image is None:
         server["command"] = list(VLLM_COMMAND)
+    meta = metadata(model.name, MODELS_NAMESPACE, "model-server", **labels)
+    meta["annotations"] = {PULUMI_TIMEOUT_ANNOTATION: str(rollout_timeout_seconds(spec, model))}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": metadata(model.name, MODELS_NAMESPACE, "model-server", **labels),
+        "metadata": meta,
         "spec": {
             # KEDA owns the replica count from here on (0 while idle); the wiring ignores changes
             "replicas": 0,
@@ -471,14 +509,6 @@ def model_deployment(spec: InferenceStackSpec, model: ModelSpec) -> Obj:
                             },
                         },
                         {"name": "scratch", "emptyDir": {}},
-                        # the kubelet makes it (root's) before the init container hands it over
-                        {
-                            "name": COMPILE_VOLUME,
-                            "hostPath": {
-                                "path": compile_cache_dir(spec, model),
-                                "type": "DirectoryOrCreate",
-                            },
-                        },
                     ],
                 },
             },
@@ -542,6 +572,29 @@ def scaler_address() -> str:
     return f"{service_host(GATEWAY, GATEWAY_NAMESPACE)}:{SCALER_GRPC_PORT}"
 
 
+SCALER_TRIGGER_AUTH: Final = "sovereign-gateway-scaler"
+"""The TriggerAuthentication through which KEDA presents its client certificate to the scaler."""
+
+
+def scaler_trigger_authentication(client_secret: str, keys: tuple[str, str, str]) -> Obj:
+    """KEDA's mutual TLS towards the gateway's scaler: ``caCert``, ``tlsClientCert`` and
+    ``tlsClientKey``, the auth parameters KEDA 2.16's external scaler reads, from the Secret
+    ``client_secret`` (``keys``: its CA, certificate and key entries)."""
+    ca, cert, key = keys
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "TriggerAuthentication",
+        "metadata": metadata(SCALER_TRIGGER_AUTH, MODELS_NAMESPACE, "autoscaling"),
+        "spec": {
+            "secretTargetRef": [
+                {"parameter": "caCert", "name": client_secret, "key": ca},
+                {"parameter": "tlsClientCert", "name": client_secret, "key": cert},
+                {"parameter": "tlsClientKey", "name": client_secret, "key": key},
+            ]
+        },
+    }
+
+
 def scaled_object(spec: InferenceStackSpec, model: ModelSpec) -> Obj:
     return {
         "apiVersion": "keda.sh/v1alpha1",
@@ -562,6 +615,7 @@ def scaled_object(spec: InferenceStackSpec, model: ModelSpec) -> Obj:
                 {
                     "type": "external-push",
                     "metadata": {"scalerAddress": scaler_address(), "model": model.served},
+                    "authenticationRef": {"name": SCALER_TRIGGER_AUTH},
                 }
             ],
         },

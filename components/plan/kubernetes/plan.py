@@ -11,12 +11,17 @@ from components.plan.kubernetes.charts import (
     keda_chart,
 )
 from components.plan.kubernetes.gateway import (
+    KEDA_SCALER_CLIENT_TLS,
+    TLS_CA_KEY,
+    TLS_CERT_KEY,
+    TLS_PRIVATE_KEY,
     api_keys_secret,
     gateway_deployment,
     gateway_disruption_budget,
     gateway_ingress,
     gateway_services,
     routes_config_map,
+    scaler_tls_secrets,
     traefik_config,
 )
 from components.plan.kubernetes.models import (
@@ -24,6 +29,7 @@ from components.plan.kubernetes.models import (
     model_replicas_service,
     model_service,
     scaled_object,
+    scaler_trigger_authentication,
 )
 from components.plan.kubernetes.objects import Obj
 from components.plan.kubernetes.security import namespaces, network_policies
@@ -57,6 +63,9 @@ class InferencePlan:
     models: list[ModelObjects]
     gateway: list[Obj]
     edge: list[Obj] = field(default_factory=list)
+    # the scaler's mutual TLS: its two Secrets (data filled in by the wiring from ``ScalerPki``,
+    # never in the plan) and KEDA's TriggerAuthentication
+    scaler_trust: list[Obj] = field(default_factory=list)
 
     @property
     def charts(self) -> list[ChartRelease]:
@@ -68,6 +77,7 @@ class InferencePlan:
         if self.runtime_class is not None:
             found.append(self.runtime_class)
         found += self.warmer
+        found += self.scaler_trust
         for model in self.models:
             found += [model.deployment, model.service, model.replicas_service, model.scaled_object]
         return found + self.gateway + self.edge
@@ -117,4 +127,10 @@ def inference_plan(spec: InferenceStackSpec) -> InferencePlan:
         ],
         gateway=gateway,
         edge=[traefik_config(spec)] if spec.k3s else [],
+        scaler_trust=[
+            *scaler_tls_secrets(),
+            scaler_trigger_authentication(
+                KEDA_SCALER_CLIENT_TLS, (TLS_CA_KEY, TLS_CERT_KEY, TLS_PRIVATE_KEY)
+            ),
+        ],
     )

@@ -11,7 +11,8 @@ device plugin (kubelet socket ``hostPath``) and DCGM exporter (``SYS_ADMIN``) ne
 NetworkPolicies: every namespace of ours denies all traffic, then allows exactly: clients to the
 gateway's HTTP port; the gateway to the model Services; KEDA's operator to the gateway's scaler
 port, and the gateway replicas to each other on it (the scaler sums counts over the replicas);
-DNS; the warmer and the models' weight init containers to the allowed object stores.
+the configured metrics scraper (``gateway.metricsScraper``) to the gateway's admin port, and no
+one else; DNS; the warmer and the models' weight init containers to the allowed object stores.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
-from sovereign_gateway.ports import SCALER_GRPC_PORT
+from sovereign_gateway.ports import ADMIN_HTTP_PORT, SCALER_GRPC_PORT
 
 from components.plan.kubernetes.gateway import GATEWAY_LABELS
 from components.plan.kubernetes.objects import Obj, metadata
@@ -129,6 +130,27 @@ def _object_store(namespace: str, labels: dict[str, str], spec: InferenceStackSp
     )
 
 
+def metrics_scraper_policy(spec: InferenceStackSpec) -> Obj | None:
+    """The configured scraper's pods, and only they, to the gateway's admin port."""
+    scraper = spec.inference.gateway.metrics_scraper
+    if scraper is None:
+        return None
+    return _policy(
+        "allow-metrics-scraper",
+        GATEWAY_NAMESPACE,
+        {
+            "podSelector": {"matchLabels": GATEWAY_LABELS},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [_in_namespace(scraper.namespace, dict(scraper.pod_labels))],
+                    "ports": [{"protocol": "TCP", "port": ADMIN_HTTP_PORT}],
+                }
+            ],
+        },
+    )
+
+
 def network_policies(spec: InferenceStackSpec) -> list[Obj]:
     deny = [
         _policy(
@@ -205,5 +227,8 @@ def network_policies(spec: InferenceStackSpec) -> list[Obj]:
         _object_store(MODELS_NAMESPACE, MODEL_POD_LABELS, spec),
         _object_store(WEIGHTS_NAMESPACE, WARMER_LABELS, spec),
     ]
+    scraper = metrics_scraper_policy(spec)
+    if scraper is not None:
+        allows.append(scraper)
     dns = [_dns(ns) for ns in (GATEWAY_NAMESPACE, MODELS_NAMESPACE, WEIGHTS_NAMESPACE)]
     return deny + allows + dns

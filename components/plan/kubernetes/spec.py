@@ -17,6 +17,7 @@ from pydantic import Field, model_validator
 from components.config.catalog import packaged_traefik
 from components.config.errors import CrossFieldProblems, Problem
 from components.config.models import (
+    REPLICAS_SERVICE_SUFFIX,
     CacheSpec,
     Country,
     DnsLabel,
@@ -90,7 +91,10 @@ class InferenceStackSpec(Model):
     which picks the Traefik chart K3s packages. ``cluster_cidrs`` are the pod and service ranges,
     which object-store egress never reaches into. ``nvidia_runtime_class_exists`` says a cluster
     built elsewhere already has RuntimeClass ``nvidia`` (a K3s cluster, the GPU Operator's), which
-    is then used and not created a second time.
+    is then used and not created a second time. ``cache_filesystem_marked`` says every GPU node's
+    cache is the filesystem this toolkit's cache step mounted and marked: the weights tool then
+    refuses a cache directory without the marker (a bare mount point when the array is missing)
+    instead of filling the node's root disk.
     """
 
     environment: DnsLabel
@@ -101,6 +105,7 @@ class InferenceStackSpec(Model):
     k3s: bool = False
     k3s_version: str | None = None
     nvidia_runtime_class_exists: bool = False
+    cache_filesystem_marked: bool = False
     cluster_cidrs: tuple[str, ...] = ("10.42.0.0/16", "10.43.0.0/16")
 
     @model_validator(mode="after")
@@ -140,7 +145,9 @@ class InferenceStackSpec(Model):
             ),
             cache_mount_point=stack.cache.mount_point,
             k3s=stack.k3s.install,
-            k3s_version=stack.k3s.version,
+            k3s_version=stack.k3s.version if stack.k3s.install else None,
+            # the cache step marks the filesystem it mounts, and runs on hosts that list drives
+            cache_filesystem_marked=all(h.nvme for h in stack.hosts if h.gpu.count),
             cluster_cidrs=(stack.k3s.cluster_cidr, stack.k3s.service_cidr),
         )
 
@@ -149,7 +156,6 @@ class InferenceStackSpec(Model):
         return any(n.gpu_count == 0 for n in self.nodes)
 
 
-REPLICAS_SUFFIX: Final = "-replicas"
 DNS_LABEL_MAX: Final = 63
 
 
@@ -158,12 +164,13 @@ def replicas_service_name(model_name: str) -> str:
 
     ``<model>-replicas``; a model name too long for the suffix keeps its head and gains a short
     digest of the whole name, so two long names never share a Service."""
-    name = f"{model_name}{REPLICAS_SUFFIX}"
+    suffix = REPLICAS_SERVICE_SUFFIX
+    name = f"{model_name}{suffix}"
     if len(name) <= DNS_LABEL_MAX:
         return name
     digest = hashlib.sha256(model_name.encode()).hexdigest()[:8]
-    head = model_name[: DNS_LABEL_MAX - len(REPLICAS_SUFFIX) - len(digest) - 1].rstrip("-")
-    return f"{head}-{digest}{REPLICAS_SUFFIX}"
+    head = model_name[: DNS_LABEL_MAX - len(suffix) - len(digest) - 1].rstrip("-")
+    return f"{head}-{digest}{suffix}"
 
 
 def service_host(name: str, namespace: str) -> str:

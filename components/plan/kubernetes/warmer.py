@@ -10,6 +10,7 @@ from sovereign_weights.prefetch import PrefetchEntry, render_models_file
 from components.plan.kubernetes.models import (
     WEIGHTS_COMMAND,
     allowed_endpoints,
+    cache_filesystem_args,
     server_image,
     weights_container,
 )
@@ -137,6 +138,7 @@ def warmer_daemon_set(spec: InferenceStackSpec) -> Obj:
                                     str(WATCH_SECONDS),
                                     "--allowed-endpoints",
                                     allowed_endpoints(spec),
+                                    *cache_filesystem_args(spec),
                                 ],
                                 resources={
                                     "requests": {"cpu": "500m", "memory": "512Mi"},

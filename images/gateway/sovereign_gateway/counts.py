@@ -19,6 +19,11 @@ class Pair:
     def total(self) -> int:
         return self.pending + self.in_flight
 
+    def capped(self, ceiling: int) -> Pair:
+        """This pair with its total at most ``ceiling`` (pending kept first)."""
+        pending = min(self.pending, ceiling)
+        return Pair(pending, min(self.in_flight, ceiling - pending))
+
 
 class ChangeSignal:
     """Wakes every waiter after a change. Waiters take ``current()`` first, then await it."""
@@ -47,10 +52,16 @@ GaugeHook = Callable[[str, str, int, int], None]
 
 
 class Counts:
-    """Local counts per (model, tenant), peers' snapshots, and the change signal over both."""
+    """Local counts per (model, tenant), peers' snapshots, and the change signals over both.
+
+    ``signal`` wakes on any change (what peers stream); ``model_signal(model)`` only on changes to
+    that model's counts, so that KEDA's many open ``StreamIsActive`` streams, one per model, are
+    not all woken by every request of every model.
+    """
 
     def __init__(self, on_change: GaugeHook | None = None) -> None:
         self.signal = ChangeSignal()
+        self._model_signals: dict[str, ChangeSignal] = {}
         self._local: defaultdict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
         self._models: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0])
         self._tenants: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0])
@@ -63,7 +74,27 @@ class Counts:
             row[1] += in_flight
         if self._on_change is not None:
             self._on_change(model, tenant, pending, in_flight)
+        self._notify_model(model)
         self.signal.notify()
+
+    def model_signal(self, model: str) -> ChangeSignal:
+        """The signal of changes to ``model``'s counts, here or at a peer."""
+        signal = self._model_signals.get(model)
+        if signal is None:
+            signal = self._model_signals[model] = ChangeSignal()
+        return signal
+
+    def _notify_model(self, model: str) -> None:
+        signal = self._model_signals.get(model)
+        if signal is not None:
+            signal.notify()
+
+    def _notify_peer_change(self, old: PeerCounts | None, new: PeerCounts | None) -> None:
+        before = old.models if old is not None else {}
+        after = new.models if new is not None else {}
+        for model in before.keys() | after.keys():
+            if before.get(model) != after.get(model):
+                self._notify_model(model)
 
     def hold(self, model: str, tenant: str) -> None:
         """A request starts waiting (pending)."""
@@ -108,12 +139,16 @@ class Counts:
         )
 
     def set_peer(self, peer: str, counts: PeerCounts) -> None:
+        old = self._peers.get(peer)
         self._peers[peer] = counts
+        self._notify_peer_change(old, counts)
         self.signal.notify()
 
     def drop_peer(self, peer: str) -> None:
         """A peer went away: its counts go with it."""
-        if self._peers.pop(peer, None) is not None:
+        old = self._peers.pop(peer, None)
+        if old is not None:
+            self._notify_peer_change(old, None)
             self.signal.notify()
 
     def peers(self) -> dict[str, PeerCounts]:

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 _records: TextIO = sys.stdout
+
+# an event that a client (or a flood of them) can repeat is logged at most once this often, with
+# the number held back since: one line per event would let a client fill the log
+REPEAT_INTERVAL_SECONDS = 10.0
+# asyncio's own line when accept() fails for want of descriptors or memory; asyncio writes it for
+# every attempt of a burst (thousands a second)
+_ACCEPT_OUT_OF_RESOURCES = "socket.accept() out of system resource"
 
 
 def iso_time(seconds: float) -> str:
@@ -62,3 +71,61 @@ def write_record(record: dict[str, Any]) -> None:
     """
     _records.write(json.dumps(record, separators=(",", ":")) + "\n")
     _records.flush()
+
+
+class RepeatLimit:
+    """One kind of repeatable event: ``due()`` says whether a line may be written now."""
+
+    def __init__(
+        self,
+        interval: float = REPEAT_INTERVAL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._interval = interval
+        self._clock = clock
+        self._next_line_at = float("-inf")
+        self._held_back = 0
+
+    def due(self) -> int | None:
+        """None while lines are held back; else how many were held back since the last one."""
+        now = self._clock()
+        if now < self._next_line_at:
+            self._held_back += 1
+            return None
+        held_back, self._held_back = self._held_back, 0
+        self._next_line_at = now + self._interval
+        return held_back
+
+
+def limit_accept_error_lines(loop: asyncio.AbstractEventLoop) -> None:
+    """Make asyncio's "out of system resource" line on a failed accept() one line per
+    ``REPEAT_INTERVAL_SECONDS``; every other event-loop error is logged as asyncio would."""
+    limit = RepeatLimit()
+    log = logging.getLogger("sovereign_gateway.listener")
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if context.get("message") != _ACCEPT_OUT_OF_RESOURCES:
+            loop.default_exception_handler(context)
+            return
+        held_back = limit.due()
+        if held_back is not None:
+            log.error(
+                "cannot accept connections: out of file descriptors or memory",
+                extra={"error": str(context.get("exception")), "heldBack": held_back},
+            )
+
+    loop.set_exception_handler(handle)
+
+
+_failures = RepeatLimit()
+
+
+def log_failure(message: str, error: BaseException | None, **fields: Any) -> None:
+    """A fault of the gateway's own while answering a request: one line with the exception (its
+    stack in the line's ``exception`` field), at most one per ``REPEAT_INTERVAL_SECONDS`` since a
+    client that found the fault can repeat it."""
+    held_back = _failures.due()
+    if held_back is not None:
+        logging.getLogger("sovereign_gateway.service").error(
+            message, exc_info=error, extra={**fields, "heldBack": held_back}
+        )

@@ -41,6 +41,10 @@ async def resolve_addresses(host: str, port: int) -> list[str]:
     return sorted({str(info[4][0]) for info in infos})
 
 
+class RouteRemoved(Exception):
+    """The model left the route table while a request waited for one of its replicas."""
+
+
 class ModelReadiness:
     """One model's readiness, cold-start bookkeeping and replica-time metering."""
 
@@ -62,6 +66,7 @@ class ModelReadiness:
         self._metering = metering
         self.ready = False
         self.replicas = 0
+        self.removed = False
         self._ready_event = asyncio.Event()
         self._wake = asyncio.Event()
         self.cold_since: float | None = None
@@ -83,15 +88,26 @@ class ModelReadiness:
             self._task = None
         self.accrue()
 
+    def remove(self) -> None:
+        """The model left the route table: every request waiting here is woken at once and
+        follows the table that replaced this route (``wait_ready`` raises RouteRemoved)."""
+        self.removed = True
+        # wakes the waiters; ``wait_ready`` then tells them that the model left
+        self._ready_event.set()
+
     def update_route(self, route: ModelRoute) -> None:
-        """A reloaded route table changed this model's settings; counts and readiness stay."""
+        """A reloaded route table changed this model's settings; counts stay, and the next probe
+        (at once) looks at the new route, whose ready replicas release the requests held here."""
         self.accrue()
         self.route = route
         self._metering.replicas_changed(self.name, self.replicas, route.gpus_per_replica)
         self._wake.set()
 
     async def wait_ready(self, deadline: float) -> None:
-        """Return once a replica is ready; TimeoutError at ``deadline`` (monotonic seconds)."""
+        """Return once a replica is ready; TimeoutError at ``deadline`` (monotonic seconds);
+        RouteRemoved once the model has left the route table."""
+        if self.removed:
+            raise RouteRemoved(self.name)
         if self.ready:
             return
         if self.cold_since is None:
@@ -102,6 +118,8 @@ class ModelReadiness:
             raise TimeoutError
         async with asyncio.timeout(remaining):
             await self._ready_event.wait()
+        if self.removed:
+            raise RouteRemoved(self.name)
 
     def mark_unready(self) -> None:
         """A forward found no replica listening: hold requests until the probe sees one again."""
@@ -227,6 +245,13 @@ class ModelReadiness:
                 self._failures[address] += 1
                 if self._failures[address] >= threshold:
                     del self._failures[address]
+        if not self._failures and self.route.replicas is not None:
+            # A replica that just became ready is in the Service's endpoints before its name is
+            # in the headless Service's DNS (a negative answer stays cached for seconds): the
+            # upstream itself decides that at least one replica serves, so a cold start is not
+            # held up by DNS, and the count follows once DNS lists the replicas.
+            upstream_healthy = await self._healthy(self.route.upstream + "/health")
+            return 1 if upstream_healthy else 0
         return len(self._failures)
 
     async def _healthy(

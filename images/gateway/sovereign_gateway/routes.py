@@ -76,6 +76,9 @@ class ModelRoute(_Schema):
     cold_start_timeout_seconds: Annotated[float, Field(gt=0)] = 900.0
     request_timeout_seconds: Annotated[float, Field(gt=0)] = 600.0
     gpus_per_replica: Annotated[int, Field(ge=0)] = 1
+    # the most replicas KEDA runs of the model: with the two limits above, it bounds the count
+    # a peer replica may report for it (unset: only --max-peer-count does)
+    max_replicas: Annotated[int, Field(ge=1)] | None = None
     # the plan's estimate of one cold start (pod start, weights from the node cache, engine start):
     # Retry-After until the gateway has seen a cold start of its own; unset: the gateway's default
     expected_cold_start_seconds: Annotated[float, Field(gt=0, le=86400)] | None = None
@@ -212,6 +215,21 @@ def parse_route_table(text: str, source: str = "route table") -> RouteTable:
             for item in error.errors()
         )
         raise RouteTableError(f"{source}: {problems}") from None
+
+
+def check_reload(current: RouteTable, reloaded: RouteTable, source: str = "route table") -> None:
+    """Refuse, on reload, a table that would take every served model away.
+
+    A table without models is valid at start (a platform with no model yet), but replacing a
+    table that serves models with one that serves none turns every request into a 404: far more
+    likely a truncated or mis-generated file than an intent, so it is refused like an invalid one.
+    """
+    if current.models and not reloaded.models:
+        raise RouteTableError(
+            f"{source}: models: expected at least one model; the table in use serves "
+            f"{len(current.models)} and this one would answer every request 404 "
+            "(a gateway started with a table without models serves none)"
+        )
 
 
 def load_route_table(path: str | Path) -> RouteTable:

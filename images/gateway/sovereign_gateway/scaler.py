@@ -8,7 +8,9 @@ stream carries only "active" (see ``StreamIsActive``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import grpc
 
@@ -25,13 +27,55 @@ METRIC_NAME = "gateway-requests"
 
 _Context = grpc.aio.ServicerContext
 
+log = logging.getLogger(__name__)
+
+
+class StreamSlots:
+    """Bounds one kind of long-lived stream on the scaler listener: KEDA's or the peers'.
+
+    Each open stream is a coroutine woken by count changes; past the bound a new stream is
+    refused with RESOURCE_EXHAUSTED (KEDA and the peers retry it) instead of taxing every
+    request. Each kind has its own slots, so a caller of one kind never locks the other out.
+    """
+
+    def __init__(self, limit: int, flag: str) -> None:
+        self.limit = limit
+        self.flag = flag
+        self.open = 0
+
+    @contextlib.contextmanager
+    def take(self) -> Iterator[bool]:
+        """Yields whether a slot was free; the slot is given back when the block ends."""
+        if self.open >= self.limit:
+            yield False
+            return
+        self.open += 1
+        try:
+            yield True
+        finally:
+            self.open -= 1
+
+    async def refuse(self, context: _Context[object, object], what: str) -> None:
+        log.warning(
+            "scaler stream refused: too many open",
+            extra={"stream": what, "limit": self.limit, "flag": self.flag, "peer": context.peer()},
+        )
+        await context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"{self.limit} {what} streams are open on this scaler listener ({self.flag}); "
+            "try again later",
+        )
+
 
 class ExternalScaler(pb_grpc.ExternalScalerServicer):
     """Answers KEDA for the models of the current route table."""
 
-    def __init__(self, counts: Counts, routes: Callable[[], RouteTable]) -> None:
+    def __init__(
+        self, counts: Counts, routes: Callable[[], RouteTable], streams: StreamSlots
+    ) -> None:
         self._counts = counts
         self._routes = routes
+        self._streams = streams
 
     async def _route(
         self, ref: pb.ScaledObjectRef, context: _Context[object, object]
@@ -73,16 +117,20 @@ class ExternalScaler(pb_grpc.ExternalScalerServicer):
         loop re-reads the ScaledObject and honours the cooldown.
         """
         route = await self._route(request, context)
-        # the stream is open from here on: a caller can tell that before any push comes
-        await context.send_initial_metadata(())
-        was_active = False
-        while True:
-            changed = self._counts.signal.current()
-            active = self._active(route.name)
-            if active and not was_active:
-                yield pb.IsActiveResponse(result=True)
-            was_active = active
-            await changed.wait()
+        with self._streams.take() as admitted:
+            if not admitted:
+                await self._streams.refuse(context, "StreamIsActive")
+            # the stream is open from here on: a caller can tell that before any push comes
+            await context.send_initial_metadata(())
+            signal = self._counts.model_signal(route.name)
+            was_active = False
+            while True:
+                changed = signal.current()
+                active = self._active(route.name)
+                if active and not was_active:
+                    yield pb.IsActiveResponse(result=True)
+                was_active = active
+                await changed.wait()
 
     async def GetMetricSpec(  # noqa: N802  (gRPC method name)
         self, request: pb.ScaledObjectRef, context: _Context[object, object]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import re
@@ -20,22 +21,55 @@ import grpc
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from sovereign_gateway.admin_token import AdminToken, AdminTokenError, load_admin_token
 from sovereign_gateway.auth import ANONYMOUS, ApiKeyFileError, ApiKeys, load_api_keys
+from sovereign_gateway.connections import (
+    ADMIN_ANSWER_SLOTS,
+    ADMIN_MAX_CONNECTIONS,
+    ANSWER_SLOTS,
+    OVERLOADED,
+    GuardedSite,
+    connection_limit,
+    raise_descriptor_limit,
+    shed_past_connection_limit,
+)
 from sovereign_gateway.counts import Counts
-from sovereign_gateway.errors import error_response, sse_error_event
-from sovereign_gateway.logs import iso_time, write_record
+from sovereign_gateway.errors import (
+    BACKEND_ERROR,
+    BODY_TIMEOUT,
+    INTERNAL_ERROR,
+    INVALID_BODY,
+    SERVER_HEADER,
+    UPSTREAM_DISCONNECTED,
+    UPSTREAM_TIMEOUT,
+    backend_error_message,
+    echoed,
+    error_response,
+    internal_error_response,
+    sse_error_event,
+)
+from sovereign_gateway.logs import iso_time, limit_accept_error_lines, log_failure, write_record
 from sovereign_gateway.metering import Metering
 from sovereign_gateway.peers import (
     PeerService,
     PeerWatchers,
+    SelfTokens,
     add_peer_service,
     server_options,
 )
-from sovereign_gateway.readiness import ModelReadiness, Resolver, resolve_addresses
-from sovereign_gateway.routes import RouteTable, RouteTableError, load_route_table
-from sovereign_gateway.scaler import ExternalScaler, add_scaler
+from sovereign_gateway.readiness import ModelReadiness, Resolver, RouteRemoved, resolve_addresses
+from sovereign_gateway.request_bodies import (
+    BodyTimeout,
+    BodyTooLarge,
+    HeldBytes,
+    HeldBytesFull,
+    receive_body,
+)
+from sovereign_gateway.routes import RouteTable, RouteTableError, check_reload, load_route_table
+from sovereign_gateway.scaler import ExternalScaler, StreamSlots, add_scaler
+from sovereign_gateway.scaler_tls import ScalerTls, ScalerTlsError, load_scaler_tls
 from sovereign_gateway.settings import Settings
-from sovereign_gateway.usage_sniffer import StreamUsage, Usage, usage_from_body
+from sovereign_gateway.usage_sniffer import BodyUsage, StreamUsage, Usage
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +77,12 @@ ROUTED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # a forward that finds no replica listening goes back to the hold; after this many it is a 503
 _MAX_FORWARD_ATTEMPTS = 5
+# A connect that failed for want of a local port or descriptor says nothing about the replicas.
+_LOCAL_EXHAUSTION = frozenset({errno.EADDRNOTAVAIL, errno.EMFILE, errno.ENFILE, errno.ENOBUFS})
 _FORWARD_HEADERS = ("Content-Type", "Accept")
 _LISTEN_BACKLOG = 2048
-_UPSTREAM_KEEPALIVE_SECONDS = 4.0
 # replica time is split between tenants at request starts and ends, at most this often (seconds)
 _ACCRUE_GRANULARITY = 0.05
-_SERVER_HEADER = "sovereign-gateway"
 CLIENT_GONE = "client_disconnected"
 SHUTTING_DOWN = "gateway_shutdown"
 # after the drain: how long the listeners, and the gRPC calls still open (KEDA's and the peers'
@@ -73,9 +107,13 @@ class _Record:
     ttft: float | None = None
     error: str | None = None
     client_address: str | None = None
+    # the client's own X-Request-Id, kept beside the gateway's (only when it is a short token)
+    client_request_id: str | None = None
     usage: Usage | None = None
-    # a streamed reply under way, and whether what was sent of it ends at an SSE event's end
+    # a reply under way (its status already sent), whether it is an SSE stream, and whether what
+    # was sent of it ends at an SSE event's end
     stream_response: web.StreamResponse | None = None
+    stream_is_sse: bool = False
     stream_at_event_end: bool = True
 
 
@@ -95,7 +133,53 @@ def _stamp(path: Path) -> _FileStamp | None:
 
 
 async def _hide_server_version(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers["Server"] = _SERVER_HEADER
+    response.headers["Server"] = SERVER_HEADER
+
+
+def _routing_fields(raw: bytes) -> tuple[Any, bool] | None:
+    """The body's ``model`` and whether it asks for a stream; None when it is not a JSON object.
+
+    Only the top-level object's own fields survive the parse: a body of many small objects
+    parses into a tree about 25 times its size, and a held request must cost what its bytes cost.
+    """
+    closed: list[list[tuple[str, Any]]] = []
+
+    def drop_object(pairs: list[tuple[str, Any]]) -> None:
+        # objects close innermost first: the last one closed is the top level
+        closed[:] = [pairs]
+
+    try:
+        document = json.loads(raw, object_pairs_hook=drop_object)
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
+        return None
+    if document is not None or not closed:
+        return None  # an array, a scalar or null
+    fields = dict(closed[0])
+    return fields.get("model"), fields.get("stream") is True
+
+
+async def _start_site(site: web.BaseSite, host: str, port: int) -> None:
+    try:
+        await site.start()
+    except OSError as error:
+        raise OSError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+
+
+def _cut_reply(request: web.Request) -> None:
+    """Close the client's connection before the reply's end: a body whose status is already
+    sent cannot carry an error, and the missing end tells the client it is incomplete."""
+    request.protocol.force_close()
+
+
+async def _answer_then_close(request: web.Request, response: web.Response) -> None:
+    """Send ``response`` and close the connection at once. aiohttp would otherwise keep reading
+    the rest of the body for up to 10 s after the answer (its lingering close), which is right for
+    a body refused while it still flows, and wrong for one that stopped arriving or cannot be
+    decoded (there is no rest to wait for, and reading a broken one again logs a traceback)."""
+    with contextlib.suppress(ConnectionError):  # a client that has gone needs no answer
+        await response.prepare(request)
+        await response.write_eof()
+    request.protocol.force_close()
 
 
 class Gateway:
@@ -107,8 +191,13 @@ class Gateway:
         routes: RouteTable,
         api_keys: ApiKeys | None,
         resolve: Resolver = resolve_addresses,
+        *,
+        scaler_tls: ScalerTls | None = None,
+        admin_token: AdminToken | None = None,
     ) -> None:
         self.settings = settings
+        self._scaler_tls = scaler_tls
+        self._admin_token = admin_token
         self._resolve = resolve
         self.routes = routes
         self.api_keys = api_keys
@@ -121,13 +210,26 @@ class Gateway:
         self._session: aiohttp.ClientSession | None = None
         self._runners: list[web.AppRunner] = []
         self._grpc: grpc.aio.Server | None = None
-        self._peers = PeerWatchers(self.replica_id, self.counts, settings.peer_retry_interval)
+        self._self_tokens = SelfTokens()
+        self._scaler_streams = StreamSlots(settings.max_scaler_streams, "--max-scaler-streams")
+        self._peer_streams = StreamSlots(settings.max_peer_streams, "--max-peer-streams")
+        self._peers = PeerWatchers(
+            self.replica_id,
+            self.counts,
+            settings.peer_retry_interval,
+            routes=lambda: self.routes,
+            max_count=settings.max_peer_count,
+            self_tokens=self._self_tokens,
+            credentials=scaler_tls.channel_credentials() if scaler_tls is not None else None,
+            server_name=settings.peer_tls_server_name,
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._stamps: dict[Path, _FileStamp | None] = {}
         # each routed request runs under a deadline that SIGTERM sets to the end of the drain
         self._request_scopes: set[asyncio.Timeout] = set()
         self._drain_deadline: float | None = None
         self._routed_requests = 0
+        self._held_bytes = HeldBytes(settings.max_held_bytes)
         self._no_requests = asyncio.Event()
         self._no_requests.set()
 
@@ -136,11 +238,12 @@ class Gateway:
     async def start(self) -> None:
         settings = self.settings
         self._session = aiohttp.ClientSession(
-            # idle upstream connections are dropped before the backend drops them (vLLM's
-            # uvicorn closes idle keep-alive connections after 5 s)
-            connector=aiohttp.TCPConnector(
-                limit=0, ttl_dns_cache=10, keepalive_timeout=_UPSTREAM_KEEPALIVE_SECONDS
-            ),
+            # one upstream connection per request: through a model's Service, a kept-alive
+            # connection stays with the replica it first reached, so under steady load a replica
+            # that is draining before it stops (preStop) would keep getting new requests and never
+            # drain. A new connection reaches only replicas still in the Service's endpoints;
+            # inside the cluster the handshake costs well under a millisecond.
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=10, force_close=True),
             timeout=aiohttp.ClientTimeout(total=None),
             auto_decompress=False,
             skip_auto_headers=("User-Agent",),
@@ -153,14 +256,40 @@ class Gateway:
                 settings.scaler_max_connection_age, settings.scaler_max_connection_age_grace
             )
         )
-        add_scaler(self._grpc, ExternalScaler(self.counts, lambda: self.routes))
-        add_peer_service(self._grpc, PeerService(self.replica_id, self.counts))
-        if self._grpc.add_insecure_port(str(settings.scaler_listen)) == 0:
+        add_scaler(
+            self._grpc, ExternalScaler(self.counts, lambda: self.routes, self._scaler_streams)
+        )
+        add_peer_service(
+            self._grpc,
+            PeerService(
+                self.replica_id,
+                self.counts,
+                self._peer_streams,
+                self._self_tokens,
+                lambda: self.routes,
+                # on a plaintext listener no watcher can be told from KEDA
+                settings.peer_tls_server_name if self._scaler_tls is not None else None,
+            ),
+        )
+        if self._scaler_tls is None:
+            bound = self._grpc.add_insecure_port(str(settings.scaler_listen))
+        else:
+            bound = self._grpc.add_secure_port(
+                str(settings.scaler_listen), self._scaler_tls.server_credentials()
+            )
+        if bound == 0:
             raise OSError(f"--scaler-listen: cannot listen on {settings.scaler_listen}")
         await self._grpc.start()
 
-        await self._serve(self._public_app(), settings.listen.host, settings.listen.port)
-        await self._serve(self._admin_app(), settings.admin_listen.host, settings.admin_listen.port)
+        await self._serve_public()
+        await self._serve(
+            self._admin_app(),
+            "admin",
+            settings.admin_listen.host,
+            settings.admin_listen.port,
+            max_connections=ADMIN_MAX_CONNECTIONS,
+            answer_slots=ADMIN_ANSWER_SLOTS,
+        )
 
         self._peers.set_addresses({str(peer) for peer in settings.peers})
         if settings.peers_dns is not None:
@@ -182,7 +311,7 @@ class Gateway:
             },
         )
 
-    async def _serve(self, app: web.Application, host: str, port: int) -> None:
+    async def _runner(self, app: web.Application) -> web.AppRunner:
         runner = web.AppRunner(
             app,
             handler_cancellation=True,
@@ -193,12 +322,58 @@ class Gateway:
         )
         await runner.setup()
         self._runners.append(runner)
-        # a burst of clients must not overflow the accept queue (a dropped SYN costs a second)
-        site = web.TCPSite(runner, host, port, reuse_address=True, backlog=_LISTEN_BACKLOG)
-        try:
-            await site.start()
-        except OSError as error:
-            raise OSError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+        return runner
+
+    async def _serve(
+        self,
+        app: web.Application,
+        listener: str,
+        host: str,
+        port: int,
+        *,
+        max_connections: int,
+        answer_slots: int,
+    ) -> None:
+        """One HTTP listener, its connections bounded (``connections``): header time, idle time,
+        and how many are open."""
+        runner = await self._runner(app)
+        site = GuardedSite(
+            runner,
+            host,
+            port,
+            listener=listener,
+            header_timeout=self.settings.header_timeout,
+            keepalive_timeout=self.settings.keepalive_timeout,
+            max_connections=max_connections,
+            answer_slots=answer_slots,
+            # a burst of clients must not overflow the accept queue (a dropped SYN costs a second)
+            backlog=_LISTEN_BACKLOG,
+        )
+        await _start_site(site, host, port)
+
+    async def _serve_public(self) -> None:
+        """The public listener, as many connections open as the descriptor limit allows."""
+        settings = self.settings
+        limit_accept_error_lines(asyncio.get_running_loop())
+        descriptors = raise_descriptor_limit()
+        max_connections = connection_limit(settings.max_connections, descriptors)
+        if max_connections < settings.max_connections:
+            log.warning(
+                "--max-connections lowered to what the descriptor limit allows",
+                extra={
+                    "maxConnections": max_connections,
+                    "requested": settings.max_connections,
+                    "descriptorLimit": descriptors,
+                },
+            )
+        await self._serve(
+            self._public_app(),
+            "public",
+            settings.listen.host,
+            settings.listen.port,
+            max_connections=max_connections,
+            answer_slots=ANSWER_SLOTS,
+        )
 
     def _add_model(self, name: str) -> None:
         route = self.routes.model(name)
@@ -276,7 +451,9 @@ class Gateway:
         if self._changed(settings.routes):
             problem = ""
             try:
-                self.apply_routes(load_route_table(settings.routes))
+                reloaded = load_route_table(settings.routes)
+                check_reload(self.routes, reloaded, f"route table {settings.routes}")
+                self.apply_routes(reloaded)
             except RouteTableError as error:
                 problem = str(error)
             if problem:
@@ -295,7 +472,8 @@ class Gateway:
                 log.info("api keys reloaded", extra={"tenants": len(keys.tenants)})
 
     def apply_routes(self, routes: RouteTable) -> None:
-        """Swap in a new route table; requests already admitted keep the route they started with."""
+        """Swap in a new route table. Requests in flight finish on the route they started with;
+        requests still held follow the new table (``_wait_for_replica``)."""
         old = self.routes
         self.routes = routes
         self.metering.price_per_gpu_hour = routes.metering.price_per_gpu_hour
@@ -309,13 +487,17 @@ class Gateway:
         for route in old.models:
             if routes.model(route.name) is None:
                 state = self.models.pop(route.name)
+                state.remove()
                 self._tasks.append(asyncio.create_task(state.stop()))
         log.info("route table reloaded", extra={"models": [route.name for route in routes.models]})
 
     # ---- listeners ----------------------------------------------------------------------------
 
     def _public_app(self) -> web.Application:
-        app = web.Application(client_max_size=self.settings.max_body_bytes)
+        app = web.Application(
+            client_max_size=self.settings.max_body_bytes,
+            middlewares=[shed_past_connection_limit],
+        )
         app.on_response_prepare.append(_hide_server_version)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
@@ -326,11 +508,14 @@ class Gateway:
         return app
 
     def _admin_app(self) -> web.Application:
-        app = web.Application()
+        # the same answers as the public listener's: OpenAI's error shape, no server version
+        app = web.Application(middlewares=[shed_past_connection_limit])
+        app.on_response_prepare.append(_hide_server_version)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/usage", self._usage)
+        app.router.add_route("*", "/{tail:.*}", self._unknown_path)
         return app
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -341,7 +526,24 @@ class Gateway:
             return web.json_response({"status": "draining"}, status=503)
         return web.json_response({"status": "ready", "models": len(self.routes.models)})
 
+    def _admin_refusal(self, request: web.Request) -> web.Response | None:
+        """A 401 when ``--admin-token-file`` is set and the request does not carry its token."""
+        if self._admin_token is None or self._admin_token.admits(
+            request.headers.get("Authorization")
+        ):
+            return None
+        present = bool(request.headers.get("Authorization"))
+        message = (
+            "Incorrect admin token provided."
+            if present
+            else "You didn't provide the admin token. Send it as 'Authorization: Bearer TOKEN'."
+        )
+        return error_response(401, message, "invalid_request_error", "invalid_admin_token")
+
     async def _metrics(self, request: web.Request) -> web.Response:
+        refusal = self._admin_refusal(request)
+        if refusal is not None:
+            return refusal
         for state in self.models.values():
             state.accrue()
         return web.Response(
@@ -350,6 +552,9 @@ class Gateway:
         )
 
     async def _usage(self, request: web.Request) -> web.Response:
+        refusal = self._admin_refusal(request)
+        if refusal is not None:
+            return refusal
         for state in self.models.values():
             state.accrue()
         document = self.metering.usage([route.name for route in self.routes.models])
@@ -359,7 +564,7 @@ class Gateway:
     async def _unknown_path(self, request: web.Request) -> web.Response:
         return error_response(
             404,
-            f"Invalid URL ({request.method} {request.path})",
+            f"Invalid URL ({echoed(request.method)} {echoed(request.path)})",
             "invalid_request_error",
             "unknown_url",
         )
@@ -400,12 +605,14 @@ class Gateway:
     # ---- the data path ------------------------------------------------------------------------
 
     async def _inference(self, request: web.Request) -> web.StreamResponse:
-        incoming_id = request.headers.get("X-Request-Id", "")
+        client_id = request.headers.get("X-Request-Id", "")
         record = _Record(
-            request_id=incoming_id if _REQUEST_ID.fullmatch(incoming_id) else uuid.uuid4().hex,
+            # the gateway's own id: a client cannot make two records share one, or forge one
+            request_id=uuid.uuid4().hex,
             arrived_wall=time.time(),
             arrived=time.monotonic(),
             endpoint=request.path,
+            client_request_id=client_id if _REQUEST_ID.fullmatch(client_id) else None,
         )
         if self.settings.record_client_address:
             record.client_address = request.remote
@@ -417,6 +624,10 @@ class Gateway:
             record.status = 499  # the client went away
             record.error = record.error or CLIENT_GONE
             raise
+        except Exception as error:  # any fault of the gateway's: answered and recorded as a 500
+            response = self._failed(request, record, error)
+            record.status = 500
+            return response
         else:
             record.status = 499 if record.error == CLIENT_GONE else response.status
             return response
@@ -425,6 +636,33 @@ class Gateway:
             self._routed_requests -= 1
             if not self._routed_requests:
                 self._no_requests.set()
+
+    def _failed(
+        self, request: web.Request, record: _Record, error: Exception
+    ) -> web.StreamResponse:
+        """A fault of the gateway's own: one log line, and OpenAI's 500 without the fault in it
+        (or, when the reply has begun, its connection cut)."""
+        log_failure("request failed in the gateway", error, requestId=record.request_id)
+        record.error = INTERNAL_ERROR
+        if record.stream_response is not None:
+            _cut_reply(request)
+            return record.stream_response
+        return internal_error_response(record.request_id)
+
+    def _backend_failed(self, record: _Record, status: int) -> web.Response:
+        """A backend's 5xx: same status, OpenAI's error object instead of the backend's body (a
+        traceback, an internal address), which is left unread."""
+        log.warning(
+            "backend answered with an error",
+            extra={"model": record.model, "status": status, "requestId": record.request_id},
+        )
+        return self._error(
+            record,
+            status,
+            backend_error_message(record.model, status),
+            "server_error",
+            BACKEND_ERROR,
+        )
 
     async def _admit_until_drain_ends(
         self, request: web.Request, record: _Record
@@ -453,6 +691,9 @@ class Gateway:
         if response is None:
             return self._error(record, 503, message, "server_error", SHUTTING_DOWN, retry_after=1)
         record.error = SHUTTING_DOWN
+        if not record.stream_is_sse:
+            _cut_reply(request)
+            return response
         try:
             if not record.stream_at_event_end:
                 await response.write(b"\n\n")  # end the partial event before ours
@@ -476,17 +717,46 @@ class Gateway:
             status, message, error_type, code, request_id=record.request_id, **kwargs
         )
 
-    async def _admit(  # noqa: PLR0911  (one return per refusal reads best)
-        self, request: web.Request, record: _Record
-    ) -> web.StreamResponse:
+    async def _admit(self, request: web.Request, record: _Record) -> web.StreamResponse:
         tenant = self._authenticate(request)
         if tenant is None:
             record.error = "invalid_api_key"
             return self._unauthorized(request)
         record.tenant = tenant
-        try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
+        # the body's bytes count against --max-held-bytes as they arrive, and stay counted to the
+        # request's end: the gateway keeps them all that time
+        with self._held_bytes.charge() as charge:
+            try:
+                raw = await receive_body(
+                    request.content,
+                    request.content_length,
+                    charge,
+                    max_bytes=self.settings.max_body_bytes,
+                    timeout=self.settings.body_timeout,
+                )
+            except (
+                BodyTooLarge,
+                HeldBytesFull,
+                BodyTimeout,
+                web.RequestPayloadError,
+                ConnectionError,
+            ) as error:
+                response = self._body_refused(record, error)
+                if isinstance(error, (BodyTimeout, web.RequestPayloadError)):
+                    await _answer_then_close(request, response)
+                return response
+            return await self._route_body(request, record, raw)
+
+    def _body_refused(self, record: _Record, error: Exception) -> web.Response:
+        """The answer to a body the gateway did not take in whole. After a body that timed out or
+        cannot be decoded the connection closes: what may follow it cannot be told apart from a
+        next request."""
+        if isinstance(error, HeldBytesFull):
+            return self._held_bytes_full(record)
+        if isinstance(error, ConnectionError):
+            record.error = CLIENT_GONE
+            return web.Response(status=499)  # never sent: there is no one to send it to
+        if isinstance(error, BodyTooLarge):
             return self._error(
                 record,
                 413,
@@ -494,11 +764,42 @@ class Gateway:
                 "invalid_request_error",
                 "request_too_large",
             )
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
+        if isinstance(error, BodyTimeout):
+            response = self._error(
+                record,
+                408,
+                f"The request's body did not arrive within {self.settings.body_timeout:g} seconds.",
+                "invalid_request_error",
+                BODY_TIMEOUT,
+            )
+        else:
+            response = self._error(
+                record,
+                400,
+                "The request's body could not be read: its Content-Encoding does not decode.",
+                "invalid_request_error",
+                INVALID_BODY,
+            )
+        response.force_close()
+        return response
+
+    def _held_bytes_full(self, record: _Record) -> web.Response:
+        return self._error(
+            record,
+            429,
+            f"The gateway is at its limit of {self.settings.max_held_bytes} bytes of requests "
+            "waiting for or being served by a replica; try again later.",
+            "rate_limit_error",
+            "queue_full",
+            retry_after=1,
+        )
+
+    async def _route_body(
+        self, request: web.Request, record: _Record, raw: bytes
+    ) -> web.StreamResponse:
+        tenant = record.tenant
+        routing = _routing_fields(raw)
+        if routing is None:
             return self._error(
                 record,
                 400,
@@ -506,7 +807,7 @@ class Gateway:
                 "invalid_request_error",
                 "invalid_json",
             )
-        model = body.get("model")
+        model, stream = routing
         if not isinstance(model, str) or not model:
             return self._error(
                 record,
@@ -517,18 +818,14 @@ class Gateway:
                 param="model",
             )
         record.model = model
-        record.stream = body.get("stream") is True
+        record.stream = stream
         # ``models`` holds exactly the models of the current route table (``apply_routes``)
         state = self.models.get(model)
         if state is None:
-            return self._error(
-                record,
-                404,
-                f"The model `{model}` does not exist or you do not have access to it.",
-                "invalid_request_error",
-                "model_not_found",
-                param="model",
-            )
+            return self._model_not_found(record)
+        # no await from this check to ``counts.hold`` in ``_forward``: this replica's own count
+        # stays exact, so no one replica admits past the limit (the bound across replicas is the
+        # limit x the replicas: README, Tenants)
         tenant_limit = self.routes.tenant(tenant)
         if (
             tenant_limit is not None
@@ -556,29 +853,26 @@ class Gateway:
             )
         return await self._forward(request, record, state, raw)
 
-    async def _forward(
+    async def _forward(  # noqa: PLR0911  (one return per way a forward ends reads best)
         self, request: web.Request, record: _Record, state: ModelReadiness, raw: bytes
     ) -> web.StreamResponse:
         assert self._session is not None
-        route = state.route
         model, tenant = record.model, record.tenant
-        deadline = record.arrived + route.cold_start_timeout_seconds
         headers = {
             name: request.headers[name] for name in _FORWARD_HEADERS if name in request.headers
         }
         headers["X-Request-Id"] = record.request_id
-        url = route.upstream + request.path
         self.counts.hold(model, tenant)
         in_flight = False
         try:
             for _attempt in range(_MAX_FORWARD_ATTEMPTS):
-                if not state.ready:
-                    record.cold_start = True
-                    try:
-                        await state.wait_ready(deadline)
-                    except TimeoutError:
-                        return self._cold_timeout(record, state)
-                    record.cold_wait = time.monotonic() - record.arrived
+                ready = await self._wait_for_replica(record)
+                if isinstance(ready, web.Response):
+                    return ready
+                # a reload while the request was held may have changed the route
+                state, route = ready, ready.route
+                deadline = record.arrived + route.cold_start_timeout_seconds
+                url = route.upstream + request.path
                 # replica time so far goes to the requests in flight so far
                 state.accrue(at_least=_ACCRUE_GRANULARITY)
                 self.counts.forward(model, tenant)
@@ -591,7 +885,20 @@ class Gateway:
                         timeout=aiohttp.ClientTimeout(total=route.request_timeout_seconds),
                     )
                 except aiohttp.ClientConnectorError as error:
-                    # nothing listens (a Service without ready endpoints refuses): hold again
+                    if error.os_error.errno in _LOCAL_EXHAUSTION:
+                        # this process or node is out of ports or descriptors: the replica is
+                        # not cold, and the request was never sent, so the client may retry
+                        return self._error(
+                            record,
+                            503,
+                            "The gateway has no free connection to the model's replicas right "
+                            "now; try again.",
+                            "server_error",
+                            OVERLOADED,
+                            retry_after=1,
+                        )
+                    # the connection failed before the request was sent (a Service without
+                    # ready endpoints refuses): the replica never saw it, so hold it again
                     log.debug("no replica listening", extra={"model": model, "error": repr(error)})
                     state.mark_unready()
                     self.counts.back_to_pending(model, tenant)
@@ -600,12 +907,24 @@ class Gateway:
                         return self._cold_timeout(record, state)
                     continue
                 except aiohttp.ClientConnectionError as error:
-                    # closed before any answer: a pooled connection the replica had already
-                    # closed, or a replica going away; the next attempt opens a new connection
-                    log.debug("connection lost", extra={"model": model, "error": repr(error)})
-                    self.counts.back_to_pending(model, tenant)
-                    in_flight = False
-                    continue
+                    # closed or reset after the request was sent: the replica may have acted on
+                    # it, and one that crashes on it would take the next replica down too, so it
+                    # is answered once and never sent again
+                    log.warning(
+                        "backend connection lost before an answer",
+                        extra={
+                            "model": model,
+                            "requestId": record.request_id,
+                            "error": type(error).__name__,
+                        },
+                    )
+                    return self._error(
+                        record,
+                        502,
+                        f"The model `{model}`'s replica closed the connection without answering.",
+                        "server_error",
+                        UPSTREAM_DISCONNECTED,
+                    )
                 except TimeoutError:
                     return self._error(
                         record,
@@ -613,7 +932,7 @@ class Gateway:
                         f"The model `{model}` did not answer within "
                         f"{route.request_timeout_seconds:g} seconds.",
                         "server_error",
-                        "upstream_timeout",
+                        UPSTREAM_TIMEOUT,
                     )
                 try:
                     return await self._respond(request, record, upstream)
@@ -634,6 +953,39 @@ class Gateway:
             else:
                 self.counts.release_hold(model, tenant)
 
+    async def _wait_for_replica(self, record: _Record) -> ModelReadiness | web.Response:
+        """The model's readiness once a replica is ready, or the answer to send instead.
+
+        A held request follows the route table that replaces its own: it waits on the model's
+        route in the current table (its new upstream and timeouts), and gets 404 at once when
+        the model has left the table.
+        """
+        while True:
+            state = self.models.get(record.model)
+            if state is None:
+                return self._model_not_found(record)
+            if state.ready:
+                return state
+            record.cold_start = True
+            try:
+                await state.wait_ready(record.arrived + state.route.cold_start_timeout_seconds)
+            except TimeoutError:
+                return self._cold_timeout(record, state)
+            except RouteRemoved:
+                continue
+            record.cold_wait = time.monotonic() - record.arrived
+            return state
+
+    def _model_not_found(self, record: _Record) -> web.Response:
+        return self._error(
+            record,
+            404,
+            f"The model `{echoed(record.model)}` does not exist or you do not have access to it.",
+            "invalid_request_error",
+            "model_not_found",
+            param="model",
+        )
+
     def _cold_timeout(self, record: _Record, state: ModelReadiness) -> web.Response:
         return self._error(
             record,
@@ -648,6 +1000,8 @@ class Gateway:
     async def _respond(
         self, request: web.Request, record: _Record, upstream: aiohttp.ClientResponse
     ) -> web.StreamResponse:
+        if upstream.status >= 500:
+            return self._backend_failed(record, upstream.status)
         content_type = upstream.headers.get("Content-Type", "application/json")
         if (
             record.stream
@@ -655,15 +1009,28 @@ class Gateway:
             and content_type.startswith("text/event-stream")
         ):
             return await self._stream(request, record, upstream, content_type)
+        return await self._pass_body(request, record, upstream, content_type)
+
+    async def _pass_body(
+        self,
+        request: web.Request,
+        record: _Record,
+        upstream: aiohttp.ClientResponse,
+        content_type: str,
+    ) -> web.StreamResponse:
+        """A non-streamed reply, passed through as it arrives whatever its size; the usage of a
+        JSON answer is read on the way, never the body kept."""
+        # the first bytes are awaited before the status is sent: a replica that fails before
+        # sending any of its body still gets a clean error answer
         try:
-            body = await upstream.read()
+            chunk = await upstream.content.readany()
         except TimeoutError:
             return self._error(
                 record,
                 504,
                 f"The model `{record.model}` did not answer within the request timeout.",
                 "server_error",
-                "upstream_timeout",
+                UPSTREAM_TIMEOUT,
             )
         except aiohttp.ClientError:
             return self._error(
@@ -671,14 +1038,45 @@ class Gateway:
                 502,
                 f"The model `{record.model}`'s replica stopped while answering.",
                 "server_error",
-                "upstream_disconnected",
+                UPSTREAM_DISCONNECTED,
             )
-        record.usage = usage_from_body(body) if upstream.status == 200 else None
-        return web.Response(
+        response = web.StreamResponse(
             status=upstream.status,
-            body=body,
             headers={"Content-Type": content_type, "X-Request-Id": record.request_id},
         )
+        if upstream.content_length is not None:
+            response.content_length = upstream.content_length
+        await response.prepare(request)
+        record.stream_response = response
+        sniffer = BodyUsage() if upstream.status == 200 else None
+        try:
+            while chunk:
+                if sniffer is not None:
+                    sniffer.feed(chunk)
+                try:
+                    await response.write(chunk)
+                except ConnectionResetError:
+                    record.error = CLIENT_GONE
+                    return response
+                chunk = await upstream.content.readany()
+        except (aiohttp.ClientError, TimeoutError) as error:
+            record.error = (
+                UPSTREAM_TIMEOUT if isinstance(error, TimeoutError) else UPSTREAM_DISCONNECTED
+            )
+            log.warning(
+                "backend body ended early",
+                extra={
+                    "model": record.model,
+                    "requestId": record.request_id,
+                    "error": record.error,
+                },
+            )
+            _cut_reply(request)
+            return response
+        if sniffer is not None:
+            record.usage = sniffer.finish()
+        await response.write_eof()
+        return response
 
     async def _stream(
         self,
@@ -697,6 +1095,7 @@ class Gateway:
         )
         await response.prepare(request)
         record.stream_response = response
+        record.stream_is_sse = True
         sniffer = StreamUsage()
         record.usage = sniffer.usage
         try:
@@ -714,7 +1113,7 @@ class Gateway:
                     return response
         except (aiohttp.ClientError, TimeoutError) as error:
             timed_out = isinstance(error, TimeoutError)
-            record.error = "upstream_timeout" if timed_out else "upstream_disconnected"
+            record.error = UPSTREAM_TIMEOUT if timed_out else UPSTREAM_DISCONNECTED
             log.warning(
                 "backend stream ended early",
                 extra={
@@ -745,8 +1144,10 @@ class Gateway:
         entry: dict[str, Any] = {
             "time": iso_time(record.arrived_wall),
             "requestId": record.request_id,
+            "clientRequestId": record.client_request_id,
             "endpoint": record.endpoint,
-            "model": record.model or None,
+            # the name as sent: bounded, since an unknown model is recorded too
+            "model": echoed(record.model) if record.model else None,
             "tenant": record.tenant or None,
             "stream": record.stream,
             "status": record.status,
@@ -769,7 +1170,17 @@ async def serve(settings: Settings) -> int:
     try:
         routes = load_route_table(settings.routes)
         api_keys = load_api_keys(settings.api_keys) if settings.api_keys is not None else None
-    except (RouteTableError, ApiKeyFileError) as error:
+        scaler_tls = (
+            load_scaler_tls(
+                settings.scaler_tls_cert, settings.scaler_tls_key, settings.scaler_tls_ca
+            )
+            if settings.scaler_tls_cert and settings.scaler_tls_key and settings.scaler_tls_ca
+            else None
+        )
+        admin_token = (
+            load_admin_token(settings.admin_token_file) if settings.admin_token_file else None
+        )
+    except (RouteTableError, ApiKeyFileError, ScalerTlsError, AdminTokenError) as error:
         problem = str(error)
     if problem:
         log.error("cannot start: %s", problem)
@@ -778,7 +1189,12 @@ async def serve(settings: Settings) -> int:
         log.warning(
             "authentication is off: --api-keys not given; every request is served as tenant 'anonymous'"
         )
-    gateway = Gateway(settings, routes, api_keys)
+    if scaler_tls is None:
+        log.warning(
+            "the scaler listener is open: --scaler-tls-* not given; anyone who reaches it reads "
+            "every model's and tenant's counts and can pose as a peer"
+        )
+    gateway = Gateway(settings, routes, api_keys, scaler_tls=scaler_tls, admin_token=admin_token)
     try:
         await gateway.start()
     except OSError as error:

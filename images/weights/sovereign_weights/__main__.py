@@ -18,7 +18,12 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from sovereign_weights.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, WeightsError
-from sovereign_weights.layout import LayoutError, default_model_name, parse_object_uri
+from sovereign_weights.layout import (
+    CACHE_FILESYSTEM_MARKER,
+    LayoutError,
+    default_model_name,
+    parse_object_uri,
+)
 from sovereign_weights.manifest import ManifestError
 from sovereign_weights.report import Reporter, human_bytes
 
@@ -83,6 +88,12 @@ def _add_warm_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refetches", type=int, default=1, help="refetches of a bad file (1)")
     parser.add_argument(
         "--lock-timeout", type=float, default=3600.0, help="seconds to wait for another warmer"
+    )
+    parser.add_argument(
+        "--require-cache-filesystem",
+        action="store_true",
+        help=f"refuse a cache directory without {CACHE_FILESYSTEM_MARKER} (written by the host's "
+        "cache step on the filesystem it mounts): never fill the root disk when the array is missing",
     )
 
 
@@ -185,6 +196,7 @@ def _warm_settings(args: argparse.Namespace) -> WarmSettings:
         refetches=args.refetches,
         lock_timeout_seconds=args.lock_timeout,
         evict_lru=args.evict_lru,
+        require_cache_filesystem=args.require_cache_filesystem,
     )
 
 
@@ -243,7 +255,8 @@ def _cmd_ensure(args: argparse.Namespace) -> int:
 
         # before the fetch: a missing capability shows at once, not after a long download
         paths = CachePaths(args.cache, target.model, target.revision)
-        require_cache_filesystem(args.cache)
+        if args.require_cache_filesystem:
+            require_cache_filesystem(args.cache)
         prepare_compile_dir(paths, args.compile_image, args.compile_owner)
     warmer = Warmer(
         target,

@@ -74,6 +74,10 @@ class WarmSettings:
     lock_timeout_seconds: float = 3600.0
     lock_poll_seconds: float = 0.5
     evict_lru: bool = False
+    # refuse a cache directory that lacks the marker the host's cache step writes on the
+    # filesystem it mounts (a bare mount point when the array is missing); off for caches the
+    # toolkit did not build, which carry no marker
+    require_cache_filesystem: bool = False
 
     def __post_init__(self) -> None:
         if self.jobs < 1:
@@ -288,7 +292,8 @@ class Warmer:
 
     def ensure(self) -> WarmResult:
         started = time.monotonic()
-        require_cache_filesystem(self.cache)
+        if self.settings.require_cache_filesystem:
+            require_cache_filesystem(self.cache)
         if self._complete():
             return self._present("present", started)
         self.paths.model_dir.mkdir(parents=True, exist_ok=True)

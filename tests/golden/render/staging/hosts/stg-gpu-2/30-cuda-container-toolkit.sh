@@ -123,8 +123,11 @@ installed_version() {
   dpkg-query -W -f='${Version}' "$1" 2>/dev/null || true
 }
 
+# A configuration file this step edited (the runtime's config.toml) is kept on upgrade: dpkg
+# would otherwise stop at its prompt, and the settings are applied again after every install.
 install_pinned() {
-  apt-get install -y -qq --no-install-recommends --allow-change-held-packages "$@"
+  apt-get install -y -qq --no-install-recommends --allow-change-held-packages \
+    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@"
   local spec
   for spec in "$@"; do
     apt-mark hold "${spec%%=*}" >/dev/null
