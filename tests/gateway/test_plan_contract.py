@@ -17,6 +17,7 @@ from sovereign_gateway.settings import parse_settings
 from components.config import StackConfig, load_stack_file
 from components.plan.kubernetes import InferenceStackSpec, inference_plan
 from components.plan.kubernetes.gateway import (
+    GATEWAY_MEMORY_LIMIT_BYTES,
     GATEWAY_SHUTDOWN_MARGIN_SECONDS,
     gateway_deployment,
     route_table,
@@ -71,3 +72,14 @@ def test_the_gateway_drains_for_the_request_timeout_after_leaving_the_endpoints(
         ENDPOINT_REMOVAL_SECONDS + settings.drain_seconds + GATEWAY_SHUTDOWN_MARGIN_SECONDS
     )
     validate_builtin(deployment, kubernetes_version(config.k3s.version))
+
+
+def test_the_bodies_the_gateway_may_hold_fit_its_memory_limit(tmp_path: Path) -> None:
+    deployment = gateway_deployment(InferenceStackSpec.from_stack(staging(tmp_path)))
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    settings = parse_settings(container["args"])
+    limit = GATEWAY_MEMORY_LIMIT_BYTES
+    assert container["resources"]["limits"]["memory"] == f"{limit // 1024**2}Mi"
+    # held bodies cost about twice their bytes; one body's routing parse (the event loop parses
+    # one at a time) up to ~25 times its size; half the limit stays for the process itself
+    assert 2 * settings.max_held_bytes + 25 * settings.max_body_bytes <= limit

@@ -18,8 +18,10 @@ from components.config.catalog import (
 from components.plan.cluster import LABEL_PREFIX
 from components.plan.kubernetes.models import (
     ENDPOINT_REMOVAL_SECONDS,
+    GIB,
     cold_start_estimate_seconds,
     drain_deadline_seconds,
+    memory_quantity,
     model_replicas_address,
     model_upstream,
 )
@@ -64,6 +66,11 @@ TRAEFIK_TLS_ANNOTATION: Final = "traefik.ingress.kubernetes.io/router.tls"
 TRAEFIK_TIMEOUTS: Final = ("readTimeout", "writeTimeout", "idleTimeout")
 # The edge waits this much longer than the gateway itself may hold and serve one request.
 EDGE_TIMEOUT_MARGIN_SECONDS: Final = 60
+# The gateway pod's memory limit, and the request bodies it may hold at once inside it: a kept
+# byte costs about two (the body and the copy sent on), one body's routing parse briefly costs up
+# to ~25 times its size (one at a time: the event loop parses), the rest is the process itself.
+GATEWAY_MEMORY_LIMIT_BYTES: Final = GIB
+GATEWAY_HELD_BYTES: Final = GATEWAY_MEMORY_LIMIT_BYTES // 4
 GATEWAY_LABELS: Final = {COMPONENT_LABEL: "gateway"}
 # Mutual TLS on the scaler listener (see ``components.providers.scaler_pki``): the replicas'
 # certificate in the gateway's namespace, KEDA's client certificate beside its ScaledObjects.
@@ -196,6 +203,8 @@ def gateway_args(spec: InferenceStackSpec) -> list[str]:
         "--drain-seconds",
         # a request held for a cold model at the end gets a 503 to retry
         str(drain_deadline_seconds(spec)),
+        "--max-held-bytes",
+        str(GATEWAY_HELD_BYTES),
         # only KEDA and the other replicas hold a certificate of the stack's scaler CA
         "--scaler-tls-cert",
         f"{SCALER_TLS_DIR}/{TLS_CERT_KEY}",
@@ -279,7 +288,7 @@ def gateway_deployment(spec: InferenceStackSpec) -> Obj:
                 },
                 "resources": {
                     "requests": {"cpu": "250m", "memory": "256Mi"},
-                    "limits": {"memory": "1Gi"},
+                    "limits": {"memory": memory_quantity(GATEWAY_MEMORY_LIMIT_BYTES)},
                 },
                 "securityContext": restricted_container(),
                 "volumeMounts": mounts,
