@@ -816,7 +816,9 @@ class SshDefaults(Model):
     # a host that answers no keepalive for (interval times missed replies) seconds has stopped
     # (a hung kernel, a frozen VM): its step fails then, not at stepTimeoutSeconds
     keepalive_interval_seconds: int = Field(default=15, ge=1, le=300)
-    keepalive_missed_replies: int = Field(default=4, ge=1, le=100)
+    # at least 2: keepalives go out once per interval, so with 1 the next one would leave just as
+    # the bound runs out and a healthy host's reply would race the judge
+    keepalive_missed_replies: int = Field(default=4, ge=2, le=100)
 
     @property
     def keepalive_bound_seconds(self) -> int:

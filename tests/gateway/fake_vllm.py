@@ -44,6 +44,8 @@ _STATS: dict[str, Any] = {
     "requests": 0,
     # the client end (address:port) of each connection a completion request arrived on
     "request_connections": [],
+    # the Accept-Encoding of each completion request (None: not sent)
+    "accept_encodings": [],
 }
 _HEALTH: dict[str, Any] = {"delay": 0.0, "failures": 0}
 _LARGE_ANSWER_PIECE = 1 << 20
@@ -142,6 +144,7 @@ async def _completion(request: web.Request) -> web.StreamResponse:
     peer = request.transport.get_extra_info("peername") if request.transport else None
     if peer is not None and f"{peer[0]}:{peer[1]}" not in _STATS["request_connections"]:
         _STATS["request_connections"].append(f"{peer[0]}:{peer[1]}")
+    _STATS["accept_encodings"].append(request.headers.get("Accept-Encoding"))
     body = await request.json()
     fake = _fake(body)
     if fake.get("reset_after_read"):

@@ -56,6 +56,13 @@ def lines_since(gateway: Gateway, count: int) -> list[dict[str, Any]]:
     ]
 
 
+def lines_once_written(gateway: Gateway, count: int) -> list[dict[str, Any]]:
+    """``lines_since`` once a line has come: the answer can reach the client before its log line
+    is written."""
+    assert wait_until(lambda: lines_since(gateway, count), 5.0), "no log line was written"
+    return lines_since(gateway, count)
+
+
 def record_of(gateway: Gateway, request_id: str) -> dict[str, Any]:
     assert wait_until(lambda: any(r["requestId"] == request_id for r in gateway.records()), 5.0)
     return next(r for r in gateway.records() if r["requestId"] == request_id)
@@ -104,7 +111,7 @@ def test_a_request_aiohttp_refuses_is_answered_in_openai_shape_and_logged_once_w
             "code": "invalid_http_request",
         }
     }
-    [line] = lines_since(gateway, lines_before)
+    [line] = lines_once_written(gateway, lines_before)
     assert line["message"] == "request rejected before routing"
     assert (line["status"], line["reason"], line["heldBack"]) == (400, reason, 0)
     assert "exception" not in line
@@ -120,11 +127,12 @@ def test_a_reject_is_logged_once_per_interval_with_the_count_held_back(
     first = time.monotonic()
     for _ in range(50):
         raw_exchange(gateway, bad_request)
-    [line] = lines_since(gateway, lines_before)
+    [line] = lines_once_written(gateway, lines_before)
     assert (line["message"], line["heldBack"]) == ("request rejected before routing", 0)
     # the interval over, the next reject's line counts the 49 held back
     time.sleep(max(0.0, first + REPEAT_INTERVAL_SECONDS + 0.5 - time.monotonic()))
     raw_exchange(gateway, bad_request)
+    assert wait_until(lambda: len(lines_since(gateway, lines_before)) >= 2, 5.0)
     lines = lines_since(gateway, lines_before)
     assert [line["heldBack"] for line in lines] == [0, 49]
 
@@ -159,7 +167,7 @@ def test_a_backend_5xx_reaches_the_client_as_an_openai_error_without_its_body(
     assert "Traceback" not in json.dumps(reply.body)
     record = record_of(gateway, reply.headers["X-Request-Id"])
     assert (record["status"], record["error"]) == (500, "upstream_error")
-    new_lines = lines_since(gateway, lines_before)
+    new_lines = lines_once_written(gateway, lines_before)
     assert [line["message"] for line in new_lines] == ["backend answered with an error"]
     assert ENGINE_TRACEBACK.splitlines()[-1] not in gateway.log_file.read_text()
 

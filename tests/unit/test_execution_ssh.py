@@ -562,6 +562,6 @@ def test_keepalive_settings_are_read_from_the_stack_and_refused_when_out_of_rang
     )
     assert settings.keepalive_bound_seconds == 15
     assert SshDefaults().keepalive_bound_seconds == 60
-    for field_name, value in (("keepaliveIntervalSeconds", 0), ("keepaliveMissedReplies", 0)):
+    for field_name, value in (("keepaliveIntervalSeconds", 0), ("keepaliveMissedReplies", 1)):
         with pytest.raises(ValidationError, match=field_name):
             SshDefaults.model_validate({field_name: value})

@@ -165,6 +165,15 @@ async def _start_site(site: web.BaseSite, host: str, port: int) -> None:
         raise OSError(f"cannot listen on {host}:{port}: {error.strerror}") from None
 
 
+async def _end_reply(response: web.StreamResponse, record: _Record) -> None:
+    """Finish a reply whose body went out in pieces; a client gone by then is recorded so, not
+    taken for a fault of the gateway's."""
+    try:
+        await response.write_eof()
+    except ConnectionResetError:
+        record.error = record.error or CLIENT_GONE
+
+
 def _cut_reply(request: web.Request) -> None:
     """Close the client's connection before the reply's end: a body whose status is already
     sent cannot carry an error, and the missing end tells the client it is incomplete."""
@@ -246,7 +255,10 @@ class Gateway:
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=10, force_close=True),
             timeout=aiohttp.ClientTimeout(total=None),
             auto_decompress=False,
-            skip_auto_headers=("User-Agent",),
+            # the replies' bytes are passed on as they come, with their Content-Type only: ask
+            # for them uncompressed, or a compressing backend's body would reach the client
+            # without the Content-Encoding that decodes it
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
         )
         for route in self.routes.models:
             self._add_model(route.name)
@@ -1075,7 +1087,7 @@ class Gateway:
             return response
         if sniffer is not None:
             record.usage = sniffer.finish()
-        await response.write_eof()
+        await _end_reply(response, record)
         return response
 
     async def _stream(
@@ -1127,8 +1139,11 @@ class Gateway:
                 if timed_out
                 else "The model's replica stopped while streaming the reply."
             )
-            await response.write(sse_error_event(message, record.error))
-        await response.write_eof()
+            try:
+                await response.write(sse_error_event(message, record.error))
+            except ConnectionResetError:
+                return response  # the client left too; the backend's failure stays recorded
+        await _end_reply(response, record)
         return response
 
     def _finish_record(self, record: _Record) -> None:
