@@ -37,11 +37,23 @@ def validate_builtin(obj: dict[str, Any], version: str) -> None:
 
 
 @cache
-def scaled_object_schema() -> dict[str, Any]:
-    crd = yaml.safe_load(KEDA_CRD.read_text())
+def keda_crd_schema(crd_file: Path) -> dict[str, Any]:
+    """The openAPIV3Schema a committed KEDA CRD serves for v1alpha1."""
+    crd = yaml.safe_load(crd_file.read_text())
     (served,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
     schema: dict[str, Any] = served["schema"]["openAPIV3Schema"]
     return schema
+
+
+def validate_keda_object(obj: dict[str, Any], crd_file: Path) -> None:
+    schema = keda_crd_schema(crd_file)
+    jsonschema.validate(obj, schema)
+    undeclared = undeclared_fields(obj, schema)
+    assert not undeclared, f"fields the KEDA CRD does not declare: {undeclared}"
+
+
+def scaled_object_schema() -> dict[str, Any]:
+    return keda_crd_schema(KEDA_CRD)
 
 
 def undeclared_fields(value: Any, schema: dict[str, Any], path: str = "") -> list[str]:
@@ -63,25 +75,11 @@ def undeclared_fields(value: Any, schema: dict[str, Any], path: str = "") -> lis
 
 
 def validate_scaled_object(obj: dict[str, Any]) -> None:
-    schema = scaled_object_schema()
-    jsonschema.validate(obj, schema)
-    undeclared = undeclared_fields(obj, schema)
-    assert not undeclared, f"fields the KEDA CRD does not declare: {undeclared}"
-
-
-@cache
-def trigger_authentication_schema() -> dict[str, Any]:
-    crd = yaml.safe_load(KEDA_TRIGGER_AUTH_CRD.read_text())
-    (served,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
-    schema: dict[str, Any] = served["schema"]["openAPIV3Schema"]
-    return schema
+    validate_keda_object(obj, KEDA_CRD)
 
 
 def validate_trigger_authentication(obj: dict[str, Any]) -> None:
-    schema = trigger_authentication_schema()
-    jsonschema.validate(obj, schema)
-    undeclared = undeclared_fields(obj, schema)
-    assert not undeclared, f"fields the KEDA CRD does not declare: {undeclared}"
+    validate_keda_object(obj, KEDA_TRIGGER_AUTH_CRD)
 
 
 def chart_defaults(chart: str, version: str) -> Any:

@@ -386,13 +386,8 @@ def _version(pattern: str, example: str) -> AfterValidator:
 
 
 def _label_key(value: str) -> str:
-    match = _LABEL_KEY.fullmatch(value)
-    prefix = match["prefix"] if match else None
-    if not match or (prefix is not None and not _DNS_SUBDOMAIN.fullmatch(prefix)):
-        raise ValueError(
-            "expected a Kubernetes label key: [prefix/]name, the prefix a DNS subdomain, "
-            "the name up to 63 of [A-Za-z0-9-_.]"
-        )
+    _selector_label_key(value)
+    prefix = value.rpartition("/")[0] or None
     if prefix in TOOLKIT_LABEL_PREFIXES:
         raise ValueError(
             f"{prefix}/ labels are set by the toolkit from the host's fields; "
