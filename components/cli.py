@@ -6,10 +6,28 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from components.config import StackConfig, StackConfigError, load_stack_file
 
+if TYPE_CHECKING:
+    from pydantic import JsonValue
+
+    from components.plan.sizing import SizingReport
+
 EXIT_INVALID = 2
+# `sovereign size`: one meaning per code; when several apply, the lowest non-zero code is returned
+# (2 before 3 before 4), so an invalid stack is never reported as a sizing outcome.
+EXIT_FITS = 0
+EXIT_DOES_NOT_FIT = 3
+EXIT_NOT_SIZED = 4
+SIZE_EXIT_CODES = f"""exit codes:
+  {EXIT_FITS}  every model fits its GPUs
+  {EXIT_INVALID}  invalid stack or argument (a --from-dir NAME that is not a model of the stack)
+  {EXIT_DOES_NOT_FIT}  a model does not fit its GPUs
+  {EXIT_NOT_SIZED}  a model cannot be sized: no manifest at hand, or its config.json lacks a key
+     (the message names it)
+When several apply, the first in this order is returned: {EXIT_INVALID}, {EXIT_DOES_NOT_FIT}, {EXIT_NOT_SIZED}."""
 
 
 def _load_or_report(file: str | Path, *, require_inventory: bool = False) -> StackConfig | None:
@@ -201,9 +219,34 @@ def _from_dir(text: str) -> tuple[str, Path]:
     return name, Path(directory)
 
 
+def _unsized_reasons(
+    config: StackConfig, unread: dict[str, str], report: SizingReport
+) -> dict[str, str]:
+    """Why each model of the stack has no figures, in stack order: its manifest could not be
+    read, or its facts lack a key (the sizing problem at the model's path names it)."""
+    refused = {problem.path: problem.message for problem in report.problems}
+    reasons: dict[str, str] = {}
+    for i, model in enumerate(config.inference.models):
+        if model.name in unread:
+            reasons[model.name] = unread[model.name]
+        elif model.name in report.unsizable:
+            reasons[model.name] = refused.get(f"inference.models[{i}]", "cannot be sized")
+        elif model.name in report.unsized:
+            reasons[model.name] = "no manifest at hand"
+    return reasons
+
+
 def _cmd_size(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415
+
     from components.config.loader import project_dir_for  # noqa: PLC0415
-    from components.manifests import default_manifest_cache, model_facts_for  # noqa: PLC0415
+    from components.manifests import (  # noqa: PLC0415
+        FromDirError,
+        check_from_dirs,
+        default_manifest_cache,
+        read_model_facts,
+    )
+    from components.plan.cold_start import estimate_cold_start  # noqa: PLC0415
     from components.plan.kubernetes.models import model_host_memory  # noqa: PLC0415
     from components.plan.sizing import size_stack  # noqa: PLC0415
 
@@ -211,29 +254,62 @@ def _cmd_size(args: argparse.Namespace) -> int:
     config = _load_or_report(stack_file)
     if config is None:
         return EXIT_INVALID
+    try:
+        from_dirs = check_from_dirs(config, args.from_dir)
+    except FromDirError as exc:
+        print(f"sovereign size: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     manifest_cache = (
         Path(args.manifest_cache)
         if args.manifest_cache
         else default_manifest_cache(project_dir_for(stack_file))
     )
-    facts, missing = model_facts_for(
-        config, manifest_cache, dict(args.from_dir), fetch=not args.offline
-    )
-    report = size_stack(config, facts)
-    for sizing in report.models:
-        print(sizing.line())
-    # host memory needs no manifest: every model's pod requests it from config alone
+    found = read_model_facts(config, manifest_cache, from_dirs, fetch=not args.offline)
+    report = size_stack(config, found.facts)
+    sized = {sizing.model: sizing for sizing in report.models}
+    unsized = _unsized_reasons(config, found.unread, report)
+
+    entries: list[JsonValue] = []
     for model in config.inference.models:
-        print(model_host_memory(model).line(model.name))
-    for warning in report.warnings:
-        print(f"{args.file}: warning: {warning}", file=sys.stderr)
-    for problem in report.problems:
-        print(f"{args.file}: {problem}", file=sys.stderr)
-    for line in missing:
-        print(f"{args.file}: not sized: {line}", file=sys.stderr)
-    if report.problems:
-        return EXIT_INVALID
-    return 1 if missing else 0
+        facts = found.facts.get(model.name)
+        checkpoint = facts.tensor_bytes if facts is not None and facts.tensor_bytes > 0 else None
+        # host memory and the cold start need no manifest: the pod requests them from config alone
+        host_memory = model_host_memory(model)
+        cold_start = estimate_cold_start(config, model, checkpoint)
+        sizing = sized.get(model.name)
+        if not args.json:
+            if sizing is not None:
+                print(sizing.line())
+            print(host_memory.line(model.name))
+            print(cold_start.line(model.name))
+            continue
+        entry: dict[str, JsonValue] = (
+            sizing.as_dict() if sizing is not None else {"model": model.name}
+        )
+        entry["hostMemory"] = host_memory.as_dict()
+        entry["coldStart"] = dict(cold_start.as_dict())
+        entries.append(entry)
+
+    if args.json:
+        document: dict[str, JsonValue] = {
+            "stack": args.file,
+            "environment": config.environment,
+            "models": entries,
+            "unsized": [{"model": name, "reason": reason} for name, reason in unsized.items()],
+            "problems": [{"path": p.path, "message": p.message} for p in report.problems],
+            "warnings": [{"path": w.path, "message": w.message} for w in report.warnings],
+        }
+        print(json.dumps(document, indent=2))
+    else:
+        for warning in report.warnings:
+            print(f"{args.file}: warning: {warning}", file=sys.stderr)
+        for problem in report.problems:
+            print(f"{args.file}: {problem}", file=sys.stderr)
+        for name, reason in found.unread.items():
+            print(f"{args.file}: not sized: {name}: {reason}", file=sys.stderr)
+    if report.not_fitting:
+        return EXIT_DOES_NOT_FIT
+    return EXIT_NOT_SIZED if unsized else EXIT_FITS
 
 
 def _cmd_weights_publish(args: argparse.Namespace) -> int:
@@ -327,8 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     size = sub.add_parser(
         "size",
-        help="VRAM each model needs per replica vs what its GPUs give (from manifests), "
-        "and the host memory a replica requests",
+        help="VRAM each model needs per GPU of a replica vs what vLLM may use there (from "
+        "manifests), the host memory a replica requests and its cold start",
+        epilog=SIZE_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     size.add_argument("file", metavar="FILE", help="stacks/Pulumi.<env>.yaml")
     size.add_argument(
@@ -346,6 +424,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     size.add_argument(
         "--offline", action="store_true", help="use kept manifests only; never contact a store"
+    )
+    size.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON document on stdout: per model and per GPU, weights, KV cache by layer "
+        "kind, activations, non-torch memory, budget, headroom, host memory and cold start",
     )
     size.set_defaults(func=_cmd_size)
 

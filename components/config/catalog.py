@@ -17,27 +17,156 @@ class GpuModel:
 
     name: str
     pci_device_id: str  # NVIDIA vendor 10de; device id as lspci -n prints it
-    memory_gib: int
+    memory_gib: int  # the marketing size
     nvml_name_fragment: str  # substring of nvmlDeviceGetName for this SKU
+    # What CUDA reports as the device's total (cudaMemGetInfo, torch.cuda.mem_get_info()[1]): the
+    # figure vLLM multiplies by --gpu-memory-utilization. The driver keeps back part of the
+    # marketing size (and, on GDDR6 with ECC on, a sixteenth of it), so sizing on memory_gib
+    # overstates what a server can allocate.
+    usable_bytes: int
+    usable_source: str  # where usable_bytes comes from, with the quoted figure
+
+    @property
+    def compute_capability(self) -> tuple[int, int]:
+        """The SKU's CUDA compute capability (kernels and weight layouts depend on it)."""
+        return COMPUTE_CAPABILITIES[self.name.split("-")[0]]
+
+
+# CUDA compute capability by GPU family, from NVIDIA's "CUDA GPUs" table
+# (developer.nvidia.com/cuda-gpus): Hopper 9.0, Ada Lovelace 8.9, Ampere A100 8.0.
+COMPUTE_CAPABILITIES: dict[str, tuple[int, int]] = {
+    "H100": (9, 0),
+    "H200": (9, 0),
+    "A100": (8, 0),
+    "L40S": (8, 9),
+    "L4": (8, 9),
+    "RTX": (8, 9),
+}
+
+
+def _gib(value: float) -> int:
+    """Bytes in ``value`` GiB, for totals that logs print in GiB to two decimals."""
+    return round(value * 2**30)
+
+
+def _mib(value: int) -> int:
+    return value * 2**20
+
+
+# Where a figure is logged in GiB to two decimals it is exact to about 5 MiB. Totals vary by a few
+# tens of MiB between driver releases (an H100 80GB HBM3 reports 79.11 to 79.25 GiB); the lowest
+# figure found is kept, so a plan that fits it fits the others.
+_H100_80GB = (
+    "vllm-project/vllm#27508 (nvidia-smi: NVIDIA H100 80GB HBM3, 81559MiB): 'GPU 0 has a total capacity of 79.11 GiB'"
+    " (torch OOM message, cudaMemGetInfo total); other H100 80GB logs read 79.19 and 79.22 GiB"
+    " (vllm-project/vllm#10511: 'total_gpu_memory 79.22GiB')"
+)
+_H200 = (
+    "vllm-project/vllm#23192 (141 GB H200 node): 'Free memory on device (7.34/139.72 GiB) on"
+    " startup' (vLLM MemorySnapshot.total_memory); other H200 logs read 139.80 and 139.81 GiB"
+)
+_A100_80GB = (
+    "vllm-project/vllm-omni#276 (2x A100 80GB): 'Free memory on device (0.49/79.32 GiB) on"
+    " startup' (vLLM MemorySnapshot.total_memory)"
+)
+_A100_40GB = (
+    "bottlerocket-os/bottlerocket#3873, deviceQuery on 'NVIDIA A100-SXM4-40GB': 'Total amount"
+    " of global memory: 40339 MBytes (42298834944 bytes)' (cudaDeviceProp.totalGlobalMem)"
+)
+_L40S = (
+    "Wan-Video/Wan2.1#205 ('GPU:L40S 48GB'): 'GPU 0 has a total capacity of 44.53 GiB'"
+    " (torch OOM message); nvidia-smi shows 46068MiB with ECC on (modal-labs/modal-client#2797)"
+)
 
 
 # PCI device ids from the PCI ID repository (pci-ids.ucw.cz, vendor 10de).
 GPU_MODELS: dict[str, GpuModel] = {
     m.name: m
     for m in (
-        GpuModel("H100-SXM5-80GB", "2330", 80, "H100 80GB HBM3"),
-        GpuModel("H100-PCIE-80GB", "2331", 80, "H100 PCIe"),
-        GpuModel("H100-NVL-94GB", "2321", 94, "H100 NVL"),
-        GpuModel("H200-SXM5-141GB", "2335", 141, "H200"),
-        GpuModel("H200-NVL-141GB", "233b", 141, "H200 NVL"),
-        GpuModel("A100-SXM4-80GB", "20b2", 80, "A100-SXM4-80GB"),
-        GpuModel("A100-SXM4-40GB", "20b0", 40, "A100-SXM4-40GB"),
-        GpuModel("A100-PCIE-80GB", "20b5", 80, "A100 80GB PCIe"),
-        GpuModel("A100-PCIE-40GB", "20f1", 40, "A100-PCIE-40GB"),
-        GpuModel("L40S-48GB", "26b9", 48, "L40S"),
-        GpuModel("L4-24GB", "27b8", 24, "L4"),
-        GpuModel("RTX-6000-ADA-48GB", "26b1", 48, "RTX 6000 Ada"),
-        GpuModel("RTX-4000-SFF-ADA-20GB", "27b0", 20, "RTX 4000 SFF Ada"),
+        GpuModel("H100-SXM5-80GB", "2330", 80, "H100 80GB HBM3", _gib(79.11), _H100_80GB),
+        GpuModel(
+            "H100-PCIE-80GB",
+            "2331",
+            80,
+            "H100 PCIe",
+            _gib(79.11),
+            "derived: no CUDA total found for the PCIe card; it has the SXM card's nvidia-smi"
+            " total (81559MiB, modal-labs/modal-client#2797), so the SXM figure is used: "
+            + _H100_80GB,
+        ),
+        GpuModel(
+            "H100-NVL-94GB",
+            "2321",
+            94,
+            "H100 NVL",
+            _gib(93.00),
+            "ali-vilab/VACE#56 ('H100 NVL 94GB VRAM (RunPod)'): 'GPU 0 has a total capacity of"
+            " 93.00 GiB' (torch OOM message, cudaMemGetInfo total)",
+        ),
+        GpuModel("H200-SXM5-141GB", "2335", 141, "H200", _gib(139.72), _H200),
+        GpuModel(
+            "H200-NVL-141GB",
+            "233b",
+            141,
+            "H200 NVL",
+            _gib(139.72),
+            "derived: no CUDA total found for the NVL card; it carries the SXM card's 141 GB of"
+            " HBM3e (nvidia-smi 143771MiB, vllm-project/recipes#381), so the SXM figure is used: "
+            + _H200,
+        ),
+        GpuModel("A100-SXM4-80GB", "20b2", 80, "A100-SXM4-80GB", _gib(79.32), _A100_80GB),
+        GpuModel("A100-SXM4-40GB", "20b0", 40, "A100-SXM4-40GB", 42298834944, _A100_40GB),
+        GpuModel(
+            "A100-PCIE-80GB",
+            "20b5",
+            80,
+            "A100 80GB PCIe",
+            _gib(79.32),
+            "derived: the source does not name the form factor; both 80GB cards show 81920MiB"
+            " in nvidia-smi (modal-labs/modal-client#2797): " + _A100_80GB,
+        ),
+        GpuModel(
+            "A100-PCIE-40GB",
+            "20f1",
+            40,
+            "A100-PCIE-40GB",
+            42298834944,
+            "derived: no CUDA total found for the PCIe card; it has the SXM4 card's nvidia-smi"
+            " total (40960MiB, modal-labs/modal-client#2797), so the SXM4 figure is used: "
+            + _A100_40GB,
+        ),
+        GpuModel("L40S-48GB", "26b9", 48, "L40S", _gib(44.53), _L40S),
+        GpuModel(
+            "L4-24GB",
+            "27b8",
+            24,
+            "L4",
+            _gib(22.05),
+            "pytorch/pytorch#175666 (vLLM CI, 24 GB cards): 'Free memory on device cuda:1"
+            " (19.77/22.05 GiB) on startup' (vLLM MemorySnapshot.total_memory); nvidia-smi shows"
+            " 23034MiB for the L4 (modal-labs/modal-client#2797), 0.44 GiB above it",
+        ),
+        GpuModel(
+            "RTX-6000-ADA-48GB",
+            "26b1",
+            48,
+            "RTX 6000 Ada",
+            _gib(44.53),
+            "derived: no CUDA total found; same AD102 die and 48 GB of GDDR6 as the L40S, so with"
+            " ECC on (a sixteenth of GDDR6 kept for it) the L40S figure applies; with ECC off"
+            " CUDA reports about a sixteenth more: " + _L40S,
+        ),
+        GpuModel(
+            "RTX-4000-SFF-ADA-20GB",
+            "27b0",
+            20,
+            "RTX 4000 SFF Ada",
+            _mib(18740),
+            "derived: nvidia-smi shows 20475MiB with ECC off; ECC on keeps a sixteenth"
+            " (19195MiB, as 46068 of 49152MiB on the L40S and 23034 of 24576MiB on the L4), less"
+            " the 455MiB the driver keeps from CUDA on the L4 (23034MiB in nvidia-smi, 22.05 GiB"
+            " in pytorch/pytorch#175666) = 18740MiB",
+        ),
     )
 }
 

@@ -789,6 +789,13 @@ class NvidiaSpec(Model):
         return self
 
 
+# A floor for one datacenter NVMe drive read sequentially by one reader (PCIe 4.0 drives read
+# 3-7 GB/s; the cache is a RAID0 of them). Bounds: below 10 MiB/s no probe budget is meaningful,
+# above 100 GiB/s no RAID0 of NVMe drives reads.
+DEFAULT_CACHE_READ_MIB_PER_SECOND: Final = 1024
+CacheReadMibPerSecond = Annotated[int, Field(ge=10, le=102400)]
+
+
 class CacheSpec(Model):
     """The NVMe weight cache every GPU host builds from its ``nvme`` disks."""
 
@@ -797,6 +804,9 @@ class CacheSpec(Model):
     raid_level: Literal[0] = 0
     filesystem: Literal["xfs", "ext4"] = "xfs"
     array_name: str = Field(default="sovereign-cache", pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")
+    # the sequential read speed verification holds every host's cache to (MiB/s, direct I/O);
+    # startup probes and cold-start estimates read the weights at this speed
+    min_read_mib_per_second: CacheReadMibPerSecond = DEFAULT_CACHE_READ_MIB_PER_SECOND
 
 
 class SshDefaults(Model):

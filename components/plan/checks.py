@@ -17,6 +17,13 @@ NO_DEFAULT_NVIDIA_RUNTIME = (
 )
 
 
+def cache_read_expectation(config: StackConfig) -> str:
+    """What the cache's read probe must show: the floor the startup probes and the cold-start
+    estimates read weights at."""
+    floor = config.cache.min_read_mib_per_second
+    return f"at least {floor} MiB/s sequential, direct I/O (cache.minReadMibPerSecond)"
+
+
 @dataclass(frozen=True)
 class Check:
     """One expectation: which layer it belongs to, a stable id, and the expected value."""
@@ -50,6 +57,7 @@ def host_checks(config: StackConfig, host: HostSpec) -> list[Check]:
             Check("cache", "mounted", f"{config.cache.filesystem} at {config.cache.mount_point}"),
             Check("cache", "members", ", ".join(d.id for d in host.nvme)),
             Check("cache", "persistent", "in /etc/fstab by UUID with noatime"),
+            Check("cache", "read-speed", cache_read_expectation(config)),
         ]
     if config.k3s.install:
         checks.append(Check("runtime", "default-runtime", NO_DEFAULT_NVIDIA_RUNTIME))

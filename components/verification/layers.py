@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from components.config.models import HostSpec, StackConfig, image_registry
-from components.plan.checks import LAYERS, NO_DEFAULT_NVIDIA_RUNTIME
+from components.plan.checks import LAYERS, NO_DEFAULT_NVIDIA_RUNTIME, cache_read_expectation
 from components.plan.cluster import node_labels
 from components.plan.kubernetes.gateway import TRAEFIK_DEPLOYMENT, traefik_arguments
 from components.plan.kubernetes.models import TELEMETRY_OPT_OUTS as PLANNED_TELEMETRY_OPT_OUTS
@@ -239,6 +239,92 @@ def _default_runtime_check(ctx: Context) -> CheckResult:
     )
 
 
+# The cache's read probe (collect_facts.sh, section cache_read): at most this many MiB read with
+# direct I/O, each dd stopped after CACHE_READ_PROBE_SECONDS; below CACHE_READ_PROBE_MIN_MIB
+# moved, the timing says too little to judge.
+CACHE_READ_PROBE_MIB = 1024
+CACHE_READ_PROBE_MIN_MIB = 64
+CACHE_READ_PROBE_SECONDS = 20
+MIB = 1024**2
+# GNU dd's closing statistics under LC_ALL=C: "N bytes (...) copied, S s, R unit/s"; seconds are
+# printed with %g, so they may come in exponent form
+_DD_COPIED = re.compile(r"^(\d+) bytes\b.* copied, (\d+(?:\.\d+)?(?:e[-+]?\d+)?) s\b", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class CacheRead:
+    """What the cache's read probe reported: its source (``existing``: a file already on the
+    cache; ``written``: one written for the probe), what dd read and in how long, dd's complaints,
+    and why nothing was measured, if so."""
+
+    source: str
+    bytes_read: int
+    seconds: float
+    errors: tuple[str, ...] = ()
+    not_measured: str = ""
+
+    @property
+    def measured(self) -> bool:
+        enough = self.bytes_read >= CACHE_READ_PROBE_MIN_MIB * MIB
+        return not self.not_measured and enough and self.seconds > 0
+
+    @property
+    def mib_per_second(self) -> float:
+        return self.bytes_read / MIB / self.seconds if self.seconds > 0 else 0.0
+
+
+def parse_cache_read(text: str) -> CacheRead:
+    """The ``cache_read`` section: ``source existing|written``, dd's output (the write's lines
+    prefixed ``write``), or ``not-measured <reason>`` (pure)."""
+    source, not_measured = "", ""
+    errors: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("source "):
+            source = line.split(" ", 1)[1].strip()
+        elif line.startswith("not-measured "):
+            not_measured = line.split(" ", 1)[1].strip()
+        elif line.startswith(("dd: ", "write ", "timeout: ")):
+            errors.append(line)
+    copied = _DD_COPIED.findall(text)
+    bytes_read, seconds = (int(copied[-1][0]), float(copied[-1][1])) if copied else (0, 0.0)
+    return CacheRead(source, bytes_read, seconds, tuple(errors), not_measured)
+
+
+def _cache_read_check(ctx: Context, mounted: bool) -> CheckResult:
+    """The cache reads at least ``cache.minReadMibPerSecond``: what the startup probes and the
+    cold-start estimates assume of every node's cache."""
+    name, floor = ctx.host.name, ctx.config.cache.min_read_mib_per_second
+    expected = cache_read_expectation(ctx.config)
+    if "cache_read" not in ctx.facts.sections:
+        return skipped("cache", name, "read-speed", "no read measurement in the collected facts")
+    if not mounted:
+        return skipped("cache", name, "read-speed", "the cache is not mounted")
+    read = parse_cache_read(ctx.facts.get("cache_read"))
+    if not read.measured:
+        reason = (
+            read.not_measured
+            or "; ".join(read.errors)
+            or f"{read.bytes_read / MIB:.0f} MiB read, below the probe's {CACHE_READ_PROBE_MIN_MIB} MiB"
+        )
+        return verdict("cache", name, "read-speed", False, f"not measured: {reason}", expected)
+    what = "a file on the cache" if read.source == "existing" else "a file written for the probe"
+    return verdict(
+        "cache",
+        name,
+        "read-speed",
+        read.mib_per_second >= floor,
+        # whole MiB/s rounded down: a speed just below the floor never reads as the floor
+        f"{int(read.mib_per_second)} MiB/s ({read.bytes_read / MIB:.0f} MiB of {what} in "
+        f"{read.seconds:.2f} s)",
+        expected,
+        read_mib_per_second=round(read.mib_per_second, 1),
+        bytes_read=read.bytes_read,
+        seconds=read.seconds,
+        probe_source=read.source,
+        min_read_mib_per_second=floor,
+    )
+
+
 def cache_layer(ctx: Context) -> list[CheckResult]:
     name, cache = ctx.host.name, ctx.config.cache
     if not ctx.host.nvme:
@@ -274,6 +360,7 @@ def cache_layer(ctx: Context) -> list[CheckResult]:
             f"/etc/fstab mounts UUID={uuid or '<filesystem uuid>'} at {cache.mount_point}",
         )
     )
+    results.append(_cache_read_check(ctx, len(mount) >= 3))
     if len(ctx.host.nvme) > 1:
         mdstat = ctx.facts.get("mdstat")
         active = re.search(r"^(md\S+) : active raid0 (.+)$", mdstat, re.MULTILINE)

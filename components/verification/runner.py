@@ -23,6 +23,9 @@ from components.verification.geoip import (
     open_database,
 )
 from components.verification.layers import (
+    CACHE_READ_PROBE_MIB,
+    CACHE_READ_PROBE_MIN_MIB,
+    CACHE_READ_PROBE_SECONDS,
     K3S_CONTAINERD_DIR,
     K3S_CONTAINERD_TEMPLATES,
     Context,
@@ -82,6 +85,9 @@ def hosts_from_outputs(config: StackConfig, outputs: dict[str, Any]) -> list[Hos
 def collect_facts(session: HostSession, config: StackConfig) -> HostFacts:
     env = {
         "CACHE_MOUNT_POINT": config.cache.mount_point,
+        "CACHE_READ_PROBE_MIB": str(CACHE_READ_PROBE_MIB),
+        "CACHE_READ_PROBE_MIN_MIB": str(CACHE_READ_PROBE_MIN_MIB),
+        "CACHE_READ_PROBE_SECONDS": str(CACHE_READ_PROBE_SECONDS),
         "PROBE_DIR": PROBE_DIR,
         "CANARY": config.verification.egress_canary or "",
         "K3S_CONTAINERD_DIR": K3S_CONTAINERD_DIR,

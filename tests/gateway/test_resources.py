@@ -206,8 +206,11 @@ def _body_of(size: int) -> bytes:
 
 def _answered(sockets: list[socket.socket]) -> list[socket.socket]:
     """The sockets with an answer (or a close) waiting to be read, now."""
-    readable, _, _ = select.select(sockets, [], [], 0)
-    return readable
+    poller = select.poll()  # select() refuses descriptors past 1024
+    by_fd = {sock.fileno(): sock for sock in sockets}
+    for fd in by_fd:
+        poller.register(fd, select.POLLIN)
+    return [by_fd[fd] for fd, _ in poller.poll(0)]
 
 
 def _read_answer(sock: socket.socket) -> tuple[int, dict[str, str], Any]:

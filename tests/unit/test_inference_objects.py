@@ -17,7 +17,7 @@ import yaml
 from components.config import StackConfig, load_stack_file
 from components.plan.kubernetes import InferencePlan, InferenceStackSpec, inference_plan
 from components.plan.kubernetes.gateway import edge_timeout_seconds
-from components.plan.kubernetes.models import startup_budget_seconds
+from components.plan.kubernetes.models import server_args, startup_budget_seconds
 from components.plan.kubernetes.spec import (
     GATEWAY_NAMESPACE,
     GPU_NAMESPACE,
@@ -334,11 +334,14 @@ def test_api_keys_reach_the_cluster_only_as_sha256(tmp_path: Path) -> None:
 
 def test_startup_probe_is_sized_from_weights_and_read_speed() -> None:
     prod = load_stack_file(ROOT / "stacks" / "Pulumi.prod-fra.yaml")
-    plan = inference_plan(InferenceStackSpec.from_stack(prod))
+    spec = InferenceStackSpec.from_stack(prod)
+    plan = inference_plan(spec)
     by_name = {m.name: m for m in plan.models}
     llama = next(m for m in prod.inference.models if m.name == "llama-70b")
-    # 160 GiB of weights at most (minGpuMemoryGib) at 1 GiB/s, plus 300 s of engine start
-    assert startup_budget_seconds(llama) == 160 + 300
+    # 160 GiB of weights at most (minGpuMemoryGib) at 1024 MiB/s (cache.minReadMibPerSecond's
+    # default), plus 300 s of engine start
+    assert prod.cache.min_read_mib_per_second == 1024
+    assert startup_budget_seconds(spec, llama) == 160 + 300
     (server,) = by_name["llama-70b"].deployment["spec"]["template"]["spec"]["containers"]
     probe = server["startupProbe"]
     assert probe["httpGet"]["path"] == "/health"
@@ -346,7 +349,7 @@ def test_startup_probe_is_sized_from_weights_and_read_speed() -> None:
     assert server["readinessProbe"]["httpGet"]["path"] == "/health"
     # a bigger model gets a longer budget
     mistral = next(m for m in prod.inference.models if m.name == "mistral-small")
-    assert startup_budget_seconds(mistral) < startup_budget_seconds(llama)
+    assert startup_budget_seconds(spec, mistral) < startup_budget_seconds(spec, llama)
 
 
 def test_model_pods_land_only_on_fitting_gpu_nodes_inside_the_policy() -> None:
@@ -380,6 +383,23 @@ def test_model_pods_land_only_on_fitting_gpu_nodes_inside_the_policy() -> None:
         (init,) = pod["initContainers"]
         assert init["image"] == prod.inference.weights_image
         assert init["args"][:1] == ["ensure"]
+
+
+def test_vllm_is_told_the_sequences_the_sizing_assumed_unless_the_model_says() -> None:
+    prod = load_stack_file(ROOT / "stacks" / "Pulumi.prod-fra.yaml")
+    spec = InferenceStackSpec.from_stack(prod)
+    for model in prod.inference.models:
+        args = server_args(spec, model)
+        assert args.count("--max-num-seqs") == 1
+        assert args[args.index("--max-num-seqs") + 1] == str(model.target_concurrency)
+    model = prod.inference.models[0]
+    # the model's own limit, in any spelling vLLM's parser accepts, is the one vLLM gets
+    for own in (("--max-num-seqs", "4"), ("--max-num-seqs=4",), ("--max_num_seqs", "4")):
+        args = server_args(spec, model.model_copy(update={"args": own}))
+        assert not any(
+            a.startswith(("--max-num-seqs", "--max_num_seqs")) for a in args[: -len(own)]
+        )
+        assert tuple(args[-len(own) :]) == own
 
 
 def test_bring_your_own_server_keeps_probes_gpus_cache_and_scaling(
@@ -512,8 +532,10 @@ def test_a_cold_start_fits_inside_the_gateway_hold(
 ) -> None:
     """A replica that starts within its probe budget answers before the gateway gives up on the
     held request (weights already on the node: prefetched, so the init container returns at once)."""
+    spec = InferenceStackSpec.from_stack(config)
     for model in config.inference.models:
-        assert startup_budget_seconds(model) < config.inference.gateway.cold_start_timeout_seconds
+        budget = startup_budget_seconds(spec, model)
+        assert budget < config.inference.gateway.cold_start_timeout_seconds
 
 
 @pytest.mark.parametrize("stack_file", SERVING_STACKS, ids=lambda p: p.name)

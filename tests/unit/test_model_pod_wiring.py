@@ -10,12 +10,12 @@ from typing import Any
 from sovereign_weights.layout import CachePaths
 
 from components.config import load_stack_file
+from components.plan.cold_start import cold_start_estimate_seconds
 from components.plan.kubernetes import InferenceStackSpec, inference_plan
 from components.plan.kubernetes.models import (
     COMPILE_CACHE_DIR,
     COMPILE_CACHE_ENV,
     SERVER_UID,
-    cold_start_estimate_seconds,
     startup_budget_seconds,
 )
 from components.plan.kubernetes.spec import GATEWAY_NAMESPACE, replicas_service_name
@@ -109,7 +109,7 @@ def test_a_cold_start_estimate_is_what_remains_once_image_weights_and_kernels_ar
     spec = prod_spec()
     for model in spec.inference.models:
         estimate = cold_start_estimate_seconds(spec, model)
-        assert 0 < estimate < startup_budget_seconds(model)
+        assert 0 < estimate < startup_budget_seconds(spec, model)
     by_name = {m.name: m for m in spec.inference.models}
     # the read from NVMe grows with the weights
     assert cold_start_estimate_seconds(

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from components.cli import main
+from components.cli import EXIT_NOT_SIZED, main
 from components.config import StackConfig, load_stack_file
 from components.config.models import ModelSpec
 from components.plan.kubernetes import InferenceStackSpec, inference_plan
@@ -288,10 +288,10 @@ def test_sovereign_size_prints_the_host_memory_a_replica_requests(
     stack = ROOT / "stacks" / "Pulumi.prod-fra.yaml"
     config = load_stack_file(stack)
     plan = inference_plan(InferenceStackSpec.from_stack(config))
-    # no manifest is kept in the checkout: exit 1 as before, host memory printed all the same
+    # no manifest is kept in the checkout: not sized, host memory printed all the same
     code = main(["size", str(stack), "--offline", "--manifest-cache", str(ROOT / "nonexistent")])
     out = capsys.readouterr().out
-    assert code == 1
+    assert code == EXIT_NOT_SIZED
     for model, objects in zip(config.inference.models, plan.models, strict=True):
         pod = objects.deployment["spec"]["template"]["spec"]
         requested = quantity(server_of(pod)["resources"]["requests"]["memory"])

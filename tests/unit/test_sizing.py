@@ -7,6 +7,7 @@ computed by the code under test.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,10 @@ from sovereign_weights.manifest import Manifest, ManifestFile, ModelFacts, descr
 from components.config.models import GpuSpec, ModelSpec, StackConfig, WeightsSource
 from components.plan.sizing import (
     GIB,
-    activation_bytes,
-    kv_bytes_per_token,
+    attention_bytes_per_token,
     size_model,
     size_stack,
+    text_config,
 )
 from tests.lab_stacks import lab_stack
 
@@ -40,6 +41,13 @@ def model_spec(name: str, gpus: int, max_model_len: int, concurrency: int) -> Mo
         max_model_len=max_model_len,
         target_concurrency=concurrency,
     )
+
+
+def kv_bytes_per_token(config: Mapping[str, object], tp: int = 1) -> int:
+    """KV bytes of one token across all layers on one GPU, in the model's 16-bit dtype."""
+    layers = config["num_hidden_layers"]
+    assert isinstance(layers, int)
+    return layers * attention_bytes_per_token(text_config(config), tp, 2)
 
 
 def stack_with(*models: ModelSpec, gpu: str = "H100-SXM5-80GB", count: int = 8) -> StackConfig:
@@ -76,11 +84,8 @@ def test_mixtral_matches_the_published_half_precision_figures() -> None:
     assert mixtral.tensor_bytes / 2 / 1e9 == pytest.approx(46.7, rel=0.005)
     assert 88 < mixtral.tensor_bytes / GB < 95
     assert mixtral.config is not None
-    # a token goes through 2 of the 8 experts: twice the MLP activations of Mistral 7B
-    dense = facts("mistral-7b-v0.1").config
-    assert dense is not None
-    logits = 1024 * 32000 * 4
-    assert activation_bytes(mixtral.config) - logits == 2 * (activation_bytes(dense) - logits)
+    # Mistral 7B's attention: the same KV geometry per token
+    assert kv_bytes_per_token(mixtral.config) == 2 * 32 * 8 * 128 * 2
 
 
 def test_a_model_that_cannot_fit_is_refused_with_both_numbers() -> None:
@@ -91,9 +96,10 @@ def test_a_model_that_cannot_fit_is_refused_with_both_numbers() -> None:
     assert problem.path == "inference.models[0].gpusPerReplica"
     sizing = report.models[0]
     assert not sizing.fits
-    assert f"needs {sizing.needed_bytes / GIB:.1f} GiB" in problem.message
-    assert f"give vLLM {sizing.budget_bytes / GIB:.1f} GiB" in problem.message
-    assert sizing.budget_bytes == int(80 * GIB * 0.9)
+    assert f"needs {sizing.needed_bytes / GIB:.1f} GiB on each" in problem.message
+    assert f"vLLM may use {sizing.budget_bytes / GIB:.1f} GiB of each" in problem.message
+    # what CUDA reports for an H100 80GB HBM3 (79.11 GiB), not its marketing size
+    assert sizing.budget_bytes == int(round(79.11 * GIB) * 0.9)
 
 
 def test_two_gpus_hold_mixtral_at_32k_and_eight_sequences() -> None:
@@ -102,10 +108,11 @@ def test_two_gpus_hold_mixtral_at_32k_and_eight_sequences() -> None:
     assert report.ok
     assert report.warnings == []
     sizing = report.models[0]
-    assert sizing.kv_bytes == 32 * GIB  # 128 KiB per token x 262,144 tokens
-    assert 0 < sizing.headroom_bytes < 24 * GIB
+    # per GPU: 4 of the 8 KV heads, 64 KiB per token x 262,144 tokens
+    assert sizing.kv_bytes == 16 * GIB
+    assert 0 < sizing.headroom_bytes < 12 * GIB
     line = sizing.line()
-    for part in ("weights 87.0 GiB", "kv 32.0 GiB", "/ 144.0 GiB", "headroom"):
+    for part in ("per GPU: weights 43.5 GiB", "kv 16.0 GiB", "/ 71.2 GiB", "headroom"):
         assert part in line
 
 
@@ -166,8 +173,9 @@ def test_the_default_context_is_the_models_own_and_counts_in_full() -> None:
     spec = model_spec("llama", gpus=4, max_model_len=256, concurrency=8)
     spec = spec.model_copy(update={"max_model_len": None})
     sizing = size_model(spec, llama, "H100-SXM5-80GB")
-    assert sizing.kv_tokens == 131072 * 8  # max_position_embeddings x targetConcurrency
-    assert sizing.kv_bytes == 128 * GIB
+    assert (sizing.max_model_len, sizing.sequences) == (131072, 8)  # max_position_embeddings
+    # per GPU at TP 4: 2 of the 8 KV heads, 32 KiB per token x 131,072 tokens x 8 sequences
+    assert sizing.kv_bytes == 32 * GIB
 
 
 def test_validate_can_size_offline_from_kept_manifests_only(tmp_path: Path) -> None:

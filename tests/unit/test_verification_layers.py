@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -12,11 +14,18 @@ import pytest
 
 from components.config import load_stack_file
 from components.config.models import GpuSpec, StackConfig
+from components.plan.checks import host_checks
 from components.verification.geoip import GeoIpDatabase, find_database, open_database
-from components.verification.layers import Context, HostFacts, evaluate_host, parse_sections
+from components.verification.layers import (
+    Context,
+    HostFacts,
+    evaluate_host,
+    parse_cache_read,
+    parse_sections,
+)
 from components.verification.report import evidence, junit_xml, markdown
 from components.verification.results import CheckResult
-from components.verification.runner import HostRun, Verification
+from components.verification.runner import COLLECTOR, HostRun, Verification
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDED = (ROOT / "tests" / "data" / "facts" / "lab-host-debian12.txt").read_text()
@@ -146,6 +155,142 @@ def test_egress_allowlist_must_be_enforced(stack: StackConfig, geoip: GeoIpDatab
     assert results["residency/egress-allowlist"].status == "fail"
     canary = replace_section(RECORDED, "egress_canary", "connected")
     assert judge(with_list, geoip, canary)["residency/egress-canary"].status == "fail"
+
+
+# The cache_read section as collect_facts.sh prints it, GNU coreutils dd under LC_ALL=C (recorded
+# on a loop-mounted ext4 filesystem and on tmpfs; the floor each test sets decides the verdict).
+READ_OF_A_WRITTEN_FILE = """source written
+16+1 records in
+16+1 records out
+279969792 bytes (280 MB, 267 MiB) copied, 0.0712015 s, 3.9 GB/s"""
+READ_OF_WEIGHTS = """source existing
+16+0 records in
+16+0 records out
+268435456 bytes (268 MB, 256 MiB) copied, 0.394203 s, 681 MB/s"""
+# the write stopped by its time bound: dd reports what it had moved, here too little to time
+READ_AFTER_A_CUT_WRITE = """source written
+0+1 records in
+0+1 records out
+12582912 bytes (13 MB, 12 MiB) copied, 0.00940494 s, 1.3 GB/s"""
+READ_THAT_FAILED = """source written
+write dd: failed to open '/var/lib/sovereign/weights/.sovereign-read-probe.4242': Invalid argument
+dd: failed to open '/var/lib/sovereign/weights/.sovereign-read-probe.4242': Invalid argument"""
+
+
+def with_read_floor(stack: StackConfig, mib_per_second: int) -> StackConfig:
+    cache = stack.cache.model_copy(update={"min_read_mib_per_second": mib_per_second})
+    return stack.model_copy(update={"cache": cache})
+
+
+def test_cache_read_speed_at_the_floor_passes_and_the_figure_is_evidence(
+    stack: StackConfig, geoip: GeoIpDatabase
+) -> None:
+    facts = replace_section(RECORDED, "cache_read", READ_OF_A_WRITTEN_FILE)
+    # 279969792 bytes in 0.0712015 s: 3749.9 MiB/s
+    result = judge(with_read_floor(stack, 3749), geoip, facts)["cache/read-speed"]
+    assert result.status == "pass", result
+    assert result.observed == "3749 MiB/s (267 MiB of a file written for the probe in 0.07 s)"
+    assert result.evidence == {
+        "read_mib_per_second": 3749.9,
+        "bytes_read": 279969792,
+        "seconds": 0.0712015,
+        "probe_source": "written",
+        "min_read_mib_per_second": 3749,
+    }
+    slower = judge(with_read_floor(stack, 3750), geoip, facts)["cache/read-speed"]
+    assert (slower.status, slower.observed[:10]) == ("fail", "3749 MiB/s")
+
+
+def test_cache_read_below_the_floor_fails_naming_both_speeds(
+    stack: StackConfig, geoip: GeoIpDatabase
+) -> None:
+    facts = replace_section(RECORDED, "cache_read", READ_OF_WEIGHTS)
+    result = judge(with_read_floor(stack, 1024), geoip, facts)["cache/read-speed"]
+    assert result.status == "fail"
+    assert result.message() == (
+        "[cache] lab-1 read-speed: observed 649 MiB/s (256 MiB of a file on the cache in 0.39 s), "
+        "expected at least 1024 MiB/s sequential, direct I/O (cache.minReadMibPerSecond)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "observed"),
+    [
+        (
+            "not-measured only 770 MiB free on the cache",
+            "not measured: only 770 MiB free on the cache",
+        ),
+        (READ_THAT_FAILED, "not measured: write dd: failed to open"),
+        (READ_AFTER_A_CUT_WRITE, "not measured: 12 MiB read, below the probe's 64 MiB"),
+        ("", "not measured: 0 MiB read"),
+    ],
+)
+def test_a_cache_read_that_measured_nothing_fails(
+    stack: StackConfig, geoip: GeoIpDatabase, body: str, observed: str
+) -> None:
+    result = judge(stack, geoip, replace_section(RECORDED, "cache_read", body))["cache/read-speed"]
+    assert result.status == "fail"
+    assert result.observed.startswith(observed), result.observed
+
+
+def test_cache_read_is_skipped_without_a_mounted_cache_or_a_measurement(
+    stack: StackConfig, geoip: GeoIpDatabase
+) -> None:
+    # facts recorded before the collector measured reads
+    assert "cache_read" not in parse_sections(RECORDED)
+    assert judge(stack, geoip, RECORDED)["cache/read-speed"].status == "skip"
+    unmounted = replace_section(replace_section(RECORDED, "cache_read", ""), "cache_mount", "")
+    result = judge(stack, geoip, unmounted)["cache/read-speed"]
+    assert (result.status, result.observed) == ("skip", "the cache is not mounted")
+
+
+def test_the_planned_read_speed_check_is_the_one_verification_judges(
+    stack: StackConfig, geoip: GeoIpDatabase
+) -> None:
+    planned = {c.id: c.expected for c in host_checks(stack, stack.hosts[0])}
+    facts = replace_section(RECORDED, "cache_read", READ_OF_WEIGHTS)
+    judged = judge(stack, geoip, facts)["cache/read-speed"]
+    assert judged.expected == planned["cache.read-speed"]
+    assert f"at least {stack.cache.min_read_mib_per_second} MiB/s" in judged.expected
+
+
+def test_dd_s_seconds_in_exponent_form_are_read() -> None:
+    read = parse_cache_read(
+        "source written\n0+0 records in\n0+0 records out\n0 bytes copied, 2.3659e-05 s, 0.0 kB/s"
+    )
+    assert (read.bytes_read, read.seconds, read.measured) == (0, 2.3659e-05, False)
+
+
+def test_the_collector_times_a_mounted_filesystem_and_leaves_nothing_behind(
+    tmp_path: Path,
+) -> None:
+    """The real collect_facts.sh against /dev/shm (a tmpfs mount on any Linux): a probe file of
+    16 MiB is written, read with direct I/O (or refused by a kernel whose tmpfs has none), and
+    removed."""
+    shm = Path("/dev/shm")
+    if subprocess.run(
+        ["findmnt", "--mountpoint", str(shm)], capture_output=True, check=False
+    ).returncode:
+        pytest.skip("/dev/shm is not a mount point here")
+    env = {
+        **os.environ,
+        "CACHE_MOUNT_POINT": str(shm),
+        "CACHE_READ_PROBE_MIB": "16",
+        "CACHE_READ_PROBE_MIN_MIB": "1",
+        "CACHE_READ_PROBE_SECONDS": "20",
+        "PROBE_DIR": str(tmp_path / "no-probe"),
+        "CANARY": "",
+        "K3S_CONTAINERD_DIR": str(tmp_path),
+        "K3S_CONTAINERD_TEMPLATES": "config.toml.tmpl",
+    }
+    done = subprocess.run(
+        ["bash", str(COLLECTOR)], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    read = parse_cache_read(parse_sections(done.stdout)["cache_read"])
+    assert read.source in {"written", "existing"}
+    timed = read.bytes_read == 16 * 1024**2 and read.seconds > 0
+    assert timed or any("dd: " in e for e in read.errors), read
+    assert not list(shm.glob(".sovereign-read-probe.*"))
 
 
 def test_gpu_host_gets_driver_and_runtime_checks(stack: StackConfig, geoip: GeoIpDatabase) -> None:

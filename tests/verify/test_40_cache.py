@@ -1,4 +1,5 @@
-"""Layer 4, NVMe weight cache: mounted by UUID, noatime, persistent, the array whole."""
+"""Layer 4, NVMe weight cache: mounted by UUID, noatime, persistent, the array whole, and reading
+at least ``cache.minReadMibPerSecond`` with direct I/O."""
 
 import pytest
 import testinfra.host

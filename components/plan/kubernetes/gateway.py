@@ -15,11 +15,11 @@ from components.config.catalog import (
     PackagedTraefik,
     packaged_traefik,
 )
+from components.plan import cold_start  # the module: it imports this package's models in turn
 from components.plan.cluster import LABEL_PREFIX
 from components.plan.kubernetes.models import (
     ENDPOINT_REMOVAL_SECONDS,
     GIB,
-    cold_start_estimate_seconds,
     drain_deadline_seconds,
     memory_quantity,
     model_replicas_address,
@@ -107,7 +107,7 @@ def route_table(spec: InferenceStackSpec) -> RouteTable:
                 request_timeout_seconds=gateway.request_timeout_seconds,
                 gpus_per_replica=m.gpus_per_replica,
                 max_replicas=m.max_replicas,
-                expected_cold_start_seconds=cold_start_estimate_seconds(spec, m),
+                expected_cold_start_seconds=cold_start.cold_start_estimate_seconds(spec, m),
             )
             for m in spec.inference.models
         ],

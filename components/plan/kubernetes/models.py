@@ -12,6 +12,7 @@ from sovereign_weights.layout import CachePaths
 
 from components.config.catalog import GPU_MODELS
 from components.config.models import ModelSpec
+from components.plan.engine_args import planned_engine_args
 from components.plan.kubernetes.objects import (
     GPU_TOLERATIONS,
     Obj,
@@ -46,18 +47,13 @@ from components.plan.sizing import (
 )
 
 GIB: Final = 1024**3
+MIB: Final = 1024**2
 # Sizing of the startup probe. The weights cannot be larger than the GPU memory a replica asks for,
-# so that bounds what must be read. 1 GiB/s is a floor for one datacenter NVMe drive (PCIe 4.0
-# drives read 3-7 GB/s sequentially; the cache is a RAID0 of them), and the streaming loader reads
-# at close to disk speed. Engine start (CUDA context, NCCL for tensor parallelism, CUDA graph
-# capture, compilation on a cold compile cache) gets a fixed allowance on top.
-CACHE_READ_BYTES_PER_SECOND: Final = GIB
+# so that bounds what must be read; they are read at the cache's floor speed
+# (``cache.minReadMibPerSecond``, which verification measures on every host), and the streaming
+# loader reads at close to disk speed. Engine start (CUDA context, NCCL for tensor parallelism,
+# CUDA graph capture, compilation on a cold compile cache) gets a fixed allowance on top.
 ENGINE_START_ALLOWANCE_SECONDS: Final = 300
-# A typical cold start once the image, the weights and the compile cache are on the node:
-# scheduling, pod sandbox and the init container's instant ``ensure``; then vLLM's process start,
-# CUDA context, loading the compiled graphs and capturing CUDA graphs.
-POD_START_SECONDS: Final = 5
-WARM_ENGINE_START_SECONDS: Final = 60
 STARTUP_PROBE_PERIOD_SECONDS: Final = 10
 # Threads reading safetensors from the node cache into pinned memory (Run:ai Model Streamer).
 STREAMER_CONCURRENCY: Final = 16
@@ -143,30 +139,28 @@ def weight_bytes_bound(model: ModelSpec) -> int:
     return smallest * model.gpus_per_replica * GIB
 
 
-def weights_read_seconds(model: ModelSpec) -> int:
-    """Reading the weights from the node cache into GPU memory, at the cache's floor speed."""
-    return math.ceil(weight_bytes_bound(model) / CACHE_READ_BYTES_PER_SECOND)
+def cache_read_bytes_per_second(spec: InferenceStackSpec) -> int:
+    """The cache's floor read speed: what verification holds every node's cache to."""
+    return spec.cache_min_read_mib_per_second * MIB
 
 
-def startup_budget_seconds(model: ModelSpec) -> int:
+def weights_read_seconds(spec: InferenceStackSpec, weight_bytes: int) -> int:
+    """Reading ``weight_bytes`` from the node cache into GPU memory, at the cache's floor speed.
+
+    ``weight_bytes`` is the checkpoint's size. vLLM's tensor-parallel workers each stream every
+    file (see :mod:`components.plan.sizing`), but through the page cache (the Run:ai streamer
+    opens files without ``O_DIRECT`` unless told to), so the drives serve each byte about once."""
+    return math.ceil(weight_bytes / cache_read_bytes_per_second(spec))
+
+
+def startup_budget_seconds(spec: InferenceStackSpec, model: ModelSpec) -> int:
     """How long a replica may take from container start to a healthy server.
 
     The image pull and the weights fetch happen before the container starts (the warmer pre-pulls
     one and prefetches the other), so the probe waits for the read and the engine start alone.
     The engine allowance still covers a cold compile cache: the first start of a revision with a
     new image on a node compiles, every later one loads what it compiled."""
-    return weights_read_seconds(model) + ENGINE_START_ALLOWANCE_SECONDS
-
-
-def cold_start_estimate_seconds(spec: InferenceStackSpec, model: ModelSpec) -> int:
-    """What a request to a scaled-to-zero ``model`` waits, typically: the image already on the
-    node, the weights on its NVMe and the compile cache warm. The scheduling, sandbox and init
-    container (which returns at once on a verified copy), the read, the engine start.
-
-    ``spec`` is part of the signature so that node facts can refine the estimate; the weights'
-    bound and the cache's floor speed are what is known today."""
-    del spec
-    return POD_START_SECONDS + weights_read_seconds(model) + WARM_ENGINE_START_SECONDS
+    return weights_read_seconds(spec, weight_bytes_bound(model)) + ENGINE_START_ALLOWANCE_SECONDS
 
 
 def model_labels(model: ModelSpec) -> dict[str, str]:
@@ -174,7 +168,8 @@ def model_labels(model: ModelSpec) -> dict[str, str]:
 
 
 def server_args(spec: InferenceStackSpec, model: ModelSpec) -> list[str]:
-    """vLLM's arguments from config; a bring-your-own image gets ``args`` alone."""
+    """vLLM's arguments from config and the sizing's engine limits; a bring-your-own image gets
+    ``args`` alone (its server's flags are its own)."""
     if model.image is not None:
         return list(model.args)
     args = [
@@ -198,7 +193,9 @@ def server_args(spec: InferenceStackSpec, model: ModelSpec) -> list[str]:
     ]
     if model.max_model_len is not None:
         args += ["--max-model-len", str(model.max_model_len)]
-    return args + list(model.args)
+    # the engine limits the sizing assumed (vLLM's memory profile then runs that batch); the
+    # model's own args come last and, where they set a limit, the plan does not repeat it
+    return args + planned_engine_args(model) + list(model.args)
 
 
 def server_image(spec: InferenceStackSpec, model: ModelSpec) -> str:
@@ -375,7 +372,7 @@ def rollout_timeout_seconds(spec: InferenceStackSpec, model: ModelSpec) -> int:
     return (
         termination_grace_seconds(spec)
         + ROLLOUT_START_MARGIN_SECONDS
-        + startup_budget_seconds(model)
+        + startup_budget_seconds(spec, model)
     )
 
 
@@ -417,7 +414,7 @@ def scale_down_behavior(spec: InferenceStackSpec, model: ModelSpec) -> Obj:
 def model_deployment(spec: InferenceStackSpec, model: ModelSpec) -> Obj:
     labels = model_labels(model)
     probe_port = {"port": "http", "path": "/health"}
-    startup_failures = math.ceil(startup_budget_seconds(model) / STARTUP_PROBE_PERIOD_SECONDS)
+    startup_failures = math.ceil(startup_budget_seconds(spec, model) / STARTUP_PROBE_PERIOD_SECONDS)
     server = {
         "name": "server",
         "image": server_image(spec, model),

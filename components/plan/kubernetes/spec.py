@@ -17,7 +17,9 @@ from pydantic import Field, model_validator
 from components.config.catalog import packaged_traefik
 from components.config.errors import CrossFieldProblems, Problem
 from components.config.models import (
+    DEFAULT_CACHE_READ_MIB_PER_SECOND,
     REPLICAS_SERVICE_SUFFIX,
+    CacheReadMibPerSecond,
     CacheSpec,
     Country,
     DnsLabel,
@@ -94,7 +96,8 @@ class InferenceStackSpec(Model):
     is then used and not created a second time. ``cache_filesystem_marked`` says every GPU node's
     cache is the filesystem this toolkit's cache step mounted and marked: the weights tool then
     refuses a cache directory without the marker (a bare mount point when the array is missing)
-    instead of filling the node's root disk.
+    instead of filling the node's root disk. ``cache_min_read_mib_per_second`` is the read speed
+    verification holds every node's cache to (``cache.minReadMibPerSecond``).
     """
 
     environment: DnsLabel
@@ -106,6 +109,8 @@ class InferenceStackSpec(Model):
     k3s_version: str | None = None
     nvidia_runtime_class_exists: bool = False
     cache_filesystem_marked: bool = False
+    # the read speed verification holds every node's cache to: probes and estimates use it
+    cache_min_read_mib_per_second: CacheReadMibPerSecond = DEFAULT_CACHE_READ_MIB_PER_SECOND
     cluster_cidrs: tuple[str, ...] = ("10.42.0.0/16", "10.43.0.0/16")
 
     @model_validator(mode="after")
@@ -144,6 +149,7 @@ class InferenceStackSpec(Model):
                 for h in stack.hosts
             ),
             cache_mount_point=stack.cache.mount_point,
+            cache_min_read_mib_per_second=stack.cache.min_read_mib_per_second,
             k3s=stack.k3s.install,
             k3s_version=stack.k3s.version if stack.k3s.install else None,
             # the cache step marks the filesystem it mounts, and runs on hosts that list drives
