@@ -8,7 +8,7 @@ from components.config import load_pulumi_config
 from components.fleet import Fleet, FleetSpec
 from components.inference_stack import InferenceStack
 from components.k3s_cluster import K3sCluster, K3sClusterSpec
-from components.manifests import default_manifest_cache, model_facts_for
+from components.model_facts import default_manifest_cache, model_facts_for
 from components.plan.kubernetes import InferenceStackSpec
 from components.plan.sizing import size_stack
 

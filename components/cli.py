@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +32,18 @@ SIZE_EXIT_CODES = f"""exit codes:
 When several apply, the first in this order is returned: {EXIT_INVALID}, {EXIT_DOES_NOT_FIT}, {EXIT_NOT_SIZED}."""
 
 
+# the distribution name in pyproject.toml: its installed metadata holds the version
+DISTRIBUTION = "sovereign-inference"
+
+
+def package_version() -> str:
+    """The installed package's version, as pyproject.toml declares it."""
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "unknown (the package is not installed: pip install -e .)"
+
+
 def _load_or_report(file: str | Path, *, require_inventory: bool = False) -> StackConfig | None:
     """The validated stack, or None after printing every problem as ``FILE: path: message``.
 
@@ -45,7 +59,7 @@ def _load_or_report(file: str | Path, *, require_inventory: bool = False) -> Sta
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from components.config.loader import project_dir_for  # noqa: PLC0415
-    from components.manifests import default_manifest_cache, model_facts_for  # noqa: PLC0415
+    from components.model_facts import default_manifest_cache, model_facts_for  # noqa: PLC0415
     from components.plan.sizing import size_stack  # noqa: PLC0415
 
     status = 0
@@ -71,7 +85,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
-    from components.plan.render import RenderTargetNotEmpty, render_stack  # noqa: PLC0415
+    from components.review_tree import RenderTargetNotEmpty, render_stack  # noqa: PLC0415
 
     config = _load_or_report(args.file)
     if config is None:
@@ -83,6 +97,23 @@ def _cmd_render(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     print(f"{args.file}: wrote {len(written)} file(s) under {args.out}")
     return 0
+
+
+class _ProgressLines(logging.Handler):
+    """Each record as one line on the current ``sys.stderr`` (looked up when written)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"ssh: {self.format(record)}", file=sys.stderr, flush=True)
+
+
+def _show_connection_progress() -> None:
+    """Print each failed SSH connection attempt while the executor retries, so a host that is
+    not up yet shows why the command waits."""
+    from components.execution.ssh import CONNECTION_LOG  # noqa: PLC0415
+
+    if not any(isinstance(h, _ProgressLines) for h in CONNECTION_LOG.handlers):
+        CONNECTION_LOG.addHandler(_ProgressLines())
+    CONNECTION_LOG.setLevel(logging.INFO)
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
@@ -100,15 +131,15 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     except StepError as exc:
         print(f"sovereign apply: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    _show_connection_progress()
 
     def show_line(host: str, _stream: str, line: str) -> None:
         if args.verbose:
             print(f"  {host}: {line}", file=sys.stderr, flush=True)
 
     def show_step(step: StepReport) -> None:
+        # a drift is listed once, after the run, with the others
         detail = f"  ({'; '.join(step.changes)})" if step.changes else ""
-        if step.drift:
-            detail = f"  (would change: {step.drift})"
         if step.error:
             detail = f"  {step.error}"
         print(
@@ -130,9 +161,18 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"sovereign apply: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    if report.not_applicable:
+        print("not applicable to these hosts:")
+        for left_out in report.not_applicable:
+            print(f"  {left_out.host} {left_out.step}: {left_out.reason}")
+    if report.drifted:
+        print("what an apply would change:")
+        for step in report.drifted:
+            print(f"  {step.host} {step.step}: {step.drift}")
+    changed = f"{len(report.drifted)} drifted" if args.check else f"{len(report.changed)} changed"
     print(
-        f"{mode}: {len(report.steps)} step(s), {len(report.changed)} changed/drifted, "
-        f"{len(report.failed)} failed, {report.seconds:.1f}s"
+        f"{mode}: {len(report.steps)} step(s), {changed}, {len(report.failed)} failed, "
+        f"{len(report.not_applicable)} not applicable, {report.seconds:.1f}s"
     )
     if report.failed:
         return 1
@@ -144,7 +184,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     from components.config.loader import project_dir_for  # noqa: PLC0415
     from components.verification.report import evidence, write_report  # noqa: PLC0415
-    from components.verification.results import CheckResult  # noqa: PLC0415
+    from components.verification.results import Finding  # noqa: PLC0415
     from components.verification.runner import (  # noqa: PLC0415
         HostRun,
         hosts_from_outputs,
@@ -157,13 +197,14 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_INVALID
     outputs = load_outputs(Path(args.outputs)) if args.outputs else {}
+    _show_connection_progress()
     hosts = hosts_from_outputs(config, outputs) if args.outputs else None
     kubeconfig = outputs.get("kubeconfig")
     if args.hosts:
         wanted = set(args.hosts.split(","))
         hosts = [h for h in (hosts or config.hosts) if h.name in wanted]
 
-    def progress(run: HostRun, results: list[CheckResult]) -> None:
+    def progress(run: HostRun, results: list[Finding]) -> None:
         failed = [r for r in results if r.status == "fail"]
         state = (
             "unreachable" if run.facts is None else f"{len(results)} checks, {len(failed)} failed"
@@ -240,14 +281,14 @@ def _cmd_size(args: argparse.Namespace) -> int:
     import json  # noqa: PLC0415
 
     from components.config.loader import project_dir_for  # noqa: PLC0415
-    from components.manifests import (  # noqa: PLC0415
+    from components.model_facts import (  # noqa: PLC0415
         FromDirError,
         check_from_dirs,
         default_manifest_cache,
         read_model_facts,
     )
     from components.plan.cold_start import estimate_cold_start  # noqa: PLC0415
-    from components.plan.kubernetes.models import model_host_memory  # noqa: PLC0415
+    from components.plan.kubernetes.serving import model_host_memory  # noqa: PLC0415
     from components.plan.sizing import size_stack  # noqa: PLC0415
 
     stack_file = Path(args.file)
@@ -353,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sovereign",
         description="EU bare-metal GPU inference: validate and render stacks, run the local lab.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     validate = sub.add_parser("validate", help="check stack files; exit 2 listing every problem")

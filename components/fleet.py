@@ -9,6 +9,7 @@ from pydantic import Field
 
 from components.config.models import HostSpec, Model, StackConfig
 from components.gpu_host import GpuHost, GpuHostSpec, StepKey
+from components.plan.cluster import first_server
 
 
 class FleetSpec(Model):
@@ -20,7 +21,7 @@ class FleetSpec(Model):
 
 def rollout_order(stack: StackConfig) -> list[HostSpec]:
     """Hosts in the order their components are built: the first K3s server first."""
-    first = stack.servers[0].name
+    first = first_server(stack).name
     return sorted(stack.hosts, key=lambda h: h.name != first)
 
 
@@ -47,8 +48,10 @@ class Fleet(pulumi.ComponentResource):
     The K3s join token goes to the hosts as a Pulumi secret.
 
     Outputs: ``hosts`` (connection and placement facts per host, the shape verification reads),
-    ``facts`` (what each host's steps found, by host name). ``nodes`` maps host names to their
-    ``GpuHost``; ``last_steps`` are what a cluster built on the fleet waits for.
+    ``facts`` (the rollout's record: what each host's steps found when they last ran, by host name
+    and fact key; ``pulumi stack output facts`` shows it). Verification does not read it: it
+    observes the hosts as they are now. ``nodes`` maps host names to their ``GpuHost``;
+    ``last_steps`` are what a cluster built on the fleet waits for.
 
     Example::
 

@@ -34,8 +34,9 @@ class GpuHost(pulumi.ComponentResource):
     every step of ``render_host_steps`` for this host; the cache step sits inside an
     ``NvmeWeightCache`` child named ``<name>-cache``.
 
-    Outputs: ``node_name``, ``node_labels``, ``facts`` (everything the steps found, by key),
-    ``cache_mount_point``.
+    Outputs: ``node_name``, ``node_labels``, ``facts`` (what the steps found when they last ran,
+    by key: the rollout's record of the host, such as its OS, kernel, driver and cache device;
+    each key belongs to one step, so merging the steps' facts loses none), ``cache_mount_point``.
 
     Steps that wait for a step on another host (a joining K3s node waits for the first server)
     find it in ``peer_steps``; ``Fleet`` builds the hosts in rollout order and passes them.

@@ -9,7 +9,7 @@ import pulumi_kubernetes as k8s
 from pydantic import Field
 
 from components.config.models import Model, StackConfig
-from components.plan.cluster import api_server_url
+from components.plan.cluster import api_server_url, first_server
 from components.providers.cluster_access import ClusterAccess
 
 
@@ -25,7 +25,7 @@ class K3sClusterSpec(Model):
 def cluster_access_props(spec: K3sClusterSpec) -> dict[str, pulumi.Input[Any]]:
     """The inputs of the ``ClusterAccess`` resource: the first server, reached over pinned SSH."""
     stack = spec.stack
-    server = stack.servers[0]
+    server = first_server(stack)
     return {
         "host": server.name,
         "address": server.address,

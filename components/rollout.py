@@ -4,6 +4,9 @@ The same steps, scripts and executor that the ``HostStep`` provider uses under `
 hosts in parallel (up to ``ssh.maxParallelHosts``), each host's steps strictly in order, a step
 that waits for another host's step (a joining K3s node) blocked until that one has finished.
 Useful for trials on lab hosts, for benchmarks, and for ``--check`` drift reports.
+
+Steps the plan leaves out for a host (the NVIDIA driver on a host without GPUs, K3s on a stack that
+does not install it) are reported with the reason, so that a missing step is never a surprise.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from components.execution.ssh import (
     on_hosts,
     run_step,
 )
-from components.plan.host_steps import StepPlan, render_host_steps
+from components.plan.host_steps import STEP_BUILDERS, StepPlan, render_host_steps
 
 TOKEN_ENV = "SOVEREIGN_K3S_TOKEN"  # noqa: S105 - a variable name, not a value
 
@@ -43,11 +46,21 @@ class StepReport:
     drift: str = ""  # check mode: what an apply would change
 
 
+@dataclass(frozen=True)
+class NotApplicable:
+    """A step the plan leaves out for a host, and why."""
+
+    host: str
+    step: str
+    reason: str
+
+
 @dataclass
 class RolloutReport:
     mode: str
     steps: list[StepReport] = field(default_factory=list)
     seconds: float = 0.0
+    not_applicable: list[NotApplicable] = field(default_factory=list)
 
     @property
     def failed(self) -> list[StepReport]:
@@ -56,6 +69,37 @@ class RolloutReport:
     @property
     def changed(self) -> list[StepReport]:
         return [s for s in self.steps if s.result in ("changed", "drift")]
+
+    @property
+    def drifted(self) -> list[StepReport]:
+        """Check mode: the steps an apply would change, each with its first difference."""
+        return [s for s in self.steps if s.result == "drift"]
+
+
+def _reason_left_out(config: StackConfig, index: int, step: str) -> str:
+    """Why the plan leaves ``step`` out for ``config.hosts[index]``, naming the setting."""
+    host = f"hosts[{index}]"
+    no_gpus = f"no GPUs ({host}.gpu.count is 0)"
+    reasons = {
+        "20-nvidia-driver": no_gpus,
+        "30-cuda-container-toolkit": no_gpus,
+        "40-nvme-cache": f"no NVMe drives ({host}.nvme is empty)",
+        "50-k3s": "the stack does not install K3s (k3s.install is false)",
+    }
+    return reasons.get(step, f"its condition does not hold for {config.hosts[index].name}")
+
+
+def not_applicable_steps(config: StackConfig, hosts: Sequence[HostSpec]) -> list[NotApplicable]:
+    """The steps of the plan that do not apply to each of ``hosts``, in run order, with reasons."""
+    index = {h.name: i for i, h in enumerate(config.hosts)}
+    left_out = []
+    for host in hosts:
+        for builder in STEP_BUILDERS:
+            if not builder.applies(config, host):
+                step = builder.template.removesuffix(".sh.j2")
+                reason = _reason_left_out(config, index[host.name], step)
+                left_out.append(NotApplicable(host.name, step, reason))
+    return left_out
 
 
 def secret_env_for(config: StackConfig, stack_file: Path | None) -> dict[str, str]:
@@ -138,20 +182,22 @@ def apply_stack(
 ) -> RolloutReport:
     """Run every step of every selected host; a failed host stops, the others go on.
 
-    ``plans`` replaces the rendered steps (per host name), for running a subset of steps.
+    ``plans`` replaces the rendered steps (per host name), for running a subset of steps; the
+    report then lists no steps as not applicable (the caller chose them).
     """
     selected = [h for h in config.hosts if hosts is None or h.name in hosts]
     unknown = set(hosts or ()) - {h.name for h in config.hosts}
     if unknown:
         raise ValueError(f"no such host(s) in the stack: {', '.join(sorted(unknown))}")
+    report = RolloutReport(mode)
     if plans is None:
         plans = {h.name: render_host_steps(config, h) for h in selected}
+        report.not_applicable = not_applicable_steps(config, selected)
     else:
         selected = [h for h in selected if h.name in plans]
     planned = {(h, s.name) for h, steps in plans.items() for s in steps}
     pool = SessionPool(config.ssh)
     barrier = _Barrier()
-    report = RolloutReport(mode)
     lock = threading.Lock()
     started = time.monotonic()
 

@@ -1,7 +1,10 @@
-"""Fixtures shared by every suite: a real OpenSSH server on loopback for executor tests."""
+"""Fixtures shared by every suite: a real OpenSSH server on loopback for executor tests, and the
+golden-file comparison."""
 
 from __future__ import annotations
 
+import difflib
+import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +19,95 @@ from tests.loopback import free_port, wait_for_listener
 
 SSHD = Path("/usr/sbin/sshd")
 ROOT = Path(__file__).resolve().parents[1]
+UPDATE_GOLDEN = "UPDATE_GOLDEN"
+
+
+@dataclass(frozen=True)
+class GoldenDifference:
+    """How a rendered tree differs from its golden copy: relative paths by kind."""
+
+    added: tuple[str, ...]  # rendered, not in the golden copy
+    removed: tuple[str, ...]  # in the golden copy, no longer rendered
+    changed: tuple[str, ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
+
+    def summary(self) -> str:
+        parts = []
+        for kind, paths in (
+            ("changed", self.changed),
+            ("added", self.added),
+            ("removed", self.removed),
+        ):
+            if paths:
+                shown = ", ".join(paths[:5]) + (
+                    f" and {len(paths) - 5} more" if len(paths) > 5 else ""
+                )
+                parts.append(f"{len(paths)} {kind} ({shown})")
+        return "; ".join(parts) or "no difference"
+
+
+def read_tree(directory: Path) -> dict[str, str]:
+    """Every file under ``directory`` by its relative path (empty when it does not exist)."""
+    return {
+        str(p.relative_to(directory)): p.read_text()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def golden_difference(rendered: dict[str, str], golden: dict[str, str]) -> GoldenDifference:
+    return GoldenDifference(
+        added=tuple(sorted(set(rendered) - set(golden))),
+        removed=tuple(sorted(set(golden) - set(rendered))),
+        changed=tuple(sorted(k for k in set(rendered) & set(golden) if rendered[k] != golden[k])),
+    )
+
+
+def assert_matches_golden(rendered: dict[str, str], golden_dir: Path) -> None:
+    """Fail unless ``rendered`` (relative path -> text) equals the files under ``golden_dir``.
+
+    The comparison is always against the golden files as they were before this call. With
+    ``UPDATE_GOLDEN=1`` a difference is written to ``golden_dir`` and the test is skipped with what
+    was written, so an updating run never reports the comparison as passed; ``.ci/run`` refuses the
+    variable and fails when ``tests/golden`` differs from the commit.
+    """
+    golden = read_tree(golden_dir)
+    difference = golden_difference(rendered, golden)
+    if not difference:
+        return
+    where = golden_dir.relative_to(ROOT) if golden_dir.is_relative_to(ROOT) else golden_dir
+    if os.environ.get(UPDATE_GOLDEN) != "1":
+        pytest.fail(
+            f"{where} differs from what the code renders: {difference.summary()}; if the change is "
+            f"intended, run with {UPDATE_GOLDEN}=1 and review `git diff -- {where}`\n"
+            + first_lines_of_diff(golden, rendered, difference.changed[:1]),
+            pytrace=False,
+        )
+    shutil.rmtree(golden_dir, ignore_errors=True)
+    for rel, text in rendered.items():
+        (golden_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (golden_dir / rel).write_text(text)
+    pytest.skip(
+        f"{UPDATE_GOLDEN}=1 rewrote {where}: {difference.summary()}; review `git diff -- {where}` "
+        "and run again without it to compare"
+    )
+
+
+def first_lines_of_diff(
+    golden: dict[str, str], rendered: dict[str, str], paths: tuple[str, ...], limit: int = 40
+) -> str:
+    """The start of a unified diff of each of ``paths``, golden first: enough to see what moved."""
+    lines: list[str] = []
+    for rel in paths:
+        lines += difflib.unified_diff(
+            golden[rel].splitlines(keepends=True),
+            rendered[rel].splitlines(keepends=True),
+            f"golden/{rel}",
+            f"rendered/{rel}",
+        )
+    return "".join(lines[:limit])
 
 
 def sovereign(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
+import typing
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Annotated, Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 
 @dataclass(frozen=True)
@@ -75,8 +78,62 @@ def join_path(prefix: str, rest: str) -> str:
     return prefix + rest if rest.startswith("[") else f"{prefix}.{rest}"
 
 
-def problems_from_validation_error(exc: ValidationError, prefix: str = "") -> list[Problem]:
-    """Flatten a pydantic error into problems, expanding cross-field problem lists."""
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The config model a field holds, itself or inside ``X | None``, ``tuple[X, ...]``..."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is Annotated:
+        args = args[:1]  # the annotated type; the rest are validators
+    for arg in args:  # X | None, tuple[X, ...], dict[str, X]
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def keys_at(model: type[BaseModel], loc: Iterable[int | str]) -> list[str]:
+    """The keys a stack file may write in the mapping at ``loc`` below ``model`` (camelCase, as
+    in the file); empty when ``loc`` leads to no model."""
+    current: type[BaseModel] | None = model
+    for part in loc:
+        if isinstance(part, int) or part.startswith("function-"):
+            continue
+        fields = current.model_fields if current else {}
+        field = next((f for n, f in fields.items() if part in (n, f.alias)), None)
+        current = _model_in(field.annotation) if field else None
+    if current is None:
+        return []
+    return [field.alias or name for name, field in current.model_fields.items()]
+
+
+def unknown_field_message(key: str, allowed: Sequence[str]) -> str:
+    """What to say about a key the model does not know: the closest allowed key, when one is
+    close enough to be a misspelling of it."""
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    if close:
+        return f"unknown field; did you mean {close[0]!r}?"
+    return "unknown field (check the spelling; see the README's config table)"
+
+
+def _number_for_text(value: object) -> str | None:
+    """The hint for a number where text is expected: YAML reads ``cudaVersion: 12.8`` as the float
+    12.8 (and ``12.10`` as 12.1, losing the written digits), so the value must be quoted."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return (
+        f"expected text, got the number {value!r}: YAML reads an unquoted {value!r} as a number "
+        f'(and 12.10 as 12.1); put the value in quotes, e.g. "{value}"'
+    )
+
+
+def problems_from_validation_error(
+    exc: ValidationError, prefix: str = "", model: type[BaseModel] | None = None
+) -> list[Problem]:
+    """Flatten a pydantic error into problems, expanding cross-field problem lists.
+
+    ``model``: the model that was validated; with it, an unknown key is answered with the closest
+    key the model allows at that place."""
     problems: list[Problem] = []
     for err in exc.errors(include_url=False):
         path = join_path(prefix, format_path(err["loc"]))
@@ -86,8 +143,14 @@ def problems_from_validation_error(exc: ValidationError, prefix: str = "") -> li
             problems.extend(Problem(join_path(path, p.path), p.message) for p in inner.problems)
             continue
         message = err["msg"]
+        hint = _number_for_text(err.get("input")) if err["type"] == "string_type" else None
         if err["type"] == "extra_forbidden":
-            message = "unknown field (check the spelling; see the README's config table)"
+            *parent, key = err["loc"]
+            allowed = keys_at(model, parent) if model is not None else []
+            message = unknown_field_message(str(key), allowed)
+        elif hint is not None and not _is_sensitive(err["loc"]):
+            problems.append(Problem(path, hint))
+            continue
         elif err["type"] == "missing":
             message = "required field is missing"
         elif message.startswith("Value error, "):

@@ -598,7 +598,7 @@ def build_stack_config(
     try:
         config = StackConfig.model_validate(section)
     except ValidationError as exc:
-        problems = problems + problems_from_validation_error(exc)
+        problems = problems + problems_from_validation_error(exc, model=StackConfig)
         config = None
     if scanned:
         # a field refused for its characters is not also reported for its grammar

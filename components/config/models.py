@@ -35,7 +35,20 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
+from sovereign_gateway.ports import PUBLIC_PORT
+from sovereign_gateway.routes import (
+    CURRENCY,
+    DEFAULT_COLD_START_TIMEOUT_SECONDS,
+    DEFAULT_CURRENCY,
+    DEFAULT_GPUS_PER_REPLICA,
+    DEFAULT_MAX_PENDING_REQUESTS,
+    DEFAULT_PRICE_PER_GPU_HOUR,
+    DEFAULT_REQUEST_TIMEOUT_SECONDS,
+    DEFAULT_TARGET_CONCURRENCY,
+    PricePerGpuHour,
+    RequestCount,
+    TargetConcurrency,
+)
 from sovereign_weights.layout import LayoutError, check_segment
 
 from components.config.catalog import (
@@ -48,6 +61,13 @@ from components.config.catalog import (
     region_country,
 )
 from components.config.errors import CrossFieldProblems, Problem, echo
+from components.config.residency import (
+    country_allowed,
+    endpoint_allowed,
+    normalize_endpoint,
+    registry_allowed,
+    registry_of,
+)
 
 
 def _scalar_types(annotation: Any) -> set[type]:
@@ -74,6 +94,16 @@ def _accepted_scalars(cls: type[BaseModel], name: str) -> set[type]:
     return _ACCEPTED[key]
 
 
+def camel_key(name: str) -> str:
+    """The stack-file key of a field: ``k3s_token`` -> ``k3sToken``.
+
+    Only a letter after an underscore is capitalized: pydantic's ``to_camel`` also capitalizes a
+    letter after a digit, which made the ``k3s`` section ``k3S`` in errors and in ``render``'s
+    ``stack.json`` while the stack file says ``k3s``."""
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
 class Model(BaseModel):
     """Base for every config model: frozen, unknown fields refused, camelCase in files.
 
@@ -84,7 +114,7 @@ class Model(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         frozen=True,
-        alias_generator=to_camel,
+        alias_generator=camel_key,
         populate_by_name=True,
         allow_inf_nan=False,
     )
@@ -119,9 +149,16 @@ _IP_CHARS = re.compile(r"[0-9A-Fa-f:.]+", _A)
 _FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}", _A)
 _BY_ID = re.compile(r"nvme-[A-Za-z0-9._:-]+", _A)
 _PARTITION_SUFFIX = re.compile(r"-part[0-9]+$", _A)
-# REGISTRY/REPOSITORY[:TAG]@sha256:<64 hex>: an image pinned by content, not by a movable tag
+# REGISTRY/REPOSITORY[:TAG]@sha256:<64 hex>: an image pinned by content, not by a movable tag.
+# The registry is distribution/reference's domain (host names in any letter case, or an IPv6
+# address in brackets, and a port); the repository is lower case.
+_REGISTRY_HOST = (
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+)
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _PINNED_IMAGE = re.compile(
-    r"(?P<name>[a-z0-9]+(?:[._-][a-z0-9]+)*(?::(?P<port>[0-9]{1,5}))?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*)"
+    rf"(?P<name>(?:(?:{_REGISTRY_HOST}|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{{1,5}}))?/)?"
+    rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)"
     r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?@sha256:(?P<digest>[0-9a-f]{64})",
     _A,
 )
@@ -465,7 +502,9 @@ def _https_endpoint(value: str) -> str:
     ):
         raise ValueError("expected an https:// endpoint URL without a path")
     _check_url_host(parts)
-    return value.rstrip("/")
+    # stored in its one spelling: the plan hands these to the weights warmer and the policy pack,
+    # which compare strings (IPv6 compressed, host in lower case, no :443)
+    return normalize_endpoint(value)
 
 
 def _pinned_image(value: str) -> str:
@@ -481,6 +520,7 @@ def _pinned_image(value: str) -> str:
         )
     if match["port"] is not None:
         _port(match["port"])
+    registry_of(value)  # an IPv6 registry in brackets must be an address
     return value
 
 
@@ -602,6 +642,9 @@ SelectorLabelKey = Annotated[str, AfterValidator(_selector_label_key)]
 LabelValue = Annotated[str, AfterValidator(_label_value)]
 LabelSafeName = Annotated[str, AfterValidator(_label_safe_name)]
 HttpsEndpoint = Annotated[str, AfterValidator(_https_endpoint)]
+# stored lower-cased (an address canonical): containerd's mirror keys and the policy pack's config
+# are written from these and compared as strings
+AllowedRegistry = Annotated[str, AfterValidator(_host_or_ip), AfterValidator(host_key)]
 ObjectUri = Annotated[str, AfterValidator(_object_uri)]
 PinnedImage = Annotated[str, AfterValidator(_pinned_image)]
 DnsSubdomain = Annotated[str, AfterValidator(_dns_subdomain)]
@@ -956,14 +999,15 @@ class ModelSpec(Model):
     name: DnsLabel
     served_name: ServedName | None = None
     source: WeightsSource
-    gpus_per_replica: int = Field(default=1, ge=1, le=16)
+    gpus_per_replica: int = Field(default=DEFAULT_GPUS_PER_REPLICA, ge=1, le=16)
     min_gpu_memory_gib: int = Field(default=0, ge=0)
     max_replicas: int = Field(default=1, ge=1, le=64)
     idle_seconds: int = Field(default=300, ge=30, le=86400)
     prefetch: bool = True
     max_model_len: int | None = Field(default=None, ge=256)
-    # requests one replica serves at once before KEDA adds another (pending + in flight per replica)
-    target_concurrency: int = Field(default=8, ge=1, le=4096)
+    # requests one replica serves at once before KEDA adds another (pending + in flight per replica);
+    # the route table's type and default, capped for a stack
+    target_concurrency: Annotated[TargetConcurrency, Field(le=4096)] = DEFAULT_TARGET_CONCURRENCY
     gpu: ModelGpuSpec | None = None
     image: PinnedImage | None = None
     args: tuple[Annotated[str, Field(max_length=4096)], ...] = ()
@@ -1001,7 +1045,7 @@ class TenantSpec(Model):
 
     name: DnsLabel
     api_key: StackSecret
-    max_concurrent_requests: int | None = Field(default=None, ge=1, le=100000)
+    max_concurrent_requests: RequestCount | None = None
 
 
 class MetricsScraperSpec(Model):
@@ -1021,10 +1065,14 @@ class GatewaySpec(Model):
     """The OpenAI-compatible entry point that holds requests while a model wakes up."""
 
     host: HostOrIp = "inference.local"
-    port: Port = 8080
-    request_timeout_seconds: int = Field(default=600, ge=1, le=3600)
-    cold_start_timeout_seconds: int = Field(default=900, ge=10, le=3600)
-    max_pending_requests: int = Field(default=1000, ge=1, le=100000)
+    port: Port = PUBLIC_PORT
+    # the route table's defaults; a stack asks for whole seconds, at most an hour (and a cold start
+    # of at least 10 s: loading weights takes longer)
+    request_timeout_seconds: int = Field(default=DEFAULT_REQUEST_TIMEOUT_SECONDS, ge=1, le=3600)
+    cold_start_timeout_seconds: int = Field(
+        default=DEFAULT_COLD_START_TIMEOUT_SECONDS, ge=10, le=3600
+    )
+    max_pending_requests: RequestCount = DEFAULT_MAX_PENDING_REQUESTS
     replicas: int = Field(default=2, ge=1, le=32)
     tls_secret: DnsSubdomain | None = None
     # serve the OpenAI endpoint on port 80 without TLS: API keys and prompts then cross the
@@ -1081,8 +1129,8 @@ class ChartsSpec(Model):
 class MeteringSpec(Model):
     """What a GPU-hour costs, so the gateway can show per-second cost and the idle cost avoided."""
 
-    price_per_gpu_hour: float = Field(default=0.0, ge=0, le=10000)
-    currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
+    price_per_gpu_hour: Annotated[PricePerGpuHour, Field(le=10000)] = DEFAULT_PRICE_PER_GPU_HOUR
+    currency: str = Field(default=DEFAULT_CURRENCY, pattern=CURRENCY.pattern)
 
 
 class InferenceSpec(Model):
@@ -1172,7 +1220,7 @@ class ResidencyPolicy(Model):
     """Where data may be and what hosts may talk to (GDPR Art. 44)."""
 
     allowed_countries: frozenset[Country] = EU_EEA_COUNTRIES
-    allowed_registries: tuple[HostOrIp, ...] = Field(min_length=1)
+    allowed_registries: tuple[AllowedRegistry, ...] = Field(min_length=1)
     allowed_object_store_endpoints: tuple[HttpsEndpoint, ...] = Field(min_length=1)
     # resolv.conf and resolved.conf take addresses only
     dns_resolvers: tuple[IpAddress, ...] = Field(min_length=1)
@@ -1241,12 +1289,9 @@ class VerificationSpec(Model):
 # --- the whole stack -----------------------------------------------------------------------
 
 
-def image_registry(image: str) -> str:
-    """The registry host of an image reference (Docker's rules: docker.io when none is given)."""
-    first, sep, _ = image.partition("/")
-    if sep and ("." in first or ":" in first or first == "localhost"):
-        return first.split(":")[0] if first.count(":") == 1 else first
-    return "docker.io"
+# the registry of an image reference lives with the other residency rules; this name stays for
+# callers written before it moved
+image_registry = registry_of
 
 
 def inference_residency_problems(
@@ -1255,10 +1300,9 @@ def inference_residency_problems(
     """Images from allowed registries and weights from allowed object stores: the one rule that
     ``StackConfig`` and a hand-built ``InferenceStackSpec`` (an existing cluster) both apply."""
     problems = []
-    allowed_registries = {host_key(r) for r in policy.allowed_registries}
     for path, image in inference.images():
-        registry = image_registry(image)
-        if host_key(registry) not in allowed_registries:
+        if not registry_allowed(image, policy.allowed_registries):
+            registry = registry_of(image)
             problems.append(
                 Problem(
                     path,
@@ -1266,7 +1310,7 @@ def inference_residency_problems(
                 )
             )
     for i, model in enumerate(inference.models):
-        if model.source.endpoint not in policy.allowed_object_store_endpoints:
+        if not endpoint_allowed(model.source.endpoint, policy.allowed_object_store_endpoints):
             problems.append(
                 Problem(
                     f"inference.models[{i}].source.endpoint",
@@ -1287,7 +1331,7 @@ class StackConfig(Model):
     nvidia: NvidiaSpec
     cache: CacheSpec = CacheSpec()
     k3s: K3sSpec
-    k3s_token: StackSecret | None = Field(default=None, alias="k3sToken")
+    k3s_token: StackSecret | None = None
     inference: InferenceSpec
     residency: ResidencyPolicy
     verification: VerificationSpec = VerificationSpec()
@@ -1349,7 +1393,7 @@ class StackConfig(Model):
         policy = self.residency
         problems = []
         for i, host in enumerate(self.hosts):
-            if host.country not in policy.allowed_countries:
+            if not country_allowed(host.country, policy.allowed_countries):
                 problems.append(
                     Problem(
                         f"hosts[{i}].country",

@@ -1,34 +1,38 @@
-"""What a step run means: parse the protocol lines a step prints (pure, testable with a string)."""
+"""What a step run means to the executor: its outcome, or the error that names why it failed.
+
+The protocol itself (exit codes, output tags, the parser) is ``components.plan.step_protocol``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from components.plan.host_steps import EXIT_OK, EXIT_REBOOT_REQUIRED, EXIT_REFUSED
+from components.plan.step_protocol import (
+    EXIT_OK,
+    EXIT_REBOOT_REQUIRED,
+    EXIT_REFUSED,
+    RESULT_TAG,
+    ParsedOutput,
+    Result,
+    parse_step_output,
+    redact_protocol_line,
+)
 
-Result = Literal["changed", "unchanged", "drift"]
-
-# The protocol tags a step prints on stdout (see host-setup/_lib.sh.j2).
-FACT_TAG = "SOVEREIGN-FACT"
-CHANGE_TAG = "SOVEREIGN-CHANGE"
-DRIFT_TAG = "SOVEREIGN-DRIFT"
-REFUSED_TAG = "SOVEREIGN-REFUSED"
-REBOOT_TAG = "SOVEREIGN-REBOOT"
-RESULT_TAG = "SOVEREIGN-RESULT"
-PROTOCOL_TAGS = (FACT_TAG, CHANGE_TAG, DRIFT_TAG, REFUSED_TAG, REBOOT_TAG, RESULT_TAG)
-
-
-def redact_protocol_line(line: str, redact: Callable[[str], str]) -> str:
-    """``redact`` applied to what a protocol line carries, never to its tag (nor to the fixed
-    word of a result line), so that a short secret cannot break the protocol."""
-    tag, separator, rest = line.partition(" ")
-    if tag == RESULT_TAG:
-        return line
-    if tag in PROTOCOL_TAGS:
-        return tag + separator + redact(rest)
-    return redact(line)
+__all__ = [
+    "HostKeyMismatch",
+    "HostStoppedAnswering",
+    "HostUnreachable",
+    "ParsedOutput",
+    "StepError",
+    "StepFailed",
+    "StepOutcome",
+    "StepRefused",
+    "interpret_exit",
+    # the protocol's parsers, where the executor has always found them
+    "parse_step_output",
+    "redact_protocol_line",
+]
 
 
 class StepError(Exception):
@@ -36,7 +40,7 @@ class StepError(Exception):
 
 
 class StepRefused(StepError):
-    """A precondition failed on the host (exit 3); nothing unsafe was done."""
+    """A precondition failed on the host (exit ``EXIT_REFUSED``); nothing unsafe was done."""
 
 
 class StepFailed(StepError):
@@ -68,40 +72,6 @@ class StepOutcome:
     rebooted: bool = False
 
 
-@dataclass(frozen=True)
-class ParsedOutput:
-    result: Result | None
-    facts: dict[str, str]
-    changes: tuple[str, ...]
-    drift: str | None
-    refused: str | None
-    reboot: str | None
-
-
-def parse_step_output(stdout: str) -> ParsedOutput:
-    """Read the ``SOVEREIGN-*`` protocol lines; anything else on stdout is ignored."""
-    facts: dict[str, str] = {}
-    changes: list[str] = []
-    result: Result | None = None
-    drift = refused = reboot = None
-    for raw in stdout.splitlines():
-        tag, _, rest = raw.partition(" ")
-        if tag == FACT_TAG:
-            key, _, value = rest.partition("=")
-            facts[key] = value
-        elif tag == CHANGE_TAG:
-            changes.append(rest)
-        elif tag == DRIFT_TAG:
-            drift = rest
-        elif tag == REFUSED_TAG:
-            refused = rest
-        elif tag == REBOOT_TAG:
-            reboot = rest
-        elif tag == RESULT_TAG and rest in ("changed", "unchanged", "drift"):
-            result = rest  # type: ignore[assignment]  # narrowed by the membership test
-    return ParsedOutput(result, facts, tuple(changes), drift, refused, reboot)
-
-
 def interpret_exit(
     where: str, exit_status: int, stdout: str, stderr_tail: str
 ) -> StepOutcome | Literal["reboot"]:
@@ -116,6 +86,6 @@ def interpret_exit(
         raise StepFailed(f"{where}: failed with exit status {exit_status}: {detail}")
     if parsed.result is None:
         raise StepFailed(
-            f"{where}: exited 0 without a SOVEREIGN-RESULT line (was the script cut short?)"
+            f"{where}: exited {EXIT_OK} without a {RESULT_TAG} line (was the script cut short?)"
         )
     return StepOutcome(parsed.result, parsed.facts, parsed.changes, parsed.drift)

@@ -4,7 +4,10 @@ It runs a rendered step script on a host over one pinned, authenticated connecti
 
 * host keys are pinned by SHA256 fingerprint; a host presenting another key is refused before
   anything runs, with both fingerprints in the message, and never retried;
-* connection attempts are bounded (count, timeout, backoff from :class:`SshDefaults`);
+* connection attempts are bounded (count, timeout, backoff from :class:`SshDefaults`); a failed
+  attempt is reported with its cause (refused, no SSH banner, authentication failed, timed out,
+  name not resolved) on the ``components.execution.ssh`` logger, and the final error names it too.
+  paramiko's own log records (tracebacks from its transport thread) are kept off the terminal;
 * scripts go over stdin to ``bash -s`` (with ``sudo -n`` when the user is not root); secret values
   are set at the top of stdin as shell variables of the script, never exported (so no program the
   step starts inherits them, and no installer copies them into a service's environment file) and
@@ -22,8 +25,10 @@ It runs a rendered step script on a host over one pinned, authenticated connecti
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import io
+import logging
 import os
 import shlex
 import socket
@@ -50,6 +55,17 @@ from components.execution.outcome import (
 )
 
 LineSink = Callable[[str, str], None]  # (stream "stdout"|"stderr", line)
+
+# Failed connection attempts and what happens next, one record each (the CLI prints them).
+CONNECTION_LOG = logging.getLogger(__name__)
+
+# paramiko logs the failures of its transport thread (a banner that never came, a reset) as ERROR
+# records with tracebacks; with no handler of its own, Python's last-resort handler prints them on
+# the terminal. Each failure reaches the caller as an exception with its cause, so the records go
+# nowhere: not to the terminal, not to a handler an application puts on the root logger.
+_PARAMIKO_LOG = logging.getLogger("paramiko")
+_PARAMIKO_LOG.addHandler(logging.NullHandler())
+_PARAMIKO_LOG.propagate = False
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
@@ -163,6 +179,84 @@ class _PinnedHostKeyPolicy(paramiko.MissingHostKeyPolicy):
             )
 
 
+# paramiko has no exception type of its own for this: its message is the only mark
+_NO_BANNER = "Error reading SSH protocol banner"
+
+
+@dataclass(frozen=True)
+class ConnectFailure:
+    """Why one connection attempt failed, in the user's words, and whether another may help."""
+
+    cause: str
+    retry: bool
+
+
+def connect_failure(exc: BaseException, target: HostTarget, timeout: float) -> ConnectFailure:
+    """The cause of a failed connection attempt (``exc`` as paramiko or the socket raised it).
+
+    Refusals that another attempt cannot change (the key is not accepted, the name does not
+    exist) are not retried; everything a starting host shows (a closed port, a port that accepts
+    but has no sshd behind it yet, a slow answer) is.
+    """
+    port = f"{target.address}:{target.port}"
+    if isinstance(exc, paramiko.AuthenticationException):
+        if str(exc) == "Authentication timeout.":
+            return ConnectFailure(
+                f"timed out after {timeout:.0f} s waiting for authentication", True
+            )
+        return ConnectFailure(
+            f"authentication failed: {port} did not accept user {target.user!r} with the key "
+            f"{target.private_key} (ssh.user, ssh.privateKey)",
+            False,
+        )
+    if isinstance(exc, (paramiko.SSHException, EOFError)):
+        return _handshake_failure(exc, port, timeout)
+    if isinstance(exc, OSError):
+        return _socket_failure(exc, target, timeout)
+    return ConnectFailure(f"{type(exc).__name__}: {exc} ({port})", True)
+
+
+def _handshake_failure(
+    exc: paramiko.SSHException | EOFError, port: str, timeout: float
+) -> ConnectFailure:
+    """A TCP connection was made; the SSH handshake on it failed."""
+    if isinstance(exc, EOFError):
+        return ConnectFailure(f"{port} closed the connection during the SSH handshake", True)
+    if not str(exc).startswith(_NO_BANNER):
+        return ConnectFailure(f"SSH negotiation with {port} failed: {exc}", True)
+    # the transport thread raised it while handling the read's own error: that tells which
+    if isinstance(exc.__context__, TimeoutError):
+        return ConnectFailure(
+            f"no SSH banner within {timeout:.0f} s: {port} accepts connections but does not "
+            "speak SSH (an sshd still starting, or another service on the port)",
+            True,
+        )
+    return ConnectFailure(
+        f"no SSH banner: {port} closed the connection before identifying itself", True
+    )
+
+
+def _socket_failure(exc: OSError, target: HostTarget, timeout: float) -> ConnectFailure:
+    """No TCP connection was made."""
+    port = f"{target.address}:{target.port}"
+    if isinstance(exc, socket.gaierror):
+        # EAI_AGAIN is a resolver that did not answer in time; any other answer is final
+        return ConnectFailure(
+            f"name not resolved: {target.address} ({exc.strerror})",
+            exc.errno == socket.EAI_AGAIN,
+        )
+    if isinstance(exc, ConnectionRefusedError):
+        return ConnectFailure(f"connection refused: nothing listens on {port}", True)
+    if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return ConnectFailure(f"no route to host {target.address}", True)
+    if isinstance(exc, TimeoutError):
+        return ConnectFailure(
+            f"timed out after {timeout:.0f} s connecting to {port} (ssh.connectTimeoutSeconds)",
+            True,
+        )
+    return ConnectFailure(f"{(exc.strerror or str(exc)).lower()} ({port})", True)
+
+
 REDACTED = "[secret]"
 
 
@@ -265,36 +359,35 @@ class HostSession:
             return
         self.close()
         key = load_private_key(self.target.private_key, self.target.base_dir)
-        last_error: Exception | None = None
         attempts = self.settings.connect_retries + 1
-        for attempt in range(attempts):
+        for attempt in range(1, attempts + 1):
             client = paramiko.SSHClient()
             client.set_missing_host_key_policy(_PinnedHostKeyPolicy(self.target))
             try:
-                client.connect(
-                    self.target.address,
-                    port=self.target.port,
-                    username=self.target.user,
-                    pkey=key,
-                    timeout=self.settings.connect_timeout_seconds,
-                    banner_timeout=self.settings.connect_timeout_seconds,
-                    auth_timeout=self.settings.connect_timeout_seconds,
-                    allow_agent=False,
-                    look_for_keys=False,
-                )
+                self._handshake(client, key)
             except HostKeyMismatch:
                 client.close()
                 raise
-            except paramiko.AuthenticationException as exc:
-                client.close()
-                raise HostUnreachable(
-                    f"{self.target.where}: authentication failed with the configured key: {exc}"
-                ) from None
             except (OSError, paramiko.SSHException, EOFError) as exc:
                 client.close()
-                last_error = exc
-                if attempt + 1 < attempts:
-                    time.sleep(self.settings.retry_backoff_seconds * (attempt + 1))
+                failure = connect_failure(exc, self.target, self.settings.connect_timeout_seconds)
+                if not failure.retry:
+                    raise HostUnreachable(f"{self.target.where}: {failure.cause}") from None
+                if attempt == attempts:
+                    raise HostUnreachable(
+                        f"{self.target.where}: unreachable after {attempts} attempt(s): "
+                        f"{failure.cause}"
+                    ) from None
+                delay = self.settings.retry_backoff_seconds * attempt
+                CONNECTION_LOG.info(
+                    "%s: attempt %d of %d: %s; next attempt in %.0f s",
+                    self.target.where,
+                    attempt,
+                    attempts,
+                    failure.cause,
+                    delay,
+                )
+                time.sleep(delay)
                 continue
             transport = client.get_transport()
             if transport is not None:
@@ -305,9 +398,32 @@ class HostSession:
                 )
             self._client = client
             return
-        raise HostUnreachable(
-            f"{self.target.where}: unreachable after {attempts} attempt(s): {last_error}"
-        )
+
+    def _handshake(self, client: paramiko.SSHClient, key: paramiko.PKey) -> None:
+        """Connect, identify and authenticate, each phase within ``ssh.connectTimeoutSeconds``.
+
+        The TCP connection is made here, not by paramiko: its one ``timeout`` would bound both
+        the TCP connect and the whole negotiation, and a negotiation bound equal to the banner
+        bound races it (the loser's error, "No existing session", names no cause).
+        """
+        limit = self.settings.connect_timeout_seconds
+        sock = socket.create_connection((self.target.address, self.target.port), timeout=limit)
+        try:
+            client.connect(
+                self.target.address,
+                port=self.target.port,
+                username=self.target.user,
+                pkey=key,
+                sock=sock,
+                timeout=2 * limit,  # the banner, then the key exchange
+                banner_timeout=limit,
+                auth_timeout=limit,
+                allow_agent=False,
+                look_for_keys=False,
+            )
+        except BaseException:
+            sock.close()
+            raise
 
     def _alive(self) -> bool:
         transport = self._client.get_transport() if self._client else None

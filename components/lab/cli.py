@@ -1,6 +1,7 @@
 """``sovereign lab up|down|status|image``: the local lab from the command line.
 
 sovereign lab image                      # build (or find) the cached image and template
+sovereign lab up                         # what stacks/Pulumi.lab.yaml needs: its hosts and drives
 sovereign lab up --hosts 2 --nvme 2      # lab-1 on 127.0.0.1:2201, lab-2 on :2202
 sovereign lab status
 sovereign lab down
@@ -12,8 +13,11 @@ import argparse
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from components.config import StackConfigError, load_stack_file
 from components.lab.hosts import (
     KNOWN_HOSTS_NAME,
     LabError,
@@ -27,6 +31,7 @@ from components.lab.inventory import InventoryError, inventory_path
 from components.lab.qmp import QmpError
 from components.lab.settings import (
     DEFAULT_BASE_PORT,
+    HOST_NAME_PREFIX,
     GuestShape,
     LabTimeouts,
     parse_size,
@@ -38,8 +43,9 @@ from components.lab.template import TemplateError, prepare_template
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-DEFAULT_NVME_COUNT = 2
 DEFAULT_NVME_SIZE = "2G"
+# what `lab up` starts when --hosts or --nvme is not given: what this stack needs
+DEFAULT_LAB_STACK = Path("stacks") / "Pulumi.lab.yaml"
 LAB_ERRORS = (
     LabError,
     ImageBuildError,
@@ -76,12 +82,70 @@ def _cmd_image(args: argparse.Namespace) -> int:
     return 0
 
 
+class LabShapeError(ValueError):
+    """``lab up`` cannot tell how many hosts or drives to start; the message says what to give."""
+
+
+@dataclass(frozen=True)
+class LabShape:
+    """How many hosts ``lab up`` starts and how many NVMe drives each gets, and from where."""
+
+    hosts: int
+    nvme: int
+    source: str  # "the command line", or the stack file the counts were read from
+
+
+def resolve_lab_shape(hosts: int | None, nvme: int | None, stack_file: Path) -> LabShape:
+    """``--hosts`` and ``--nvme`` as given; what is not given is what ``stack_file`` needs: its
+    host count and the most NVMe drives any of its hosts lists.
+
+    The stack's hosts must be named as ``lab up`` names the hosts it starts (lab-1..lab-N), or
+    the inventory it writes would fill none of them.
+    """
+    if hosts is not None and nvme is not None:
+        return LabShape(hosts, nvme, "the command line")
+    missing = " and ".join(
+        option for option, value in (("--hosts", hosts), ("--nvme", nvme)) if value is None
+    )
+    if not stack_file.is_file():
+        raise LabShapeError(
+            f"{missing} not given and no lab stack at {stack_file} to read them from: give "
+            f"{missing}, or --stack FILE"
+        )
+    try:
+        config = load_stack_file(stack_file)
+    except StackConfigError as exc:
+        problems = "; ".join(str(problem) for problem in exc.problems)
+        raise LabShapeError(
+            f"{missing} not given and {stack_file} is not valid: {problems}"
+        ) from None
+    for i, host in enumerate(config.hosts):
+        expected = f"{HOST_NAME_PREFIX}{i + 1}"
+        if host.name != expected:
+            raise LabShapeError(
+                f"{stack_file}: hosts[{i}].name is {host.name!r}; lab up starts {expected} in its "
+                f"place, so the inventory would not fill it: rename it, or give {missing}"
+            )
+    return LabShape(
+        hosts if hosts is not None else len(config.hosts),
+        nvme if nvme is not None else max((len(h.nvme) for h in config.hosts), default=0),
+        str(stack_file),
+    )
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     shape = GuestShape()
-    if args.hosts < 1:
+    try:
+        wanted = resolve_lab_shape(args.hosts, args.nvme, Path(args.stack))
+    except LabShapeError as exc:
+        print(f"lab up: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if wanted.source != "the command line":
+        print(f"from {wanted.source}: {wanted.hosts} host(s), {wanted.nvme} NVMe drive(s) each")
+    if wanted.hosts < 1:
         print("lab up: --hosts must be at least 1", file=sys.stderr)
         return EXIT_USAGE
-    if not 0 <= args.nvme <= shape.nvme_ports:
+    if not 0 <= wanted.nvme <= shape.nvme_ports:
         print(f"lab up: --nvme must be between 0 and {shape.nvme_ports}", file=sys.stderr)
         return EXIT_USAGE
     try:
@@ -98,7 +162,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     hosts = start_hosts(
         lab_dir,
         template,
-        host_requests(args.hosts, args.nvme, nvme_size, args.base_port),
+        host_requests(wanted.hosts, wanted.nvme, nvme_size, args.base_port),
         timeouts,
     )
     print(f"{len(hosts)} host(s) up in {time.monotonic() - started:.1f}s")
@@ -156,9 +220,21 @@ def register(sub: Any) -> None:
     image.set_defaults(func=_guarded(_cmd_image))
 
     up = lab_sub.add_parser("up", help="start lab hosts lab-1..lab-N and write the inventory")
-    up.add_argument("--hosts", type=int, default=1, metavar="N", help="number of hosts")
     up.add_argument(
-        "--nvme", type=int, default=DEFAULT_NVME_COUNT, metavar="K", help="NVMe drives per host"
+        "--hosts", type=int, metavar="N", help="number of hosts (default: the --stack's hosts)"
+    )
+    up.add_argument(
+        "--nvme",
+        type=int,
+        metavar="K",
+        help="NVMe drives per host (default: the most any host of the --stack lists)",
+    )
+    up.add_argument(
+        "--stack",
+        default=str(DEFAULT_LAB_STACK),
+        metavar="FILE",
+        help=f"the stack whose hosts and drives to start when --hosts or --nvme is not given "
+        f"(default {DEFAULT_LAB_STACK})",
     )
     up.add_argument(
         "--nvme-size", default=DEFAULT_NVME_SIZE, metavar="SIZE", help="size of each drive"

@@ -1,6 +1,6 @@
 """The lab image: built from the recipe in ``images/lab-host/`` and cached by the recipe's hash.
 
-The recipe is every file under ``images/lab-host/`` except the benchmark; changing any of them
+The recipe is every file under ``images/lab-host/`` except its README; changing any of them
 gives a new hash and therefore a new cache entry, built from Debian's package repos by the recipe's
 ``build.sh`` (debootstrap, root needed). An unchanged recipe reuses the cached build.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 
 RECIPE_DIR_ENV = "SOVEREIGN_LAB_RECIPE"
 BUILD_SCRIPT = "build.sh"
-NOT_RECIPE = frozenset({"bench.py", "README.md"})
+NOT_RECIPE = frozenset({"README.md"})
 NOT_RECIPE_DIRS = frozenset({"__pycache__"})
 HASH_LENGTH = 16
 DEFAULT_MIRROR = "http://deb.debian.org/debian"

@@ -1,9 +1,8 @@
-"""Cluster-level plan data: node labels and the Kubernetes objects a rollout applies, as dicts."""
+"""Cluster-level plan data: which server starts the cluster, node labels, the API's address."""
 
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
 
 from components.config.models import HostSpec, StackConfig
 
@@ -12,6 +11,14 @@ LABEL_PREFIX = "sovereign-inference"
 COUNTRY_LABEL = f"{LABEL_PREFIX}/country"
 GPU_COUNT_LABEL = f"{LABEL_PREFIX}/gpu-count"
 GPU_MODEL_LABEL = f"{LABEL_PREFIX}/gpu-model"
+
+
+def first_server(config: StackConfig) -> HostSpec:
+    """The K3s server that starts the cluster (``cluster-init``): the first host with role
+    ``server``, in the stack file's order. Every other node joins through it, its K3s step runs
+    before theirs, the kubeconfig is read from it, and its address is the API endpoint unless
+    ``k3s.apiEndpoint`` names another. The config refuses a stack without a server."""
+    return config.servers[0]
 
 
 def node_region(host: HostSpec) -> str:
@@ -36,17 +43,6 @@ def node_labels(config: StackConfig, host: HostSpec) -> dict[str, str]:
     return labels
 
 
-def kubernetes_objects(config: StackConfig) -> list[dict[str, Any]]:
-    """Every Kubernetes object of the stack's inference platform, in apply order (Helm charts
-    aside); none when the stack serves no model."""
-    if not config.inference.models:
-        return []
-    # the inference plan imports this module's labels: import it when called
-    from components.plan.kubernetes import InferenceStackSpec, inference_plan  # noqa: PLC0415
-
-    return inference_plan(InferenceStackSpec.from_stack(config)).objects()
-
-
 K3S_API_PORT = 6443
 
 
@@ -63,7 +59,7 @@ def api_endpoint(config: StackConfig) -> str:
     """The host name or IP clients outside the cluster use for the API server: ``k3s.apiEndpoint``,
     else the first server's address. Not a ``tlsSans`` entry: those name the gateway too, which
     may resolve to an agent that serves no API."""
-    return config.k3s.api_endpoint or config.servers[0].address
+    return config.k3s.api_endpoint or first_server(config).address
 
 
 def api_server_url(config: StackConfig) -> str:

@@ -3,7 +3,7 @@
 One home for the arithmetic: the gateway's route table (``expectedColdStartSeconds``, which the
 gateway tells a held client as ``Retry-After``) and ``sovereign size`` both read
 :func:`estimate_cold_start`, and the startup probe's budget
-(:func:`components.plan.kubernetes.models.startup_budget_seconds`) reads the weights at the same
+(:func:`components.plan.kubernetes.serving.startup_budget_seconds`) reads the weights at the same
 floor speed.
 
 The steps, on a node that already holds what the plan puts there before any request:
@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from pydantic import JsonValue
+from sovereign_weights.units import GIB
 
 from components.config.models import ModelSpec, StackConfig
-from components.plan.kubernetes.models import (
+from components.plan.kubernetes.serving import (
     ENGINE_START_ALLOWANCE_SECONDS,
-    GIB,
     server_image,
     weight_bytes_bound,
     weights_read_seconds,

@@ -26,10 +26,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from sovereign_weights.units import GIB
+
 from components.config.catalog import GPU_MODELS
 from components.config.models import ModelSpec
 
-GIB: Final = 1024**3
 DEFAULT_GPU_MEMORY_UTILIZATION: Final = 0.9
 # EngineArgs._set_default_args, UsageContext.OPENAI_API_SERVER
 LARGE_GPU_BATCHED_TOKENS: Final = 8192

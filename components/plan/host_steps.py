@@ -1,7 +1,8 @@
 """Ordered host-setup steps for one host: rendered scripts, content hashes, and what they need.
 
-A step is data: the executor runs its script in one of three modes (``apply``, ``check``,
-``teardown``) and reads the result lines the script prints (see ``host-setup/_lib.sh.j2``).
+A step is data: the executor runs its script in one of the protocol's modes and reads the lines
+the script prints back (``components.plan.step_protocol``). Each step owns the fact keys it
+prints: no two steps publish the same key, so a host's facts merge without losing one.
 Nothing here touches a host; this is what ``sovereign render`` writes and unit tests inspect.
 """
 
@@ -22,13 +23,15 @@ from sovereign_weights.layout import CACHE_FILESYSTEM_MARKER
 
 from components.config.catalog import GPU_MODELS
 from components.config.models import CacheSpec, HostSpec, StackConfig, host_key
-from components.plan.cluster import K3S_API_PORT, api_endpoint, api_url, node_labels
+from components.config.residency import normalize_registry
+from components.plan.cluster import (
+    K3S_API_PORT,
+    api_endpoint,
+    api_url,
+    first_server,
+    node_labels,
+)
 from components.plan.templates import render_template
-
-# Exit statuses shared by every step script and the executor (one definition, used both sides).
-EXIT_OK = 0
-EXIT_REFUSED = 3  # a precondition does not hold; the message says what to fix
-EXIT_REBOOT_REQUIRED = 100  # the step changed something that needs a reboot; re-run after it
 
 
 @dataclass(frozen=True)
@@ -285,13 +288,13 @@ def k3s_role(config: StackConfig, host: HostSpec) -> str:
     """``server-init`` for the first server, ``server-join`` for the others, else ``agent``."""
     if host.role == "agent":
         return "agent"
-    return "server-init" if host.name == config.servers[0].name else "server-join"
+    return "server-init" if host.name == first_server(config).name else "server-join"
 
 
 def k3s_config(config: StackConfig, host: HostSpec) -> dict[str, Any]:
     """The content of /etc/rancher/k3s/config.yaml for this host."""
     role = k3s_role(config, host)
-    first = config.servers[0]
+    first = first_server(config)
     settings: dict[str, Any] = {
         "node-name": host.name,
         "token-file": "/etc/rancher/k3s/token",
@@ -324,7 +327,7 @@ def _each_once(names: tuple[str, ...]) -> list[str]:
 
 def k3s_registries(config: StackConfig) -> dict[str, Any]:
     """Pull every public registry through the first allowed (EU) registry as a mirror."""
-    mirror = f"https://{config.residency.allowed_registries[0]}"
+    mirror = f"https://{normalize_registry(config.residency.allowed_registries[0])}"
     return {
         "mirrors": {
             name: {"endpoint": [mirror]}
@@ -356,7 +359,7 @@ def _k3s_pins(config: StackConfig, _host: HostSpec) -> dict[str, str]:
 
 
 def _k3s_waits_for(config: StackConfig, host: HostSpec) -> tuple[tuple[str, str], ...]:
-    first = config.servers[0]
+    first = first_server(config)
     return () if host.name == first.name else ((first.name, "50-k3s"),)
 
 

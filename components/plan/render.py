@@ -1,15 +1,19 @@
-"""``sovereign render``: write what a rollout would apply and check, as files a reviewer reads."""
+"""What ``sovereign render`` shows a reviewer: what a rollout would apply and check, as files.
+
+Pure, like the rest of the plan: the files are built in memory; ``components.review_tree`` writes
+them to disk.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
+from sovereign_gateway.auth import redacted_api_keys
 
 from components.config.models import StackConfig
 from components.plan.checks import host_checks
@@ -19,7 +23,6 @@ from components.plan.kubernetes import InferenceStackSpec, inference_plan
 from components.plan.kubernetes.gateway import route_table
 
 REDACTED = "[secret]"
-MARKER = ".sovereign-render"
 
 
 class _PlainDumper(yaml.SafeDumper):
@@ -42,27 +45,13 @@ def to_yaml(obj: Any) -> str:
     return yaml.dump(obj, Dumper=_PlainDumper, sort_keys=False)
 
 
-class RenderTargetNotEmpty(Exception):
-    """The output directory holds files this tool did not write; nothing is overwritten."""
+@dataclass(frozen=True)
+class RenderedFile:
+    """One file of the review tree: its path relative to the tree's root, text and mode."""
 
-
-def _prepare_out_dir(out: Path) -> None:
-    """Start from an empty tree so no stale file survives; never clear a foreign directory."""
-    if out.exists() and any(out.iterdir()):
-        if not (out / MARKER).exists():
-            raise RenderTargetNotEmpty(
-                f"{out} is not empty and was not written by 'sovereign render'; "
-                "choose an empty or new directory"
-            )
-        for child in out.iterdir():
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text(
-        "written by sovereign render; the whole tree is replaced on each run\n"
-    )
+    path: str
+    text: str
+    mode: int = 0o644
 
 
 def redacted_config(config: StackConfig) -> dict[str, Any]:
@@ -73,8 +62,8 @@ def redacted_config(config: StackConfig) -> dict[str, Any]:
     return data
 
 
-def render_stack(config: StackConfig, out: Path) -> list[Path]:
-    """Write the review tree under ``out`` and return the files written, in a stable order.
+def render_files(config: StackConfig) -> list[RenderedFile]:
+    """The review tree of ``config``, in a stable order.
 
     Layout::
 
@@ -88,30 +77,28 @@ def render_stack(config: StackConfig, out: Path) -> list[Path]:
         kubernetes/charts/<release>.yaml                 Helm releases: chart, version, values
         kubernetes/routes.json                           the gateway's route table
     """
-    _prepare_out_dir(out)
-    written: list[Path] = []
+    files: list[RenderedFile] = []
 
-    def write(path: Path, text: str, mode: int = 0o644) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        path.chmod(mode)
-        written.append(path)
+    def write(path: str, text: str, mode: int = 0o644) -> None:
+        files.append(RenderedFile(path, text, mode))
 
-    write(out / "stack.json", json.dumps(redacted_config(config), indent=2, sort_keys=True) + "\n")
+    payloads_written: set[str] = set()
+    write("stack.json", json.dumps(redacted_config(config), indent=2, sort_keys=True) + "\n")
     for host in config.hosts:
-        host_dir = out / "hosts" / host.name
+        host_dir = f"hosts/{host.name}"
         steps = render_host_steps(config, host)
         for step in steps:
-            write(host_dir / f"{step.name}.sh", step.script, 0o755)
+            write(f"{host_dir}/{step.name}.sh", step.script, 0o755)
         index = []
         for s in steps:
             payload_files = {}
             for payload_name, data in sorted(s.payloads.items()):
                 digest = hashlib.sha256(data).hexdigest()
-                target = out / "payloads" / f"{digest[:16]}-{payload_name}"
-                if not target.exists():
+                target = f"payloads/{digest[:16]}-{payload_name}"
+                if target not in payloads_written:
+                    payloads_written.add(target)
                     write(target, data.decode(errors="replace"))
-                payload_files[payload_name] = {"sha256": digest, "file": f"payloads/{target.name}"}
+                payload_files[payload_name] = {"sha256": digest, "file": target}
             index.append(
                 {
                     "name": s.name,
@@ -124,32 +111,31 @@ def render_stack(config: StackConfig, out: Path) -> list[Path]:
                     "payloads": payload_files,
                 }
             )
-        write(host_dir / "steps.json", json.dumps(index, indent=2) + "\n")
+        write(f"{host_dir}/steps.json", json.dumps(index, indent=2) + "\n")
         checks = [
             {"id": c.id, "layer": c.layer, "expected": c.expected}
             for c in host_checks(config, host)
         ]
-        write(host_dir / "checks.json", json.dumps(checks, indent=2) + "\n")
+        write(f"{host_dir}/checks.json", json.dumps(checks, indent=2) + "\n")
         write(
-            host_dir / "node-labels.json",
+            f"{host_dir}/node-labels.json",
             json.dumps(node_labels(config, host), indent=2, sort_keys=True) + "\n",
         )
     if config.inference.models:
-        _render_inference(config, out / "kubernetes", write)
-    return written
+        _render_inference(config, write)
+    return files
 
 
 def _redacted_secret(obj: dict[str, Any]) -> dict[str, Any]:
     """A Secret as a reviewer sees it: which entries and lines, never their values (a stack file
     holds its secrets encrypted, so a digest computed here would not even be the deployed one)."""
     lines = {
-        key: "".join(f"{line.partition(':')[0]}:{REDACTED}\n" for line in text.splitlines())
-        for key, text in obj.get("stringData", {}).items()
+        key: redacted_api_keys(text, REDACTED) for key, text in obj.get("stringData", {}).items()
     }
     return {**obj, "stringData": lines}
 
 
-def _render_inference(config: StackConfig, out: Path, write: Callable[[Path, str], None]) -> None:
+def _render_inference(config: StackConfig, write: Callable[[str, str], None]) -> None:
     spec = InferenceStackSpec.from_stack(config)
     plan = inference_plan(spec)
     objects = plan.objects()
@@ -158,7 +144,7 @@ def _render_inference(config: StackConfig, out: Path, write: Callable[[Path, str
         obj = _redacted_secret(planned) if planned["kind"] == "Secret" else planned
         meta = obj["metadata"]
         parts = [f"{i:0{width}d}", obj["kind"].lower(), meta.get("namespace"), meta["name"]]
-        write(out / ("-".join(p for p in parts if p) + ".yaml"), to_yaml(obj))
+        write("kubernetes/" + "-".join(p for p in parts if p) + ".yaml", to_yaml(obj))
     for chart in plan.charts:
         release = {
             "name": chart.name,
@@ -168,5 +154,5 @@ def _render_inference(config: StackConfig, out: Path, write: Callable[[Path, str
             "version": chart.version,
             "values": chart.values,
         }
-        write(out / "charts" / f"{chart.name}.yaml", to_yaml(release))
-    write(out / "routes.json", route_table(spec).to_json())
+        write(f"kubernetes/charts/{chart.name}.yaml", to_yaml(release))
+    write("kubernetes/routes.json", route_table(spec).to_json())

@@ -84,13 +84,13 @@ from typing import Any, Final
 
 from pydantic import JsonValue
 from sovereign_weights.manifest import Manifest, ModelFacts
+from sovereign_weights.units import GIB
 
 from components.config.catalog import GPU_MODELS
 from components.config.errors import Problem
 from components.config.models import ModelSpec, StackConfig
 from components.plan.engine_args import EngineArgsError, EngineLimits, engine_limits
 
-GIB: Final = 1024**3
 WARN_BELOW_FRACTION: Final = 0.5
 # vLLM v0.11.0 on CUDA: ``CacheConfig.block_size`` None becomes 16 (``vllm/platforms/cuda.py``).
 BLOCK_SIZE: Final = 16

@@ -1,4 +1,8 @@
-"""Where the host-setup templates live and how they are rendered (StrictUndefined, no logic)."""
+"""Where the host-setup templates live and how they are rendered (StrictUndefined, no logic).
+
+Every template sees the step protocol's codes, tags and modes and the supported OS list as
+variables: those are stated once, in ``step_protocol`` and ``host_os``, never in a template.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+
+from components.plan import host_os, step_protocol
 
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
@@ -43,6 +49,8 @@ def environment() -> jinja2.Environment:
     )
     env.filters["q"] = _shell_quote
     env.filters["words"] = _shell_words
+    env.globals.update(step_protocol.template_variables())
+    env.globals.update(host_os.template_variables())
     return env
 
 

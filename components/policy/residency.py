@@ -19,10 +19,17 @@ from pulumi_policy import (
     ResourceValidationPolicy,
 )
 
-# The provider location table lives with the config boundary's other static facts: the pack and
-# ``sovereign validate`` read the same one.
-from components.config.catalog import EU_EEA_COUNTRIES, region_country
-from components.config.models import image_registry
+from components.config.catalog import EU_EEA_COUNTRIES
+
+# Every comparison (a region's country, a registry, an endpoint, a country code) is the config
+# boundary's own: the pack and ``sovereign validate`` give the same answer for every spelling.
+from components.config.residency import (
+    country_allowed,
+    endpoint_allowed,
+    region_country,
+    registry_allowed,
+    registry_of,
+)
 
 LOCATION_KEYS = ("region", "location", "zone", "availabilityZone", "datacenter")
 WORKLOAD_TYPES = {
@@ -36,8 +43,8 @@ WORKLOAD_TYPES = {
 GPU_HOST_TYPE = "sovereign:gpu_host:GpuHost"
 
 
-def _allowed_countries(config: Mapping[str, Any]) -> set[str]:
-    return set(config.get("allowedCountries") or EU_EEA_COUNTRIES)
+def _allowed_countries(config: Mapping[str, Any]) -> list[str]:
+    return list(config.get("allowedCountries") or EU_EEA_COUNTRIES)
 
 
 def validate_regions(args: ResourceValidationArgs, report: ReportViolation) -> None:
@@ -51,7 +58,7 @@ def validate_regions(args: ResourceValidationArgs, report: ReportViolation) -> N
             report(
                 f"{key} {value!r} is not a region known to be inside the allowed countries", None
             )
-        elif country not in allowed:
+        elif not country_allowed(country, allowed):
             report(f"{key} {value!r} is in {country}, outside the allowed countries", None)
 
 
@@ -78,15 +85,22 @@ def _containers(props: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
 def validate_images(args: ResourceValidationArgs, report: ReportViolation) -> None:
     if args.resource_type not in WORKLOAD_TYPES:
         return
-    allowed = set(args.get_config().get("allowedRegistries") or [])
+    allowed = list(args.get_config().get("allowedRegistries") or [])
     for container in _containers(args.props):
         image = str(container.get("image", ""))
-        if image and image_registry(image) not in allowed:
+        if image and not registry_allowed(image, allowed):
             report(
-                f"container {container.get('name')!r} pulls {image} from {image_registry(image)}, "
+                f"container {container.get('name')!r} pulls {image} from {_registry_named(image)}, "
                 f"not an allowed registry ({', '.join(sorted(allowed)) or 'none configured'})",
                 None,
             )
+
+
+def _registry_named(image: str) -> str:
+    try:
+        return registry_of(image)
+    except ValueError:
+        return f"{image.partition('/')[0]!r} (not a registry host)"
 
 
 def _endpoint_values(value: Any, key: str = "") -> Iterator[tuple[str, str]]:
@@ -103,11 +117,12 @@ def _endpoint_values(value: Any, key: str = "") -> Iterator[tuple[str, str]]:
 
 
 def validate_endpoints(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    allowed = {e.rstrip("/") for e in args.get_config().get("allowedObjectStoreEndpoints") or []}
+    allowed = list(args.get_config().get("allowedObjectStoreEndpoints") or [])
     for key, value in _endpoint_values(args.props):
-        if "endpoint" not in key.lower() or not value.startswith(("http://", "https://")):
+        # URL schemes are case-insensitive: HTTPS://... is checked like https://...
+        if "endpoint" not in key.lower() or not value.lower().startswith(("http://", "https://")):
             continue
-        if value.rstrip("/") not in allowed:
+        if not endpoint_allowed(value, allowed):
             report(f"{key} points at {value}, not an allowed object-store endpoint", None)
 
 
@@ -115,7 +130,7 @@ def validate_gpu_hosts(args: ResourceValidationArgs, report: ReportViolation) ->
     if args.resource_type != GPU_HOST_TYPE:
         return
     country = args.props.get("country")
-    if country not in _allowed_countries(args.get_config()):
+    if not country_allowed(country, _allowed_countries(args.get_config())):
         report(
             f"GPU host {args.name} is declared in {country}, outside the allowed countries", None
         )

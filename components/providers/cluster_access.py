@@ -26,9 +26,9 @@ import yaml
 from pulumi import Input, Output, ResourceOptions
 from pulumi.dynamic import (
     CheckFailure,
-    CheckResult,
     CreateResult,
     DiffResult,
+    CheckResult,
     ReadResult,
     Resource,
     ResourceProvider,

@@ -25,15 +25,16 @@ from typing import Any
 from pulumi import Input, Output, ResourceOptions
 from pulumi.dynamic import (
     CheckFailure,
-    CheckResult,
     CreateResult,
     DiffResult,
+    CheckResult,
     ReadResult,
     Resource,
     ResourceProvider,
     UpdateResult,
 )
 
+from components.plan.step_protocol import Mode
 from components.providers.connection import host_target, log_line, missing_inputs, ssh_settings
 
 # The inputs that decide whether a step must run again (everything else is bookkeeping).
@@ -76,7 +77,7 @@ def declared_secrets(props: dict[str, Any]) -> dict[str, str]:
     return {k: v for k, v in values.items() if k in declared}
 
 
-def run_step_from_props(props: dict[str, Any], mode: str) -> dict[str, Any]:
+def run_step_from_props(props: dict[str, Any], mode: Mode) -> dict[str, Any]:
     """Run the step described by resource properties; return the output properties."""
     from components.execution.ssh import run_step  # noqa: PLC0415
 

@@ -2,7 +2,7 @@
 
 Only GET requests, to the API server named in the kubeconfig's current context, authenticated
 with its client certificate or bearer token and checked against its CA. The judgement is
-:func:`components.verification.layers.inference_cluster_checks` (pure).
+:func:`components.verification.layers.cluster.inference_cluster_checks` (pure).
 """
 
 from __future__ import annotations
@@ -25,8 +25,12 @@ from components.plan.kubernetes.spec import (
     SYSTEM_NAMESPACE,
     WEIGHTS_NAMESPACE,
 )
-from components.verification.layers import CLUSTER, ClusterObjects, inference_cluster_checks
-from components.verification.results import CheckResult, verdict
+from components.verification.layers.cluster import (
+    ClusterObjects,
+    cluster_not_judged,
+    inference_cluster_checks,
+)
+from components.verification.results import Finding
 
 API_TIMEOUT_SECONDS = 20
 
@@ -132,23 +136,18 @@ def read_cluster_objects(reader: ApiReader) -> ClusterObjects:
     )
 
 
-def verify_inference_cluster(config: StackConfig, kubeconfig: str | None) -> list[CheckResult]:
+def verify_inference_cluster(config: StackConfig, kubeconfig: str | None) -> list[Finding]:
     """The cluster-wide inference checks, from the stack's ``kubeconfig`` output."""
     if not config.inference.models:
         return []
     if not kubeconfig:
-        return [
-            verdict(
-                "inference",
-                CLUSTER,
-                "cluster-api",
-                False,
-                "no kubeconfig in the stack outputs",
-                "pulumi stack output --json --show-secrets (the kubeconfig output)",
-            )
-        ]
+        return cluster_not_judged(
+            config,
+            "no kubeconfig in the stack outputs",
+            "pulumi stack output --json --show-secrets (the kubeconfig output)",
+        )
     try:
         objects = read_cluster_objects(ApiReader(parse_kubeconfig(kubeconfig)))
     except ClusterUnreachable as exc:
-        return [verdict("inference", CLUSTER, "cluster-api", False, str(exc), "the API answers")]
+        return cluster_not_judged(config, str(exc), "the API answers")
     return inference_cluster_checks(config, objects)

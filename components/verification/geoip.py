@@ -18,6 +18,7 @@ import maxminddb
 DATABASE_ENV = "SOVEREIGN_GEOIP_DB"
 DEFAULT_DATABASE = Path(".cache/geoip/dbip-country.mmdb")
 ATTRIBUTION = "IP Geolocation by DB-IP (https://db-ip.com), CC BY 4.0"
+DATABASE_NAME = "DB-IP Lite Country"
 
 
 class GeoIpUnavailable(Exception):
@@ -46,11 +47,14 @@ class GeoIpDatabase:
         return str(code) if code else None
 
     def age_days(self, now: dt.datetime | None = None) -> int:
+        """Whole days since the database was built, at ``now`` (the current time if None)."""
         now = now or dt.datetime.now(dt.UTC)
         return (now - self.built).days
 
     def describe(self) -> dict[str, str]:
+        """The database as the evidence report names it: name, build date, type and file."""
         return {
+            "name": DATABASE_NAME,
             "path": str(self.path),
             "type": self.database_type,
             "built": self.built.date().isoformat(),

@@ -1,7 +1,7 @@
 """Judging a GPU probe reading (pure): the ``driver`` layer's checks for one host.
 
 Input is the JSON the probe printed (``gpu_probe.py``) and the kernel log's XID lines; output is one
-:class:`CheckResult` per check, each naming what was observed and what was expected.
+:class:`Finding` per check, each naming what was observed and what was expected.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from typing import Any
 
 from components.config.catalog import GPU_MODELS
 from components.config.models import GpuHealthThresholds, GpuSpec, NvidiaSpec
+from components.plan.checks import GPU_DEVICE_CHECKS, gpu_check
 from components.verification.gpu_probe import HW_POWER_BRAKE, HW_SLOWDOWN, HW_THERMAL, SW_THERMAL
-from components.verification.results import CheckResult, skipped, verdict
+from components.verification.results import Finding, skipped, verdict
 
 LAYER = "driver"
 FABRIC_COMPLETED = 3
@@ -57,32 +58,57 @@ def evaluate_gpu_probe(
     pins: NvidiaSpec,
     thresholds: GpuHealthThresholds,
     kernel_log: str = "",
-) -> list[CheckResult]:
-    """Every driver-layer check for one host."""
+) -> list[Finding]:
+    """Every driver-layer check the plan lists for one host (:func:`host_checks`), each judged,
+    or skipped with the reason it could not be."""
     nvml = reading.get("nvml")
     if expected.count == 0:
-        if nvml == "ok" and reading.get("gpus"):
-            return [
-                verdict(
-                    LAYER, host, "gpu-count", False, len(reading["gpus"]), "0 (no GPUs declared)"
-                )
-            ]
-        return [skipped(LAYER, host, "gpu-health", "no GPUs declared for this host")]
-    if nvml != "ok":
+        if nvml != "ok":
+            return [skipped(LAYER, host, "gpu-count", "no GPUs declared and no NVIDIA driver")]
         return [
             verdict(
                 LAYER,
                 host,
-                "nvml",
-                False,
-                f"{nvml}: {reading.get('error', 'no detail')}",
-                f"NVML answering for {expected.count} x {expected.model}",
+                "gpu-count",
+                not reading.get("gpus"),
+                f"{len(reading.get('gpus') or [])} GPU(s)",
+                "0 (no GPUs declared)",
             )
         ]
-    gpus: list[dict[str, Any]] = reading.get("gpus", [])
-    results = _fleet_checks(host, reading, gpus, expected, pins)
-    for gpu in gpus:
-        results += _device_checks(host, gpu, thresholds)
+    results = [
+        verdict(
+            LAYER,
+            host,
+            "nvml",
+            nvml == "ok",
+            "answering" if nvml == "ok" else f"{nvml}: {reading.get('error', 'no detail')}",
+            f"NVML answering for {expected.count} x {expected.model}",
+        )
+    ]
+    if nvml == "ok":
+        gpus: list[dict[str, Any]] = reading.get("gpus", [])
+        results += _fleet_checks(host, reading, gpus, expected, pins)
+        by_index = {g.get("index"): g for g in gpus}
+        for index in range(expected.count):
+            gpu = by_index.get(index)
+            if gpu is None:
+                results += [
+                    skipped(LAYER, host, gpu_check(name, index), f"NVML reports no GPU {index}")
+                    for name in GPU_DEVICE_CHECKS
+                ]
+            else:
+                results += _device_checks(host, index, gpu, thresholds)
+    else:
+        why = "NVML did not answer (see the nvml check)"
+        results += [
+            skipped(LAYER, host, name, why)
+            for name in ("gpu-count", "driver-version", "cuda-version", "vbios-uniform")
+        ]
+        results += [
+            skipped(LAYER, host, gpu_check(name, index), why)
+            for index in range(expected.count)
+            for name in GPU_DEVICE_CHECKS
+        ]
     results.append(_xid_check(host, kernel_log, thresholds))
     return results
 
@@ -93,7 +119,7 @@ def _fleet_checks(
     gpus: list[dict[str, Any]],
     expected: GpuSpec,
     pins: NvidiaSpec,
-) -> list[CheckResult]:
+) -> list[Finding]:
     model = GPU_MODELS[expected.model] if expected.model else None
     names = [g.get("name") or "?" for g in gpus]
     matching = [n for n in names if model and model.nvml_name_fragment in n]
@@ -121,7 +147,7 @@ def _fleet_checks(
         verdict(
             LAYER,
             host,
-            "cuda-driver-api",
+            "cuda-version",
             cuda is not None and _version_tuple(cuda) >= _version_tuple(wanted_cuda),
             cuda,
             f">= {wanted_cuda} (supports the pinned CUDA)",
@@ -146,14 +172,15 @@ def _version_tuple(text: str) -> tuple[int, ...]:
 
 
 def _device_checks(
-    host: str, gpu: dict[str, Any], limits: GpuHealthThresholds
-) -> list[CheckResult]:
-    tag = f"gpu{gpu.get('index')}"
+    host: str, index: int, gpu: dict[str, Any], limits: GpuHealthThresholds
+) -> list[Finding]:
+    """One result per planned per-GPU check: a query this GPU does not support (NVML answered
+    "not supported", recorded as null) gets its check skipped with that reason."""
     results = [
         verdict(
             LAYER,
             host,
-            f"{tag}.persistence-mode",
+            gpu_check("persistence-mode", index),
             gpu.get("persistence_mode") == 1,
             _on_off(gpu.get("persistence_mode")),
             "enabled",
@@ -165,7 +192,7 @@ def _device_checks(
             verdict(
                 LAYER,
                 host,
-                f"{tag}.ecc-mode",
+                gpu_check("ecc-mode", index),
                 ecc["current"] == 1 and ecc["pending"] == 1,
                 f"current {_on_off(ecc['current'])}, pending {_on_off(ecc['pending'])}",
                 "enabled, nothing pending",
@@ -177,7 +204,7 @@ def _device_checks(
             verdict(
                 LAYER,
                 host,
-                f"{tag}.mig-mode-settled",
+                gpu_check("mig-mode-settled", index),
                 mig["current"] == mig["pending"],
                 f"current {mig['current']}, pending {mig['pending']}",
                 "current == pending",
@@ -189,7 +216,7 @@ def _device_checks(
             verdict(
                 LAYER,
                 host,
-                f"{tag}.ecc-uncorrected-volatile",
+                gpu_check("ecc-uncorrected-volatile", index),
                 errors <= limits.max_uncorrected_volatile_ecc,
                 errors,
                 f"<= {limits.max_uncorrected_volatile_ecc}",
@@ -201,7 +228,7 @@ def _device_checks(
             verdict(
                 LAYER,
                 host,
-                f"{tag}.row-remap-pending",
+                gpu_check("row-remap-pending", index),
                 rows["pending"] <= limits.max_pending_row_remaps,
                 rows["pending"],
                 f"<= {limits.max_pending_row_remaps} (a reset applies pending remaps)",
@@ -211,7 +238,7 @@ def _device_checks(
             verdict(
                 LAYER,
                 host,
-                f"{tag}.row-remap-failure",
+                gpu_check("row-remap-failure", index),
                 not rows["failure"],
                 "yes" if rows["failure"] else "no",
                 "no (a failure means the GPU needs service)",
@@ -223,7 +250,7 @@ def _device_checks(
             verdict(
                 LAYER,
                 host,
-                f"{tag}.retired-pages-pending",
+                gpu_check("retired-pages-pending", index),
                 pending_pages == 0,
                 _on_off(pending_pages),
                 "none pending",
@@ -235,19 +262,26 @@ def _device_checks(
             verdict(
                 LAYER,
                 host,
-                f"{tag}.recovery-action",
+                gpu_check("recovery-action", index),
                 action == 0,
                 RECOVERY_ACTIONS.get(action, str(action)),
                 "none",
             )
         )
-    results += _link_and_thermal_checks(host, tag, gpu, limits)
-    return results
+    results += _link_and_thermal_checks(host, index, gpu, limits)
+    judged = {r.check for r in results}
+    results += [
+        skipped(LAYER, host, gpu_check(name, index), "NVML reports no value on this GPU")
+        for name in GPU_DEVICE_CHECKS
+        if gpu_check(name, index) not in judged
+    ]
+    order = {gpu_check(name, index): i for i, name in enumerate(GPU_DEVICE_CHECKS)}
+    return sorted(results, key=lambda r: order[r.check])
 
 
 def _link_and_thermal_checks(
-    host: str, tag: str, gpu: dict[str, Any], limits: GpuHealthThresholds
-) -> list[CheckResult]:
+    host: str, index: int, gpu: dict[str, Any], limits: GpuHealthThresholds
+) -> list[Finding]:
     results = []
     pcie = gpu.get("pcie") or {}
     if pcie.get("width") is not None and pcie.get("max_width") is not None:
@@ -255,7 +289,7 @@ def _link_and_thermal_checks(
             verdict(
                 LAYER,
                 host,
-                f"{tag}.pcie-width",
+                gpu_check("pcie-width", index),
                 pcie["width"] >= pcie["max_width"],
                 f"x{pcie['width']}",
                 f"x{pcie['max_width']} (the link's maximum)",
@@ -268,7 +302,7 @@ def _link_and_thermal_checks(
             verdict(
                 LAYER,
                 host,
-                f"{tag}.throttle",
+                gpu_check("throttle", index),
                 not active,
                 ", ".join(active) or "none",
                 "no HW slowdown, thermal slowdown or power brake",
@@ -281,7 +315,7 @@ def _link_and_thermal_checks(
             verdict(
                 LAYER,
                 host,
-                f"{tag}.thermal-margin",
+                gpu_check("thermal-margin", index),
                 margin >= limits.min_thermal_margin_c,
                 f"{margin} C ({temperature} C, slowdown at {slowdown} C)",
                 f">= {limits.min_thermal_margin_c} C",
@@ -293,7 +327,7 @@ def _link_and_thermal_checks(
             verdict(
                 LAYER,
                 host,
-                f"{tag}.nvlink",
+                gpu_check("nvlink", index),
                 not nvlink["down"],
                 f"{len(nvlink['down'])} of {nvlink['links']} down {nvlink['down'] or ''}".strip(),
                 "all links up",
@@ -306,7 +340,7 @@ def _link_and_thermal_checks(
             verdict(
                 LAYER,
                 host,
-                f"{tag}.fabric",
+                gpu_check("fabric", index),
                 ok,
                 f"state {fabric['state']}, status {fabric['status']}",
                 f"state {FABRIC_COMPLETED} (completed), status 0",
@@ -317,7 +351,7 @@ def _link_and_thermal_checks(
         verdict(
             LAYER,
             host,
-            f"{tag}.stray-processes",
+            gpu_check("stray-processes", index),
             limits.allow_stray_processes or not stray,
             ", ".join(f"{p['name']}[{p['pid']}]" for p in stray) or "none",
             "no compute process outside Kubernetes pods",
@@ -326,7 +360,7 @@ def _link_and_thermal_checks(
     return results
 
 
-def _xid_check(host: str, kernel_log: str, limits: GpuHealthThresholds) -> CheckResult:
+def _xid_check(host: str, kernel_log: str, limits: GpuHealthThresholds) -> Finding:
     events = parse_xids(kernel_log)
     fatal = [e for e in events if e["xid"] in limits.fatal_xids]
     observed = ", ".join(f"Xid {e['xid']} on {e['pci']}" for e in fatal) or (

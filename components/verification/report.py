@@ -19,6 +19,7 @@ from xml.etree import ElementTree as ET
 from components.config.models import StackConfig
 from components.plan.checks import LAYERS
 from components.verification.geoip import ATTRIBUTION
+from components.verification.results import Finding
 from components.verification.runner import Verification
 
 
@@ -44,10 +45,39 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def evidence(config: StackConfig, verification: Verification, stack_file: str) -> dict[str, Any]:
-    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+def _check_row(r: Finding) -> dict[str, Any]:
+    """One check as the report records it; a skipped check carries its reason, a judged one the
+    evidence it was judged on (its own, or the observation when it has nothing more)."""
+    row: dict[str, Any] = {
+        "id": r.id,
+        "layer": r.layer,
+        "host": r.host,
+        "check": r.check,
+        "status": r.status,
+        "observed": r.observed,
+        "expected": r.expected,
+    }
+    if r.status == "skip":
+        row["reason"] = r.observed
+        row["evidence"] = r.evidence
+    else:
+        row["evidence"] = r.evidence or {"observed": r.observed}
+    return row
+
+
+def evidence(
+    config: StackConfig,
+    verification: Verification,
+    stack_file: str,
+    now: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """The report: ``passed`` (no check failed), what was checked against what, every host with
+    its address and pinned host key, and every check with its result and evidence."""
+    now = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
+    failed = sum(r.status == "fail" for r in verification.results)
     return {
         "report": "sovereign-inference post-deploy verification",
+        "passed": failed == 0,
         "generated_at": now.isoformat(),
         "retain_until": (now + dt.timedelta(days=183)).date().isoformat(),
         "environment": config.environment,
@@ -61,37 +91,28 @@ def evidence(config: StackConfig, verification: Verification, stack_file: str) -
             "hosts": len(verification.hosts),
             "checks": len(verification.results),
             "passed": sum(r.status == "pass" for r in verification.results),
-            "failed": sum(r.status == "fail" for r in verification.results),
+            "failed": failed,
             "skipped": sum(r.status == "skip" for r in verification.results),
         },
         "hosts": [
             {
                 "name": h.host,
+                "address": h.address,
+                "ssh_port": h.port,
+                "ssh_host_key": h.host_key,
                 "seconds": round(h.seconds, 2),
                 "reachable": h.facts is not None,
                 "error": h.error,
             }
             for h in verification.hosts
         ],
-        "checks": [
-            {
-                "id": r.id,
-                "layer": r.layer,
-                "host": r.host,
-                "check": r.check,
-                "status": r.status,
-                "observed": r.observed,
-                "expected": r.expected,
-                "evidence": r.evidence,
-            }
-            for r in verification.results
-        ],
+        "checks": [_check_row(r) for r in verification.results],
     }
 
 
 def markdown(report: dict[str, Any]) -> str:
     summary = report["summary"]
-    verdict = "PASS" if summary["failed"] == 0 else "FAIL"
+    verdict = "PASS" if report["passed"] else "FAIL"
     lines = [
         f"# Verification of `{report['environment']}`: {verdict}",
         "",
@@ -100,8 +121,15 @@ def markdown(report: dict[str, Any]) -> str:
         f"- hosts: {summary['hosts']}; checks: {summary['checks']} "
         f"({summary['passed']} passed, {summary['failed']} failed, {summary['skipped']} skipped)",
         "- tools: " + ", ".join(f"{k} {v}" for k, v in report["tools"].items()),
-        f"- geolocation: {report['geoip_database'].get('type', 'missing')} built "
+        f"- geolocation: {report['geoip_database'].get('name', 'missing')} built "
         f"{report['geoip_database'].get('built', '-')}; {report['geoip_attribution']}",
+        "",
+        "| host | address | SSH host key |",
+        "|---|---|---|",
+        *(
+            f"| {h['name']} | {h['address']}:{h['ssh_port']} | {h['ssh_host_key'] or '-'} |"
+            for h in report["hosts"]
+        ),
         "",
     ]
     failed = [c for c in report["checks"] if c["status"] == "fail"]

@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from components.plan.checks import check_id
+
 Status = Literal["pass", "fail", "skip"]
 
 
 @dataclass(frozen=True)
-class CheckResult:
+class Finding:
     layer: str
     host: str
     check: str
@@ -20,7 +22,8 @@ class CheckResult:
 
     @property
     def id(self) -> str:
-        return f"{self.layer}/{self.host}/{self.check}"
+        """The planned check's id (``components.plan.checks``); the host is a column of its own."""
+        return check_id(self.layer, self.check)
 
     def message(self) -> str:
         return (
@@ -37,11 +40,11 @@ def verdict(
     observed: object,
     expected: object,
     **evidence: Any,
-) -> CheckResult:
-    return CheckResult(
+) -> Finding:
+    return Finding(
         layer, host, check, "pass" if ok else "fail", str(observed), str(expected), evidence
     )
 
 
-def skipped(layer: str, host: str, check: str, reason: str) -> CheckResult:
-    return CheckResult(layer, host, check, "skip", reason, "-", {})
+def skipped(layer: str, host: str, check: str, reason: str) -> Finding:
+    return Finding(layer, host, check, "skip", reason, "-", {})

@@ -30,33 +30,40 @@ from components.verification.layers import (
     K3S_CONTAINERD_TEMPLATES,
     Context,
     HostFacts,
+    collector_script,
     evaluate_host,
+    not_judged,
     parse_sections,
 )
-from components.verification.results import CheckResult, verdict
+from components.verification.results import Finding, verdict
 
-COLLECTOR = Path(__file__).with_name("collect_facts.sh")
 PROBE = Path(__file__).with_name("gpu_probe.py")
 FACTS_TIMEOUT_SECONDS = 300
 
 
 @dataclass
 class HostRun:
+    """How one host's collection went: its facts (None when unreachable), how long it took, the
+    error, and where it was reached (address, SSH port, pinned host key fingerprint)."""
+
     host: str
     facts: HostFacts | None
     seconds: float
     error: str = ""
+    address: str = ""
+    port: int = 0
+    host_key: str | None = None
 
 
 @dataclass
 class Verification:
-    results: list[CheckResult] = field(default_factory=list)
+    results: list[Finding] = field(default_factory=list)
     hosts: list[HostRun] = field(default_factory=list)
     geoip: dict[str, str] | None = None
     seconds: float = 0.0
 
     @property
-    def failed(self) -> list[CheckResult]:
+    def failed(self) -> list[Finding]:
         return [r for r in self.results if r.status == "fail"]
 
 
@@ -82,8 +89,9 @@ def hosts_from_outputs(config: StackConfig, outputs: dict[str, Any]) -> list[Hos
     return hosts
 
 
-def collect_facts(session: HostSession, config: StackConfig) -> HostFacts:
-    env = {
+def collector_env(config: StackConfig) -> dict[str, str]:
+    """The collector's inputs, from the stack."""
+    return {
         "CACHE_MOUNT_POINT": config.cache.mount_point,
         "CACHE_READ_PROBE_MIB": str(CACHE_READ_PROBE_MIB),
         "CACHE_READ_PROBE_MIN_MIB": str(CACHE_READ_PROBE_MIN_MIB),
@@ -93,13 +101,21 @@ def collect_facts(session: HostSession, config: StackConfig) -> HostFacts:
         "K3S_CONTAINERD_DIR": K3S_CONTAINERD_DIR,
         "K3S_CONTAINERD_TEMPLATES": " ".join(K3S_CONTAINERD_TEMPLATES),
     }
+
+
+def collect_facts(session: HostSession, config: StackConfig) -> HostFacts:
+    env = collector_env(config)
     prelude = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
     result = session.run_script(
-        prelude + COLLECTOR.read_text(),
+        prelude + collector_script(),
         payloads={"gpu_probe.py": PROBE.read_bytes()},
         timeout=FACTS_TIMEOUT_SECONDS,
     )
     return HostFacts(session.target.name, parse_sections(result.stdout))
+
+
+def _reached_at(host: HostSpec) -> tuple[str, int, str | None]:
+    return host.address, host.ssh.port, host.ssh.host_key
 
 
 def verify_stack(
@@ -109,10 +125,11 @@ def verify_stack(
     hosts: Sequence[HostSpec] | None = None,
     layers: tuple[str, ...] = LAYERS,
     geoip: GeoIpDatabase | None = None,
-    on_host: Callable[[HostRun, list[CheckResult]], None] | None = None,
+    on_host: Callable[[HostRun, list[Finding]], None] | None = None,
     kubeconfig: str | None = None,
 ) -> Verification:
-    """Verify every host in parallel; a host that cannot be reached fails every layer, clearly.
+    """Verify every host in parallel, one result per planned check; a host that cannot be
+    reached fails ``host.reachable`` once, and its other checks are skipped for it.
 
     With the inference layer selected and models in the stack, the cluster's inference objects are
     judged too, read through ``kubeconfig`` (the stack's secret ``kubeconfig`` output); without it
@@ -127,26 +144,25 @@ def verify_stack(
     pool = SessionPool(config.ssh)
     verification = Verification(geoip=geoip.describe() if geoip else None)
 
-    def run(host: HostSpec) -> tuple[HostRun, list[CheckResult]]:
+    def run(host: HostSpec) -> tuple[HostRun, list[Finding]]:
         t0 = time.monotonic()
         session = pool.session(HostTarget.from_spec(host, project_dir))
         try:
             facts = collect_facts(session, config)
         except StepError as exc:
-            run = HostRun(host.name, None, time.monotonic() - t0, str(exc))
-            results = [
-                verdict(
-                    layer,
-                    host.name,
-                    "reachable",
-                    False,
-                    str(exc),
-                    "an SSH session with the pinned key",
-                )
-                for layer in layers
-            ]
+            run = HostRun(host.name, None, time.monotonic() - t0, str(exc), *_reached_at(host))
+            key = host.ssh.host_key or "the host key pinned in the inventory"
+            failed = verdict(
+                "host",
+                host.name,
+                "reachable",
+                False,
+                str(exc),
+                f"SSH to {host.address}:{host.ssh.port} presenting {key}",
+            )
+            results = not_judged(config, host, layers, failed)
         else:
-            run = HostRun(host.name, facts, time.monotonic() - t0)
+            run = HostRun(host.name, facts, time.monotonic() - t0, "", *_reached_at(host))
             results = evaluate_host(Context(config, host, facts, geoip), layers)
         if on_host is not None:
             on_host(run, results)

@@ -117,7 +117,8 @@ def catalog_match(gpu_name: str) -> Any:
 def sizing_constants(names: tuple[str, ...]) -> dict[str, int]:
     """Module-level constants of sizing.py, read from its source (importing it needs pydantic)."""
     tree = ast.parse(SIZING.read_text())
-    scope: dict[str, Any] = {"int": int, "round": round}
+    # the byte units sizing.py imports from sovereign_weights.units
+    scope: dict[str, Any] = {"int": int, "round": round, "GIB": GIB, "MIB": MIB}
     found: dict[str, int] = {}
     target: ast.expr
     for node in tree.body:

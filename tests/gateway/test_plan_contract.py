@@ -22,7 +22,7 @@ from components.plan.kubernetes.gateway import (
     gateway_deployment,
     route_table,
 )
-from components.plan.kubernetes.models import ENDPOINT_REMOVAL_SECONDS
+from components.plan.kubernetes.serving import ENDPOINT_REMOVAL_SECONDS
 from components.plan.kubernetes.spec import MODELS_NAMESPACE, service_host
 from tests.k8s_schemas import kubernetes_version, validate_builtin
 

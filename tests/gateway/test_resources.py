@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from sovereign_weights.units import MIB
 
 from tests.gateway.client import Reply, chat, post
 from tests.gateway.conftest import Gateway, Processes, metric_value, route
@@ -24,7 +25,7 @@ from tests.gateway.fake_vllm import large_answer
 from tests.loopback import free_port, wait_until
 
 MODEL = "mistralai/Mistral-Small-24B-Instruct-2501"
-MIB = 1 << 20
+
 # bodies of many small objects: parsed, each is a tree about 25 times its size
 HELD_BODY_OBJECTS = 120_000
 HELD_WITHIN_BUDGET = 10

@@ -30,3 +30,16 @@ def test_every_flag_left_out_takes_the_settings_field_default() -> None:
 def test_a_bad_body_or_budget_flag_is_refused_naming_it(argv: list[str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         parse_settings(["--routes", "r.json", *argv])
+
+
+def test_the_help_shows_each_default_as_its_settings_field_declares_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        parse_settings(["--help"])
+    # argparse wraps lines: compare with the whitespace folded
+    shown = " ".join(capsys.readouterr().out.split())
+    declared = Settings(routes=Path("r.json"))
+    for name in ("listen", "max_body_bytes", "max_held_bytes", "body_timeout", "max_peer_count"):
+        flag = "--" + name.replace("_", "-")
+        assert f"(default: {getattr(declared, name)})" in shown.split(f" {flag} ", 1)[1], flag

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
+from sovereign_weights.units import MIB
 
 from components.config.models import CacheDisk, CacheSpec, HostSpec
 from components.execution.outcome import parse_step_output
@@ -33,17 +34,17 @@ from components.execution.ssh import HostSession, HostTarget, RunResult
 from components.lab.inventory import InventoryHost
 from components.plan.host_steps import (
     CACHE_FS_LABEL,
-    EXIT_REFUSED,
     StepPlan,
     render_cache_step,
     render_host_steps,
 )
+from components.plan.step_protocol import EXIT_REFUSED
 from tests.lab_stacks import ROOT, lab_host_spec, lab_stack
 
 # the ``lab_hosts`` fixture (tests/integration/conftest.py): lab_hosts(count, nvme=..., nvme_size=...)
 LabHostsFactory = Callable[..., list[InventoryHost]]
 
-MIB = 1 << 20
+
 DEFAULT_MOUNT_POINT = "/var/lib/sovereign/weights"
 STEP_TIMEOUT_S = 300
 REBOOT_TIMEOUT_S = 600

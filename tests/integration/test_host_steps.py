@@ -8,7 +8,6 @@ host with no NVIDIA GPU on its bus.
 from __future__ import annotations
 
 import random
-import threading
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -117,32 +116,43 @@ def test_cache_drift_is_reported_by_check_and_repaired_by_apply(
 def test_interrupted_runs_converge(
     lab_host: InventoryHost, session_for: Callable[[HostSpec], HostSession]
 ) -> None:
-    """Cut the SSH connection at random points of the cache and base steps, then run again."""
+    """Cut the SSH connection inside the base, cache and firewall steps, then run again.
+
+    Each run is cut when a step picked at random streams its first line: that step has begun on
+    the host, so the cut lands inside the run whatever the machine's speed. Where in the step it
+    lands is up to the host: mid-step (the step fails and the run stops) or just after the step's
+    end (the next step reconnects); both leave a host the next run must converge.
+    """
     host = spec_for(lab_host)
     steps = steps_for(host, ("10-base", "40-nvme-cache", "60-firewall"))
     rng = random.Random(20261127)
+    runs = 6
     cuts = 0
-    for _ in range(6):
+    for _ in range(runs):
         session = session_for(host)
-        delay = rng.uniform(0.2, 4.0)
+        cut_in = rng.choice(steps).name
+        cut: list[str] = []
 
-        def cut(s: HostSession = session) -> None:
-            client = s._client
-            transport = client.get_transport() if client else None
-            if transport is not None:
-                transport.close()
+        def cut_on_first_line(
+            _stream: str, line: str, s: HostSession = session, seen: list[str] = cut
+        ) -> None:
+            if seen:
+                return
+            seen.append(line)
+            transport = s._client.get_transport() if s._client else None
+            assert transport is not None, "a step streamed a line without a connection"
+            transport.close()
 
-        timer = threading.Timer(delay, cut)
-        session.connect()
-        timer.start()
         try:
-            run_all(session, steps)
+            for step in steps:
+                sink = cut_on_first_line if step.name == cut_in else None
+                run_step(session, step.name, step.script, payloads=step.payloads, on_line=sink)
         except StepError:
-            cuts += 1
+            pass
         finally:
-            timer.cancel()
             session.close()
-    assert cuts >= 2, "the test should have interrupted some runs"
+        cuts += bool(cut)
+    assert cuts == runs, "every run should have been cut by a line its chosen step streamed"
     session = session_for(host)
     final = run_all(session, steps)
     assert "failed" not in final.values()

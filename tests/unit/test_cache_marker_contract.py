@@ -12,7 +12,7 @@ from sovereign_weights.layout import CACHE_FILESYSTEM_MARKER
 from components.config import load_stack_file
 from components.plan.host_steps import render_host_steps
 from components.plan.kubernetes import InferenceStackSpec, inference_plan
-from components.plan.kubernetes.models import WEIGHTS_COMMAND
+from components.plan.kubernetes.serving import WEIGHTS_COMMAND
 
 ROOT = Path(__file__).resolve().parents[2]
 SHELLCHECK = ROOT / ".venv" / "bin" / "shellcheck"

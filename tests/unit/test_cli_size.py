@@ -14,12 +14,13 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from sovereign_weights.units import GIB
+
 from components.cli import EXIT_DOES_NOT_FIT, EXIT_FITS, EXIT_INVALID, EXIT_NOT_SIZED
 from tests.conftest import ROOT, sovereign
 
 STACK = "stacks/Pulumi.prod-fra.yaml"
 MODELS = ("llama-70b", "mistral-small")
-GIB = 1024**3
 
 
 def small_config(**changes: object) -> dict[str, object]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sovereign_weights.units import GIB
 
 from components.config import load_stack_file
 from components.config.models import StackConfig
@@ -21,7 +22,7 @@ from components.plan.cold_start import (
 )
 from components.plan.kubernetes import InferenceStackSpec, inference_plan
 from components.plan.kubernetes.gateway import route_table
-from components.plan.kubernetes.models import (
+from components.plan.kubernetes.serving import (
     ENGINE_START_ALLOWANCE_SECONDS,
     STARTUP_PROBE_PERIOD_SECONDS,
     startup_budget_seconds,
@@ -32,7 +33,6 @@ from tests.unit.test_config import NS, problems_for
 from tests.unit.test_inference_objects import stack_variant
 
 ROOT = Path(__file__).resolve().parents[2]
-GIB = 1024**3
 
 
 @pytest.fixture(scope="module")

@@ -298,6 +298,18 @@ def test_engine_config_is_read_like_the_file() -> None:
 
 
 def test_engine_plain_value_for_secret_key_is_refused() -> None:
-    raw = {NS + "k3sToken": "not-marked-secret"}
-    section, _ = section_from_engine(raw, frozenset())
-    assert not hasattr(section["k3sToken"], "encrypted")
+    """The whole prod-fra stack as the engine hands it over, the token alone not among its
+    secrets: it is refused, by its key, without its value."""
+    from components.config.loader import build_stack_config
+    from tests.unit.test_program_mocks import engine_config
+
+    raw, secret_keys, _ = engine_config(ROOT / "stacks" / "Pulumi.prod-fra.yaml")
+    assert NS + "k3sToken" in secret_keys  # in the file it is a secret: only the engine dropped it
+    token = raw[NS + "k3sToken"]
+    section, problems = section_from_engine(raw, frozenset(secret_keys) - {NS + "k3sToken"})
+    with pytest.raises(StackConfigError) as refused:
+        build_stack_config(section, "engine", problems)
+    found = {p.path: p.message for p in refused.value.problems}
+    assert list(found) == ["k3sToken"], found
+    assert "must be stored as a Pulumi secret" in found["k3sToken"]
+    assert token not in str(refused.value)

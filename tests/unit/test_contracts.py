@@ -29,7 +29,7 @@ from components.plan.kubernetes.spec import (
     GATEWAY_NAMESPACE,
     MODELS_NAMESPACE,
 )
-from components.plan.render import render_stack
+from components.review_tree import render_stack
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVING_STACKS = [

@@ -15,7 +15,8 @@ import subprocess
 from pathlib import Path
 
 from components.config import StackConfig, load_stack_file
-from components.plan.host_steps import EXIT_REFUSED, egress_destinations, render_host_steps
+from components.plan.host_steps import egress_destinations, render_host_steps
+from components.plan.step_protocol import EXIT_REFUSED
 
 ROOT = Path(__file__).resolve().parents[2]
 NFT_REACHED = 9  # the exit status of the nft stand-in

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -26,17 +26,21 @@ from components.execution.outcome import (
     parse_step_output,
 )
 from components.execution.ssh import (
+    CONNECTION_LOG,
     REDACTED,
+    ConnectFailure,
     HostSession,
     HostTarget,
     Redactor,
     RunResult,
+    connect_failure,
     on_hosts,
     run_step,
     secret_prelude,
 )
 from tests.conftest import LocalSshd, step_script
-from tests.loopback import wait_until
+from tests.loopback import free_port, wait_until
+from tests.tcp_ports import AcceptingPort
 
 FAST = SshDefaults(connect_timeout_seconds=3, connect_retries=1, retry_backoff_seconds=0)
 
@@ -156,31 +160,99 @@ def test_unpinned_host_is_refused(local_sshd: LocalSshd) -> None:
         session.run_script("true\n")
 
 
-def test_unreachable_host_fails_after_bounded_retries() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    t = HostTarget("gone", "127.0.0.1", port, "root", "file:/nonexistent", "SHA256:" + "A" * 43)
-    settings = SshDefaults(connect_timeout_seconds=1, connect_retries=2, retry_backoff_seconds=0)
-    with pytest.raises(HostUnreachable, match="key file"):
-        HostSession(t, settings).connect()
-
-
-def test_closed_port_is_retried_then_reported(local_sshd: LocalSshd) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    t = HostTarget(
+def key_target(sshd: LocalSshd, port: int, address: str = "127.0.0.1") -> HostTarget:
+    """A host with a loadable key and a pinned host key at ``address:port``: whatever fails
+    there fails in the connection, not before it."""
+    return HostTarget(
         "gone",
-        "127.0.0.1",
+        address,
         port,
-        local_sshd.user,
-        f"file:{local_sshd.client_keys['ed25519']}",
-        "SHA256:" + "A" * 43,
+        sshd.user,
+        f"file:{sshd.client_keys['ed25519']}",
+        sshd.host_key_fingerprint,
     )
-    settings = SshDefaults(connect_timeout_seconds=1, connect_retries=2, retry_backoff_seconds=0)
-    with pytest.raises(HostUnreachable, match=r"unreachable after 3 attempt\(s\)"):
-        HostSession(t, settings).connect()
+
+
+RETRYING = SshDefaults(connect_timeout_seconds=1, connect_retries=2, retry_backoff_seconds=0)
+
+
+def test_unreachable_host_fails_after_bounded_retries(
+    local_sshd: LocalSshd, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The port counts the attempts: exactly connectRetries + 1, each announced but the last."""
+    caplog.set_level(logging.INFO, logger=CONNECTION_LOG.name)
+    with AcceptingPort(close_at_once=True) as port:
+        with pytest.raises(HostUnreachable, match=r"unreachable after 3 attempt\(s\)"):
+            HostSession(key_target(local_sshd, port.port), RETRYING).connect()
+        assert port.accepted == 3
+    progress = [r.getMessage() for r in caplog.records if r.name == CONNECTION_LOG.name]
+    assert len(progress) == 2, progress
+    assert "attempt 1 of 3" in progress[0]
+    assert "attempt 2 of 3" in progress[1]
+
+
+def test_closed_port_is_called_refused(local_sshd: LocalSshd) -> None:
+    port = free_port()
+    with pytest.raises(HostUnreachable) as info:
+        HostSession(key_target(local_sshd, port), RETRYING).connect()
+    assert f"connection refused: nothing listens on 127.0.0.1:{port}" in str(info.value)
+
+
+def test_a_port_that_never_sends_a_banner_is_named_as_such(local_sshd: LocalSshd) -> None:
+    with AcceptingPort(close_at_once=False) as port, pytest.raises(HostUnreachable) as info:
+        HostSession(key_target(local_sshd, port.port), RETRYING).connect()
+    assert f"no SSH banner within 1 s: 127.0.0.1:{port.port} accepts connections" in str(info.value)
+
+
+def test_a_port_that_closes_before_the_banner_is_named_as_such(local_sshd: LocalSshd) -> None:
+    with AcceptingPort(close_at_once=True) as port, pytest.raises(HostUnreachable) as info:
+        HostSession(key_target(local_sshd, port.port), RETRYING).connect()
+    assert f"no SSH banner: 127.0.0.1:{port.port} closed the connection" in str(info.value)
+
+
+def test_a_key_the_host_does_not_accept_fails_authentication_without_retries(
+    local_sshd: LocalSshd, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    stranger = tmp_path / "id_stranger"
+    subprocess.run(["ssh-keygen", "-q", "-N", "", "-t", "ed25519", "-f", str(stranger)], check=True)
+    caplog.set_level(logging.INFO, logger=CONNECTION_LOG.name)
+    t = HostTarget(
+        "local",
+        "127.0.0.1",
+        local_sshd.port,
+        local_sshd.user,
+        f"file:{stranger}",
+        local_sshd.host_key_fingerprint,
+    )
+    with pytest.raises(HostUnreachable) as info:
+        HostSession(t, RETRYING).connect()
+    assert "authentication failed: " in str(info.value)
+    assert f"file:{stranger}" in str(info.value)
+    assert not [r for r in caplog.records if r.name == CONNECTION_LOG.name], "retried"
+
+
+def test_a_name_that_does_not_resolve_is_named_as_such(local_sshd: LocalSshd) -> None:
+    # .invalid is reserved (RFC 6761): no resolver may answer it
+    settings = RETRYING.model_copy(update={"connect_retries": 0})
+    with pytest.raises(HostUnreachable, match=r"name not resolved: no-such-host\.invalid \("):
+        HostSession(key_target(local_sshd, 22, "no-such-host.invalid"), settings).connect()
+
+
+def test_a_connection_that_times_out_is_named_with_its_setting(local_sshd: LocalSshd) -> None:
+    """A TCP connect that gets no answer (a dropped SYN) cannot be staged on loopback: the
+    cause is derived from the error the socket raises then."""
+    failure = connect_failure(TimeoutError("timed out"), key_target(local_sshd, 2201), 7)
+    assert failure == ConnectFailure(
+        "timed out after 7 s connecting to 127.0.0.1:2201 (ssh.connectTimeoutSeconds)", True
+    )
+
+
+def test_paramiko_log_records_never_reach_a_handler_of_the_application() -> None:
+    """Its transport thread logs every failed handshake with a traceback: no handler on the root
+    logger (nor Python's last-resort one, used when no handler exists) may print them."""
+    paramiko_log = logging.getLogger("paramiko")
+    assert not paramiko_log.propagate
+    assert paramiko_log.handlers, "without a handler, the last-resort handler prints to stderr"
 
 
 def test_step_reports_changed_then_unchanged_with_facts(
@@ -370,21 +442,39 @@ def test_one_connection_serves_every_step(local_sshd: LocalSshd) -> None:
         session.close()
 
 
-def test_on_hosts_respects_the_concurrency_limit() -> None:
-    active = 0
-    peak = 0
+def test_on_hosts_runs_up_to_the_limit_at_once_and_never_more() -> None:
+    """Each item is held until the limit's worth of items run at once: a serial implementation
+    never gets there (the hold gives up after 10 s and the peak is 1). Once the limit is reached,
+    the held items wait on until every item has started or 0.2 s have passed, so one started
+    beyond the limit is seen; only a slow start could hide it, never a correct run fail."""
+    limit, items = 3, 8
+    lock = threading.Condition()
+    active = peak = started = 0
+    full_since: float | None = None
 
-    def work(_item: int) -> int:
-        nonlocal active, peak
-        active += 1
-        peak = max(peak, active)
-        time.sleep(0.05)
-        active -= 1
-        return _item * 2
+    def work(item: int) -> int:
+        nonlocal active, peak, started, full_since
+        with lock:
+            active += 1
+            started += 1
+            peak = max(peak, active)
+            if peak >= limit and full_since is None:
+                full_since = time.monotonic()
+            lock.notify_all()
 
-    results = on_hosts(list(range(8)), work, max_parallel=3)
-    assert results == [i * 2 for i in range(8)]
-    assert peak <= 3
+            give_up = time.monotonic() + 10
+            while full_since is None or (started < items and time.monotonic() - full_since < 0.2):
+                if time.monotonic() > give_up:  # a serial run: let the rest through
+                    full_since = full_since or 0.0
+                    break
+                lock.wait(0.02)
+            active -= 1
+            lock.notify_all()
+        return item * 2
+
+    results = on_hosts(list(range(items)), work, max_parallel=limit)
+    assert results == [i * 2 for i in range(items)], "results keep the items' order"
+    assert peak == limit
 
 
 def test_parse_step_output_ignores_noise() -> None:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from sovereign_weights.units import GIB
 
 from components.config.catalog import GPU_MODELS, GpuModel
-
-GIB = 2**30
 
 
 @pytest.mark.parametrize("gpu", GPU_MODELS.values(), ids=list(GPU_MODELS))

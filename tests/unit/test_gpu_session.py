@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sovereign_weights.units import GIB
 
 from components.config.catalog import GPU_MODELS
 from components.plan.sizing import CONTEXT_BYTES_TP1, NON_TORCH_BYTES
@@ -24,7 +25,6 @@ from components.plan.sizing import CONTEXT_BYTES_TP1, NON_TORCH_BYTES
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "bench" / "gpu_session.py"
 SIZE_GIB = "0.03125"  # 32 MiB: the disk reads stay well under a second
-GIB = 2**30
 
 FAKE_TORCH = '''
 """Stand-in for torch on one H200: memory figures move as a CUDA context would move them."""

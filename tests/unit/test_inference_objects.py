@@ -17,7 +17,7 @@ import yaml
 from components.config import StackConfig, load_stack_file
 from components.plan.kubernetes import InferencePlan, InferenceStackSpec, inference_plan
 from components.plan.kubernetes.gateway import edge_timeout_seconds
-from components.plan.kubernetes.models import server_args, startup_budget_seconds
+from components.plan.kubernetes.serving import server_args, startup_budget_seconds
 from components.plan.kubernetes.spec import (
     GATEWAY_NAMESPACE,
     GPU_NAMESPACE,
@@ -25,7 +25,7 @@ from components.plan.kubernetes.spec import (
     MODELS_NAMESPACE,
     WEIGHTS_NAMESPACE,
 )
-from components.plan.render import render_stack
+from components.review_tree import render_stack
 from tests.k8s_schemas import (
     chart_defaults,
     kubernetes_version,

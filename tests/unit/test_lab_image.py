@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -16,20 +18,43 @@ from components.lab.image import (
     recipe_hash,
 )
 
+# relative path -> content: what the fixture's recipe holds (README.md is not part of the recipe)
+RECIPE = {
+    "build.sh": "#!/usr/bin/env bash\necho build\n",
+    "packages.txt": "openssh-server\n",
+    "rootfs/etc/fstab": "/dev/vda / ext4 rw 0 1\n",
+    "README.md": "# the lab host\n",
+}
+
+
+def write_recipe(directory: Path, order: list[str]) -> Path:
+    for relative in order:
+        (directory / relative).parent.mkdir(parents=True, exist_ok=True)
+        (directory / relative).write_text(RECIPE[relative])
+    return directory
+
 
 @pytest.fixture
 def recipe(tmp_path: Path) -> Path:
-    (tmp_path / "build.sh").write_text("#!/usr/bin/env bash\necho build\n")
-    (tmp_path / "packages.txt").write_text("openssh-server\n")
-    (tmp_path / "rootfs" / "etc").mkdir(parents=True)
-    (tmp_path / "rootfs" / "etc" / "fstab").write_text("/dev/vda / ext4 rw 0 1\n")
-    (tmp_path / "bench.py").write_text("print('bench')\n")
-    return tmp_path
+    return write_recipe(tmp_path, list(RECIPE))
 
 
-def test_the_hash_is_stable(recipe: Path) -> None:
-    assert recipe_hash(recipe) == recipe_hash(recipe)
-    assert len(recipe_hash(recipe)) == 16
+def test_the_hash_is_stable(tmp_path: Path) -> None:
+    """Two copies of one recipe, written in opposite order at different times, share a key."""
+    first = write_recipe(tmp_path / "first", list(RECIPE))
+    second = write_recipe(tmp_path / "second", list(reversed(RECIPE)))
+    for path in second.rglob("*"):
+        os.utime(path, (1_000_000_000, 1_000_000_000))
+    assert re.fullmatch(r"[0-9a-f]{16}", recipe_hash(first))
+    assert recipe_hash(second) == recipe_hash(first)
+
+
+@pytest.mark.parametrize("changed", [p for p in RECIPE if p != "README.md"])
+def test_changing_any_recipe_file_changes_the_hash(tmp_path: Path, changed: str) -> None:
+    unchanged = write_recipe(tmp_path / "unchanged", list(RECIPE))
+    edited = write_recipe(tmp_path / "edited", list(RECIPE))
+    (edited / changed).write_text(RECIPE[changed] + "# one more line\n")
+    assert recipe_hash(edited) != recipe_hash(unchanged)
 
 
 def test_changing_a_package_list_changes_the_hash(recipe: Path) -> None:
@@ -62,11 +87,11 @@ def test_making_the_build_script_executable_changes_the_hash(recipe: Path) -> No
     assert recipe_hash(recipe) != before
 
 
-def test_the_benchmark_is_not_part_of_the_recipe(recipe: Path) -> None:
+def test_the_readme_is_not_part_of_the_recipe(recipe: Path) -> None:
     before = recipe_hash(recipe)
-    (recipe / "bench.py").write_text("print('faster bench')\n")
+    (recipe / "README.md").write_text("# the lab host, described again\n")
     assert recipe_hash(recipe) == before
-    assert recipe / "bench.py" not in recipe_files(recipe)
+    assert recipe / "README.md" not in recipe_files(recipe)
 
 
 def test_the_cache_entry_is_named_for_the_hash(recipe: Path, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from sovereign_weights.layout import CachePaths
 from components.config import load_stack_file
 from components.plan.cold_start import cold_start_estimate_seconds
 from components.plan.kubernetes import InferenceStackSpec, inference_plan
-from components.plan.kubernetes.models import (
+from components.plan.kubernetes.serving import (
     COMPILE_CACHE_DIR,
     COMPILE_CACHE_ENV,
     SERVER_UID,

@@ -17,14 +17,14 @@ from typing import Any
 
 import pytest
 import yaml
+from sovereign_weights.units import GIB
 
 from components.cli import EXIT_NOT_SIZED, main
 from components.config import StackConfig, load_stack_file
 from components.config.models import ModelSpec
 from components.plan.kubernetes import InferenceStackSpec, inference_plan
-from components.plan.kubernetes.models import model_host_memory, weight_bytes_bound
+from components.plan.kubernetes.serving import model_host_memory, weight_bytes_bound
 from components.plan.sizing import (
-    GIB,
     GPU_WORKER_PROCESS_BYTES,
     SERVER_PROCESS_BYTES,
     STREAMER_MEMORY_LIMIT_BYTES,

@@ -19,7 +19,7 @@ import yaml
 
 from components.config import StackConfig, load_stack_file
 from components.plan.kubernetes import InferenceStackSpec, inference_plan
-from components.plan.kubernetes.models import (
+from components.plan.kubernetes.serving import (
     DRAIN_SCRIPT,
     ENDPOINT_REMOVAL_SECONDS,
     HPA_MAX_PERIOD_SECONDS,

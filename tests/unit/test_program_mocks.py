@@ -606,12 +606,23 @@ def test_kubernetes_resources_are_the_plan_objects_unchanged(
     assert releases["dcgm-exporter"]["version"] == config.inference.charts.dcgm_exporter
 
 
+def assert_no_inference_resources(run: ProgramRun) -> None:
+    """What a stack without a cluster or without models gets: no chart, no Kubernetes object, no
+    inference component, and no model list or gateway address among its outputs."""
+    kubernetes = [r.type for r in run.registrations if r.type.startswith("kubernetes:")]
+    assert not kubernetes, f"registered without a cluster or models: {kubernetes}"
+    assert not run.of_type(INFERENCE_TYPE)
+    assert not {"models", "gatewayUrl"} & set(run.stack_outputs)
+
+
 def test_order_cluster_ready_then_keda_then_scaled_objects(
     program_run: tuple[Path, ProgramRun],
 ) -> None:
     stack_file, run = program_run
     config = load_stack_file(stack_file)
     if not (config.k3s.install and config.inference.models):
+        # no cluster or no models (the lab stack): nothing to order, and nothing is registered
+        assert_no_inference_resources(run)
         return
     (access,) = run.of_type(CLUSTER_ACCESS_TYPE)
     keda = next(r for r in run.of_type(HELM_TYPE) if r.raw_inputs["name"] == "keda")
@@ -639,6 +650,7 @@ def test_each_model_gets_deployment_service_scaled_object_from_config(
     stack_file, run = program_run
     config = load_stack_file(stack_file)
     if not (config.k3s.install and config.inference.models):
+        assert_no_inference_resources(run)
         return
 
     def find(typ: str, name: str) -> dict[str, Any]:

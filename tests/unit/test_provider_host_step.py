@@ -9,6 +9,7 @@ import pytest
 
 from components.config.models import HostSpec, SshDefaults, SshSpec
 from components.plan.host_steps import StepPlan
+from components.plan.step_protocol import Mode
 from components.providers.host_step import HostStepProvider
 from tests.conftest import LocalSshd, step_script
 
@@ -146,14 +147,15 @@ def test_delete_without_teardown_touches_nothing(local_sshd: LocalSshd, tmp_path
 
 
 @pytest.mark.parametrize("mode", ["apply", "teardown"])
-def test_unknown_mode_is_refused(local_sshd: LocalSshd, tmp_path: Path, mode: str) -> None:
+def test_unknown_mode_is_refused(local_sshd: LocalSshd, tmp_path: Path, mode: Mode) -> None:
     from components.execution.outcome import StepRefused
     from components.providers.host_step import run_step_from_props
 
     props = props_for(local_sshd, marker_step(tmp_path / "m"))
     assert run_step_from_props(props, mode)["result"] in {"changed", "unchanged"}
     with pytest.raises(StepRefused, match="unknown SOVEREIGN_MODE"):
-        run_step_from_props(props, "destroy-everything")
+        # the type rules it out; the script must refuse it all the same
+        run_step_from_props(props, "destroy-everything")  # type: ignore[arg-type]
 
 
 def secret_probe_step(log: Path) -> StepPlan:

@@ -33,8 +33,8 @@ from components.plan.kubernetes.gateway import (
     gateway_deployment,
     scaler_server_names,
 )
-from components.plan.kubernetes.models import SCALER_TRIGGER_AUTH, scaler_address
 from components.plan.kubernetes.security import network_policies
+from components.plan.kubernetes.serving import SCALER_TRIGGER_AUTH, scaler_address
 from components.plan.kubernetes.spec import GATEWAY_NAMESPACE, MODELS_NAMESPACE
 from components.providers.scaler_pki import (
     ScalerPkiProvider,

@@ -24,7 +24,7 @@ from sovereign_weights.cache import prepare_compile_dir
 
 from components.config import load_stack_file
 from components.plan.kubernetes import InferenceStackSpec
-from components.plan.kubernetes.models import (
+from components.plan.kubernetes.serving import (
     COMPILE_CACHE_DIR,
     COMPILE_CACHE_ENV,
     SCRATCH_DIR,

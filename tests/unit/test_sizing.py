@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 from sovereign_weights.manifest import Manifest, ManifestFile, ModelFacts, describe_directory
+from sovereign_weights.units import GIB
 
 from components.config.models import GpuSpec, ModelSpec, StackConfig, WeightsSource
 from components.plan.sizing import (
-    GIB,
     attention_bytes_per_token,
     size_model,
     size_stack,
@@ -181,7 +181,7 @@ def test_the_default_context_is_the_models_own_and_counts_in_full() -> None:
 def test_validate_can_size_offline_from_kept_manifests_only(tmp_path: Path) -> None:
     from sovereign_weights.lookup import write_cached
 
-    from components.manifests import model_facts_for
+    from components.model_facts import model_facts_for
 
     llama = facts("llama-3.1-8b")
     kept = Manifest(

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 
 import pytest
 from sovereign_weights.manifest import describe_directory
+from sovereign_weights.units import GIB
 
 from components.config.catalog import GPU_MODELS
 from components.config.models import ModelSpec, WeightsSource
@@ -57,7 +58,6 @@ from components.plan.sizing import ModelSizing, size_model
 from tests.checkpoints import checkpoint, checkpoint_bytes, published_config, tensor_bytes
 from tests.checkpoints.dense import decoder_layout
 
-GIB = 1024**3
 BLOCK_SIZE = 16  # vllm/config/cache.py: CacheConfig.block_size on CUDA
 VOCAB_PADDING = 64  # vllm/model_executor/layers/vocab_parallel_embedding.py
 NON_TORCH_IN_BUDGET = 0.16 * GIB  # vLLM's logs after the start-up snapshot

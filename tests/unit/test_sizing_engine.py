@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from sovereign_weights.manifest import describe_directory
+from sovereign_weights.units import GIB
 
 from components.config.models import ModelSpec, WeightsSource
 from components.plan.engine_args import (
@@ -30,7 +31,6 @@ from components.plan.sizing import (
 from tests.checkpoints import write_checkpoint
 from tests.unit.test_sizing import stack_with
 
-GIB = 1024**3
 H100 = "H100-SXM5-80GB"
 L40S = "L40S-48GB"
 

@@ -2,7 +2,7 @@
 
 The containerd config judged here is what K3s v1.31.6+k3s1 writes: its own template's runtime part
 (tests/data/k3s-v1.31.6), filled in the way K3s fills it, then passed through the real fact
-collector (collect_facts.sh) as a host would run it.
+collector (the layers' script parts, assembled as the runner sends them) as a host would run it.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from components.verification.layers import (
     K3S_CONTAINERD_TEMPLATES,
     Context,
     HostFacts,
+    collector_script,
     containerd_default_runtime,
     parse_sections,
     runtime_layer,
 )
-from components.verification.results import CheckResult
-from components.verification.runner import COLLECTOR
+from components.verification.results import Finding
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "tests" / "data" / "k3s-v1.31.6" / "containerd-config-v3-runtimes.toml.tmpl"
@@ -78,7 +78,7 @@ def prod() -> StackConfig:
     return load_stack_file(ROOT / "stacks" / "Pulumi.prod-fra.yaml")
 
 
-def judge(config: StackConfig, sections: dict[str, str]) -> CheckResult:
+def judge(config: StackConfig, sections: dict[str, str]) -> Finding:
     host = next(h for h in config.hosts if h.gpu.count)
     facts = HostFacts(host.name, {**sections, "end": ""})
     return next(
@@ -98,8 +98,10 @@ def collect(tmp_path: Path, files: dict[str, str]) -> dict[str, str]:
         "K3S_CONTAINERD_DIR": str(tmp_path),
         "K3S_CONTAINERD_TEMPLATES": " ".join(K3S_CONTAINERD_TEMPLATES),
     }
+    collector = tmp_path / "collect.sh"
+    collector.write_text(collector_script())
     done = subprocess.run(
-        ["bash", str(COLLECTOR)], env=env, capture_output=True, text=True, timeout=120, check=False
+        ["bash", str(collector)], env=env, capture_output=True, text=True, timeout=120, check=False
     )
     return parse_sections(done.stdout)
 

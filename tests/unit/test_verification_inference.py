@@ -172,9 +172,9 @@ def test_what_the_stack_applied_passes(prod: StackConfig) -> None:
     checks = by_check(results)
     for model in prod.inference.models:
         assert checks[f"scale-to-zero:{model.name}"].status == "pass"
-        assert checks[f"telemetry-off:sovereign-inference/{model.name}/server"].status == "pass"
-    assert any(c.startswith("image:sovereign-gateway/") for c in checks)
-    assert any(c.startswith("placement:") for c in checks)
+        assert checks[f"telemetry-off:{model.name}"].status == "pass"
+    assert any(w.startswith("sovereign-gateway/") for w in checks["images"].evidence["images"])
+    assert checks["placement"].status == "pass"
     assert [r.message() for r in results if r.status != "pass"] == []
 
 
@@ -192,13 +192,15 @@ def test_each_broken_promise_fails_with_what_was_seen(prod: StackConfig) -> None
     assert checks[f"scale-to-zero:{first.name}"].status == "fail"
     assert "minReplicaCount 1" in checks[f"scale-to-zero:{first.name}"].observed
     assert checks[f"scale-to-zero:{second.name}"].observed == "no ScaledObject"
-    telemetry = checks[f"telemetry-off:sovereign-inference/{first.name}/server"]
+    telemetry = checks[f"telemetry-off:{first.name}"]
     assert telemetry.status == "fail"
-    assert telemetry.observed == "missing DO_NOT_TRACK"
-    image = checks[f"image:sovereign-inference/{first.name}/server"]
+    assert telemetry.observed == "server missing DO_NOT_TRACK"
+    image = checks["images"]
     assert image.status == "fail"
-    assert image.observed == "docker.io/vllm/vllm-openai:latest"
-    (placement,) = [r for c, r in checks.items() if c.startswith("placement:")]
+    assert image.observed == (
+        f"sovereign-inference/{first.name}/server: docker.io/vllm/vllm-openai:latest"
+    )
+    placement = checks["placement"]
     assert placement.status == "fail"
     assert "(US)" in placement.observed
 
@@ -207,8 +209,9 @@ def test_scaled_to_zero_means_no_placement_to_judge(prod: StackConfig) -> None:
     lists = api_lists(prod)
     lists["pods"]["items"] = []
     checks = by_check(inference_cluster_checks(prod, objects_from(lists)))
-    assert not [c for c in checks if c.startswith("placement:")]
-    assert all(r.status == "pass" for r in checks.values())
+    assert checks["placement"].status == "skip"
+    assert checks["placement"].observed == "no model pod is scheduled (scaled to zero)"
+    assert [r.check for r in checks.values() if r.status == "fail"] == []
 
 
 # --- reading through the kubeconfig ---------------------------------------------------------
@@ -328,20 +331,23 @@ def test_reads_the_objects_with_gets_only_and_judges_them(
 def test_a_refused_token_fails_the_check_without_quoting_it(
     api_server: FakeApiServer, prod: StackConfig
 ) -> None:
-    (result,) = verify_inference_cluster(prod, api_server.kubeconfig(token="wrong-token-123456"))
+    results = verify_inference_cluster(prod, api_server.kubeconfig(token="wrong-token-123456"))
+    (result,) = [r for r in results if r.status == "fail"]
     assert (result.check, result.status) == ("cluster-api", "fail")
     assert "HTTP 401" in result.observed
-    assert "wrong-token" not in result.observed
-    (missing,) = verify_inference_cluster(prod, None)
-    assert missing.status == "fail"
+    assert "wrong-token" not in json.dumps([r.observed for r in results])
+    (missing,) = [r for r in verify_inference_cluster(prod, None) if r.status == "fail"]
+    assert missing.check == "cluster-api"
     assert "kubeconfig" in missing.observed
 
 
 def test_the_server_certificate_is_checked(api_server: FakeApiServer, prod: StackConfig) -> None:
     text = yaml.safe_load(api_server.kubeconfig())
     del text["clusters"][0]["cluster"]["certificate-authority-data"]
-    (result,) = verify_inference_cluster(prod, yaml.safe_dump(text))
-    assert result.status == "fail"
+    (result,) = [
+        r for r in verify_inference_cluster(prod, yaml.safe_dump(text)) if r.status == "fail"
+    ]
+    assert result.check == "cluster-api"
     assert "CERTIFICATE_VERIFY_FAILED" in result.observed or "SSL" in result.observed
 
 
@@ -354,7 +360,8 @@ def test_verify_stack_judges_the_cluster_through_the_kubeconfig_output(
     assert judged.results
     assert all(r.layer == "inference" and r.status == "pass" for r in judged.results)
     unjudged = verify_stack(prod, tmp_path, hosts=[], kubeconfig=None)
-    assert [(r.check, r.status) for r in unjudged.results] == [("cluster-api", "fail")]
+    assert [(r.check, r.status) for r in unjudged.failed] == [("cluster-api", "fail")]
+    assert {r.status for r in unjudged.results if r.check != "cluster-api"} == {"skip"}
     hosts_only = verify_stack(prod, tmp_path, hosts=[], layers=("host",), kubeconfig=None)
     assert hosts_only.results == []
 
@@ -416,16 +423,19 @@ def test_a_best_effort_model_pod_fails(prod: StackConfig) -> None:
             }
     pod["status"]["qosClass"] = qos_class(pod["spec"])
     checks = by_check(inference_cluster_checks(prod, objects_from(lists)))
-    (qos,) = [r for c, r in checks.items() if c.startswith("qos:")]
-    assert (qos.status, qos.observed) == ("fail", "BestEffort")
+    qos = checks["qos"]
+    assert (qos.status, qos.observed) == (
+        "fail",
+        f"{pod['metadata']['namespace']}/{pod['metadata']['name']} BestEffort",
+    )
     pod["status"]["phase"] = "Pending"
     checks = by_check(inference_cluster_checks(prod, objects_from(lists)))
-    assert not [c for c in checks if c.startswith("qos:")]
+    assert checks["qos"].status == "skip"
 
 
 def test_the_applied_model_pods_are_not_best_effort(prod: StackConfig) -> None:
     checks = by_check(inference_cluster_checks(prod, objects_from(api_lists(prod))))
-    (qos,) = [r for c, r in checks.items() if c.startswith("qos:")]
+    qos = checks["qos"]
     assert qos.status == "pass"
     assert qos.observed in ("Burstable", "Guaranteed")
 

@@ -1,7 +1,10 @@
 """Post-deploy suites: ``pytest -m verify tests/verify --stack-file stacks/Pulumi.<env>.yaml``.
 
-Facts are collected once per host, in parallel, over one pinned SSH connection each; every test
-then judges one layer of one host and fails with the layer, host, check, observed and expected.
+The same verification as ``sovereign verify`` (:func:`verify_stack`, run once per session): facts
+are collected once per host, in parallel, over one pinned SSH connection each. There is one test
+per planned check (:func:`components.plan.checks.host_checks` and ``cluster_checks``), its id
+``<host>:<check id>``; it fails with the layer, host, check, observed and expected, and is skipped
+with the reason when the check could not be judged.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from components.config import load_stack_file
 from components.config.loader import project_dir_for
 from components.config.models import HostSpec, StackConfig
 from components.execution.ssh import HostSession, HostTarget
-from components.verification.results import CheckResult
+from components.plan.checks import CLUSTER, cluster_checks, host_checks
+from components.verification.results import Finding
 from components.verification.runner import (
     Verification,
     hosts_from_outputs,
@@ -49,8 +53,28 @@ def _hosts(config: pytest.Config) -> list[HostSpec]:
     return hosts_from_outputs(stack, load_outputs(Path(outputs))) if outputs else list(stack.hosts)
 
 
+def planned(config: pytest.Config, layer: str) -> list[tuple[str, str]]:
+    """(host, check id) of every planned check of ``layer``: each hosts's, then the cluster's."""
+    stack_file = _stack_file(config)
+    if stack_file is None:
+        return []
+    stack = load_stack_file(stack_file)
+    pairs = [
+        (host.name, check.id)
+        for host in _hosts(config)
+        for check in host_checks(stack, host)
+        if check.layer == layer
+    ]
+    pairs += [(CLUSTER, c.id) for c in cluster_checks(stack) if c.layer == layer]
+    return pairs
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "host_name" in metafunc.fixturenames:
+    if "host_name" in metafunc.fixturenames and "check_id" in metafunc.fixturenames:
+        layer = metafunc.module.LAYER
+        pairs = planned(metafunc.config, layer)
+        metafunc.parametrize(("host_name", "check_id"), pairs, ids=[f"{h}:{c}" for h, c in pairs])
+    elif "host_name" in metafunc.fixturenames:
         names = [h.name for h in _hosts(metafunc.config)]
         metafunc.parametrize("host_name", names, ids=names)
 
@@ -103,15 +127,12 @@ def host(
         session.close()
 
 
-def layer_results(verification: Verification, layer: str, host: str) -> list[CheckResult]:
-    return [r for r in verification.results if r.layer == layer and r.host == host]
-
-
-def assert_layer(verification: Verification, layer: str, host: str) -> None:
-    results = layer_results(verification, layer, host)
-    assert results, f"[{layer}] {host}: no checks ran"
-    failed = [r.message() for r in results if r.status == "fail"]
-    if failed:
-        pytest.fail("\n".join(failed), pytrace=False)
-    if all(r.status == "skip" for r in results):
-        pytest.skip(f"[{layer}] {host}: {results[0].observed}")
+def assert_check(verification: Verification, host: str, check_id: str) -> None:
+    """The one result of a planned check: fails with its message, skips with its reason."""
+    found: list[Finding] = [r for r in verification.results if r.host == host and r.id == check_id]
+    assert len(found) == 1, f"{host} {check_id}: {len(found)} results, expected one"
+    (result,) = found
+    if result.status == "fail":
+        pytest.fail(result.message(), pytrace=False)
+    if result.status == "skip":
+        pytest.skip(f"[{result.layer}] {host} {result.check}: {result.observed}")

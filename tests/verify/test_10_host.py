@@ -1,19 +1,15 @@
-"""Layer 1, host: OS, SSH hardening, time sync service."""
+"""Layer 1, host: reachable over SSH with the pinned key, OS, SSH hardening.
+
+One test per planned check of this layer (see conftest), judged by ``sovereign verify``'s code."""
 
 import pytest
-import testinfra.host
 
 from components.verification.runner import Verification
-from tests.verify.conftest import assert_layer
+from tests.verify.conftest import assert_check
 
 pytestmark = pytest.mark.verify
+LAYER = "host"
 
 
-def test_host(verification: Verification, host_name: str) -> None:
-    assert_layer(verification, "host", host_name)
-
-
-def test_time_sync_runs(host: testinfra.host.Host) -> None:
-    chrony = host.service("chrony")
-    assert chrony.is_enabled, "[host] chrony is not enabled"
-    assert chrony.is_running, "[host] chrony is not running"
+def test_check(verification: Verification, host_name: str, check_id: str) -> None:
+    assert_check(verification, host_name, check_id)

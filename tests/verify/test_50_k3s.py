@@ -1,12 +1,15 @@
-"""Layer 5, K3s: pinned version, node Ready."""
+"""Layer 5, K3s: pinned version, node Ready, the node labels the plan sets.
+
+One test per planned check of this layer (see conftest), judged by ``sovereign verify``'s code."""
 
 import pytest
 
 from components.verification.runner import Verification
-from tests.verify.conftest import assert_layer
+from tests.verify.conftest import assert_check
 
 pytestmark = pytest.mark.verify
+LAYER = "k3s"
 
 
-def test_k3s(verification: Verification, host_name: str) -> None:
-    assert_layer(verification, "k3s", host_name)
+def test_check(verification: Verification, host_name: str, check_id: str) -> None:
+    assert_check(verification, host_name, check_id)

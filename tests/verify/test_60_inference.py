@@ -1,12 +1,15 @@
-"""Layer 6, inference: the OpenAI-compatible endpoint and its pods."""
+"""Layer 6, inference: each host's pods, and the cluster's objects as the API server holds them.
+
+One test per planned check of this layer (see conftest), judged by ``sovereign verify``'s code."""
 
 import pytest
 
 from components.verification.runner import Verification
-from tests.verify.conftest import assert_layer
+from tests.verify.conftest import assert_check
 
 pytestmark = pytest.mark.verify
+LAYER = "inference"
 
 
-def test_inference(verification: Verification, host_name: str) -> None:
-    assert_layer(verification, "inference", host_name)
+def test_check(verification: Verification, host_name: str, check_id: str) -> None:
+    assert_check(verification, host_name, check_id)

@@ -11,7 +11,7 @@ from sovereign_weights.publish import Publisher, PublishSettings
 from sovereign_weights.report import Reporter
 
 from components.config.models import GpuSpec, ModelSpec, StackConfig, WeightsSource
-from components.manifests import model_facts_for
+from components.model_facts import model_facts_for
 from components.plan.sizing import size_stack
 from tests.lab_stacks import lab_stack
 from tests.weights.conftest import CREDENTIALS, MiB, make_model, s3_client

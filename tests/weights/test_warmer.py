@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import os
 import signal
 import struct
 import subprocess
@@ -267,10 +269,47 @@ def test_endpoint_not_allowed_is_refused_before_any_request(
     assert proxy.requests == []
 
 
+@contextlib.contextmanager
+def private_tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``mount_point`` in a mount namespace of its own, made in a
+    user namespace so that no root is needed, and marked as the host's cache step marks the
+    cache filesystem. Every other process reaches it through the namespace's one process, as
+    ``/proc/PID/root/<mount_point>``; it goes when that process is killed."""
+    mount_point.mkdir(exist_ok=True)
+    holder = subprocess.Popen(
+        ["unshare", "--user", "--map-root-user", "--mount", "--propagation", "private",
+         "sh", "-c", 'mount -t tmpfs -o "size=$1" tmpfs "$2" && echo mounted && exec sleep 3600',
+         "private-tmpfs", size, str(mount_point)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    assert holder.stdout is not None
+    assert holder.stderr is not None
+    try:
+        if holder.stdout.readline().strip() != "mounted":
+            holder.wait(timeout=10)
+            raise OSError(holder.stderr.read().strip() or f"exit status {holder.returncode}")
+        yield mark_cache_filesystem(Path(f"/proc/{holder.pid}/root{mount_point}"))
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+
+
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 12 MiB tmpfs: a cache that fills up."""
-    with marked_tmpfs(tmp_path / "small", "12m") as mount_point:
+    """A 12 MiB tmpfs: a cache that fills up. Made in a user namespace (no root needed); as root
+    without user namespaces, mounted here; otherwise the skip says what is missing."""
+    with contextlib.ExitStack() as stack:
+        try:
+            mount_point = stack.enter_context(private_tmpfs(tmp_path / "small", "12m"))
+        except OSError as exc:
+            if os.geteuid() != 0:
+                pytest.skip(
+                    "the cache-full test needs a small filesystem: user namespaces are refused "
+                    f"here ({exc}) and mounting one needs root"
+                )
+            mount_point = stack.enter_context(marked_tmpfs(tmp_path / "small", "12m"))
         yield mount_point
 
 

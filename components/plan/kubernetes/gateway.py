@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Final
 
+from sovereign_gateway.auth import api_key_line
 from sovereign_gateway.ports import ADMIN_HTTP_PORT, SCALER_GRPC_PORT
 from sovereign_gateway.routes import Metering, ModelRoute, RouteTable, TenantLimit
+from sovereign_weights.units import GIB
 
 from components.config.catalog import (
     TRAEFIK_WEB_ENTRY_POINT,
@@ -17,20 +18,19 @@ from components.config.catalog import (
 )
 from components.plan import cold_start  # the module: it imports this package's models in turn
 from components.plan.cluster import LABEL_PREFIX
-from components.plan.kubernetes.models import (
-    ENDPOINT_REMOVAL_SECONDS,
-    GIB,
-    drain_deadline_seconds,
-    memory_quantity,
-    model_replicas_address,
-    model_upstream,
-)
 from components.plan.kubernetes.objects import (
     Obj,
     metadata,
     required_node_affinity,
     restricted_container,
     restricted_pod,
+)
+from components.plan.kubernetes.serving import (
+    ENDPOINT_REMOVAL_SECONDS,
+    drain_deadline_seconds,
+    memory_quantity,
+    model_replicas_address,
+    model_upstream,
 )
 from components.plan.kubernetes.spec import (
     API_KEYS_FILE,
@@ -132,10 +132,9 @@ def routes_config_map(spec: InferenceStackSpec) -> Obj:
 
 
 def api_keys_text(spec: InferenceStackSpec) -> str:
-    """``tenant:sha256hex`` lines: only the keys' digests ever reach the cluster."""
+    """The gateway's key file: only the keys' digests ever reach the cluster."""
     return "".join(
-        f"{t.name}:{hashlib.sha256(t.api_key.get_secret_value().encode()).hexdigest()}\n"
-        for t in spec.inference.gateway.tenants
+        api_key_line(t.name, t.api_key.get_secret_value()) for t in spec.inference.gateway.tenants
     )
 
 

@@ -24,15 +24,15 @@ from components.plan.kubernetes.gateway import (
     scaler_tls_secrets,
     traefik_config,
 )
-from components.plan.kubernetes.models import (
+from components.plan.kubernetes.objects import Obj
+from components.plan.kubernetes.security import namespaces, network_policies
+from components.plan.kubernetes.serving import (
     model_deployment,
     model_replicas_service,
     model_service,
     scaled_object,
     scaler_trigger_authentication,
 )
-from components.plan.kubernetes.objects import Obj
-from components.plan.kubernetes.security import namespaces, network_policies
 from components.plan.kubernetes.spec import RUNTIME_CLASS, InferenceStackSpec
 from components.plan.kubernetes.warmer import warmer_config_map, warmer_daemon_set
 

@@ -18,10 +18,10 @@ one else; DNS; the warmer and the models' weight init containers to the allowed 
 from __future__ import annotations
 
 import ipaddress
-from urllib.parse import urlsplit
 
 from sovereign_gateway.ports import ADMIN_HTTP_PORT, SCALER_GRPC_PORT
 
+from components.config.residency import endpoint_port
 from components.plan.kubernetes.gateway import GATEWAY_LABELS
 from components.plan.kubernetes.objects import Obj, metadata
 from components.plan.kubernetes.spec import (
@@ -114,7 +114,7 @@ def object_store_peers(spec: InferenceStackSpec) -> list[Obj]:
 
 
 def object_store_ports(spec: InferenceStackSpec) -> list[Obj]:
-    ports = sorted({urlsplit(e).port or 443 for e in spec.residency.allowed_object_store_endpoints})
+    ports = sorted({endpoint_port(e) for e in spec.residency.allowed_object_store_endpoints})
     return [{"protocol": "TCP", "port": p} for p in ports]
 
 

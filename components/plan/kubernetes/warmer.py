@@ -7,13 +7,6 @@ from typing import Final
 
 from sovereign_weights.prefetch import PrefetchEntry, render_models_file
 
-from components.plan.kubernetes.models import (
-    WEIGHTS_COMMAND,
-    allowed_endpoints,
-    cache_filesystem_args,
-    server_image,
-    weights_container,
-)
 from components.plan.kubernetes.objects import (
     GPU_TOLERATIONS,
     Obj,
@@ -23,6 +16,13 @@ from components.plan.kubernetes.objects import (
     residency_expression,
     restricted_container,
     restricted_pod,
+)
+from components.plan.kubernetes.serving import (
+    WEIGHTS_COMMAND,
+    allowed_endpoints,
+    cache_filesystem_args,
+    server_image,
+    weights_container,
 )
 from components.plan.kubernetes.spec import (
     COMPONENT_LABEL,

@@ -1,4 +1,8 @@
-"""API keys: a file of ``tenant:sha256hex`` lines, checked in constant time, never logged."""
+"""API keys: a file of ``tenant:sha256hex`` lines, checked in constant time, never logged.
+
+One home for the file's format: the plan writes it with :func:`api_key_line`, ``sovereign render``
+shows it with :func:`redacted_api_keys`, and the gateway reads it with :func:`parse_api_keys`.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from pathlib import Path
 from sovereign_gateway.routes import TENANT_NAME
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_SEPARATOR = ":"
 
 ANONYMOUS = "anonymous"
 """The tenant that requests are counted under when authentication is off."""
@@ -49,6 +54,18 @@ class ApiKeys:
         return frozenset(tenant for tenant, _ in self.entries)
 
 
+def api_key_line(tenant: str, key: str) -> str:
+    """The key file's line for ``tenant``'s ``key``: only the key's SHA-256 is written."""
+    return f"{tenant}{_SEPARATOR}{hashlib.sha256(key.encode()).hexdigest()}\n"
+
+
+def redacted_api_keys(text: str, marker: str) -> str:
+    """A key file as a reviewer sees it: each line's tenant, its digest replaced by ``marker``."""
+    return "".join(
+        f"{line.partition(_SEPARATOR)[0]}{_SEPARATOR}{marker}\n" for line in text.splitlines()
+    )
+
+
 def parse_api_keys(text: str, source: str) -> ApiKeys:
     """Parse ``tenant:sha256hex`` lines; blank lines and ``#`` comments are skipped."""
     entries: list[tuple[str, bytes]] = []
@@ -56,7 +73,7 @@ def parse_api_keys(text: str, source: str) -> ApiKeys:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        tenant, sep, digest = line.partition(":")
+        tenant, sep, digest = line.partition(_SEPARATOR)
         if not sep or not TENANT_NAME.fullmatch(tenant):
             raise ApiKeyFileError(
                 f"{source} line {number}: expected tenant:sha256hex with the tenant a DNS label"

@@ -20,15 +20,37 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Final
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-TENANT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+TENANT_NAME: Final = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 """A tenant's name: a DNS label (the route table and the API-key file both use it)."""
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
+CURRENCY: Final = re.compile(r"^[A-Z]{3}$")
+"""An ISO 4217 currency code, as ``metering.currency`` takes it."""
+
+# The route table's defaults and bounds. A stack's config takes its gateway, model, tenant and
+# metering fields' defaults and lower bounds from here (``components.config.models``), so a stack
+# that validates renders a table the gateway accepts, and a field left out means the same on
+# both sides.
+DEFAULT_TARGET_CONCURRENCY: Final = 8
+DEFAULT_MAX_PENDING_REQUESTS: Final = 1000
+DEFAULT_COLD_START_TIMEOUT_SECONDS: Final = 900
+DEFAULT_REQUEST_TIMEOUT_SECONDS: Final = 600
+DEFAULT_GPUS_PER_REPLICA: Final = 1
+DEFAULT_PRICE_PER_GPU_HOUR: Final = 0.0
+DEFAULT_CURRENCY: Final = "EUR"
+MAX_REQUEST_COUNT: Final = 100_000
+"""The most requests one model may hold pending, or one tenant run at once: a count past it is
+far beyond what a replica serves, and would only let a peer's snapshot claim more."""
+
+TargetConcurrency = Annotated[int, Field(ge=1)]
+"""Requests one replica serves at once before KEDA adds another."""
+RequestCount = Annotated[int, Field(ge=1, le=MAX_REQUEST_COUNT)]
+"""A cap on requests: a model's pending ones, a tenant's concurrent ones."""
+PricePerGpuHour = Annotated[float, Field(ge=0)]
 
 
 class _Schema(BaseModel):
@@ -71,11 +93,13 @@ class ModelRoute(_Schema):
     name: Annotated[str, Field(min_length=1, max_length=256)]
     upstream: str
     replicas: str | None = None
-    target_concurrency: Annotated[int, Field(ge=1)] = 8
-    max_pending_requests: Annotated[int, Field(ge=1)] = 1000
-    cold_start_timeout_seconds: Annotated[float, Field(gt=0)] = 900.0
-    request_timeout_seconds: Annotated[float, Field(gt=0)] = 600.0
-    gpus_per_replica: Annotated[int, Field(ge=0)] = 1
+    target_concurrency: TargetConcurrency = DEFAULT_TARGET_CONCURRENCY
+    max_pending_requests: RequestCount = DEFAULT_MAX_PENDING_REQUESTS
+    cold_start_timeout_seconds: Annotated[float, Field(gt=0)] = float(
+        DEFAULT_COLD_START_TIMEOUT_SECONDS
+    )
+    request_timeout_seconds: Annotated[float, Field(gt=0)] = float(DEFAULT_REQUEST_TIMEOUT_SECONDS)
+    gpus_per_replica: Annotated[int, Field(ge=0)] = DEFAULT_GPUS_PER_REPLICA
     # the most replicas KEDA runs of the model: with the two limits above, it bounds the count
     # a peer replica may report for it (unset: only --max-peer-count does)
     max_replicas: Annotated[int, Field(ge=1)] | None = None
@@ -120,7 +144,7 @@ class TenantLimit(_Schema):
     """A tenant named in the API-key file, with its optional cap on concurrent requests."""
 
     name: str
-    max_concurrent_requests: Annotated[int, Field(ge=1)] | None = None
+    max_concurrent_requests: RequestCount | None = None
 
     @field_validator("name")
     @classmethod
@@ -135,13 +159,13 @@ class TenantLimit(_Schema):
 class Metering(_Schema):
     """How GPU time is priced in ``/usage``."""
 
-    price_per_gpu_hour: Annotated[float, Field(ge=0)] = 0.0
-    currency: str = "EUR"
+    price_per_gpu_hour: PricePerGpuHour = DEFAULT_PRICE_PER_GPU_HOUR
+    currency: str = DEFAULT_CURRENCY
 
     @field_validator("currency")
     @classmethod
     def _iso_currency(cls, value: str) -> str:
-        if not _CURRENCY.fullmatch(value):
+        if not CURRENCY.fullmatch(value):
             raise ValueError(f"expected an ISO 4217 currency code such as EUR, got {value!r}")
         return value
 

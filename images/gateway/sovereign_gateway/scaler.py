@@ -18,9 +18,7 @@ from sovereign_gateway.counts import Counts
 from sovereign_gateway.proto import externalscaler_pb2 as pb
 from sovereign_gateway.proto import externalscaler_pb2_grpc as pb_grpc
 from sovereign_gateway.routes import ModelRoute, RouteTable
-
-METADATA_MODEL_KEY = "model"
-"""The ScaledObject trigger metadata key that holds the model's name (the route's ``name``)."""
+from sovereign_gateway.trigger import METADATA_MODEL_KEY
 
 METRIC_NAME = "gateway-requests"
 """The metric's name as GetMetricSpec gives it (KEDA prefixes it with the trigger index)."""

@@ -26,6 +26,7 @@ from sovereign_weights.layout import (
 )
 from sovereign_weights.manifest import ManifestError
 from sovereign_weights.report import Reporter, human_bytes
+from sovereign_weights.units import GIB, MIB
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
 PROG = "sovereign-weights"
 _SIZE = re.compile(r"^(\d+)\s*(B|K|KB|KIB|M|MB|MIB|G|GB|GIB)?$", re.IGNORECASE)
-_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+_UNITS = {"": 1, "B": 1, "K": 1024, "M": MIB, "G": GIB}
 
 
 def parse_size(text: str) -> int:
@@ -74,7 +75,7 @@ def _add_store_flags(parser: argparse.ArgumentParser, *, target: bool = True) ->
     parser.add_argument("--profile", help="profile in the credentials file")
     parser.add_argument("--jobs", type=int, default=8, help="parallel requests (default 8)")
     parser.add_argument(
-        "--part-size", type=parse_size, default=64 * 1024**2, help="bytes per part (64MiB)"
+        "--part-size", type=parse_size, default=64 * MIB, help="bytes per part (64MiB)"
     )
 
 

@@ -42,23 +42,23 @@ from sovereign_weights.manifest import (
 )
 from sovereign_weights.report import Reporter, human_bytes
 from sovereign_weights.store import error_code
+from sovereign_weights.units import GIB, MIB
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
-MiB = 1024 * 1024
 # S3's multipart limits: parts of 5 MiB to 5 GiB (the last may be smaller), at most 10,000.
-S3_MIN_PART_BYTES = 5 * MiB
-S3_MAX_PART_BYTES = 5 * 1024 * MiB
+S3_MIN_PART_BYTES = 5 * MIB
+S3_MAX_PART_BYTES = 5 * GIB
 S3_MAX_PARTS = 10_000
-_READ_BYTES = 8 * MiB
+_READ_BYTES = 8 * MIB
 
 
 @dataclass(frozen=True)
 class PublishSettings:
     jobs: int = 8
-    part_bytes: int = 64 * MiB
+    part_bytes: int = 64 * MIB
 
     def __post_init__(self) -> None:
         if self.jobs < 1:

@@ -50,15 +50,15 @@ from sovereign_weights.lookup import fetch_manifest
 from sovereign_weights.manifest import Manifest, ManifestError, ManifestFile
 from sovereign_weights.report import Reporter, human_bytes
 from sovereign_weights.store import error_code
+from sovereign_weights.units import MIB
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-MiB = 1024 * 1024
 _PROGRESS_MAGIC = b"SWPROG01"
 _PROGRESS_HEADER = struct.Struct("<8sQQ")  # magic, file size, part size
 _U64 = struct.Struct("<Q")
-_HASH_READ_BYTES = 8 * MiB
+_HASH_READ_BYTES = 8 * MIB
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,8 @@ class WarmSettings:
     """Tuning of one warmer run; every timeout and retry count lives here."""
 
     jobs: int = 8
-    part_bytes: int = 64 * MiB
-    read_chunk_bytes: int = 1 * MiB
+    part_bytes: int = 64 * MIB
+    read_chunk_bytes: int = 1 * MIB
     refetches: int = 1  # whole-file refetches after a sha256 or size mismatch
     part_attempts: int = 4  # tries per part on a dropped connection (botocore retries requests)
     retry_backoff_seconds: float = 1.0
@@ -82,7 +82,7 @@ class WarmSettings:
     def __post_init__(self) -> None:
         if self.jobs < 1:
             raise UsageError("--jobs: expected at least 1")
-        if self.part_bytes < MiB:
+        if self.part_bytes < MIB:
             raise UsageError("--part-size: expected at least 1 MiB")
         if self.refetches < 0:
             raise UsageError("--refetches: expected 0 or more")

@@ -259,7 +259,6 @@ ensure_kernel_held() {
   if [ "${#to_hold[@]}" -gt 0 ]; then
     change "hold kernel packages ${to_hold[*]}" hold_packages "${to_hold[@]}"
   fi
-  fact kernel "$(uname -r)"
 }
 
 # The stamp holds the drop-in as sshd last reloaded it, after its effective settings were

@@ -194,7 +194,6 @@ apply() {
   local gpus loaded distro packages
   scan_nvidia_pci
   gpus=$NVIDIA_GPUS
-  fact gpu_count "$gpus"
   if [ "$gpus" -eq 0 ]; then
     refuse "no NVIDIA GPU on the PCI bus (vendor 10de), but this host expects ${EXPECTED_GPU_COUNT}; check the hardware or set gpu.count: 0 for this host"
   fi

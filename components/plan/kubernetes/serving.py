@@ -8,7 +8,9 @@ from pathlib import PurePosixPath
 from typing import Final
 
 from sovereign_gateway.ports import SCALER_GRPC_PORT
+from sovereign_gateway.trigger import METADATA_MODEL_KEY
 from sovereign_weights.layout import CachePaths
+from sovereign_weights.units import GIB, MIB
 
 from components.config.catalog import GPU_MODELS
 from components.config.models import ModelSpec
@@ -46,8 +48,8 @@ from components.plan.sizing import (
     replica_host_memory,
 )
 
-GIB: Final = 1024**3
-MIB: Final = 1024**2
+# How often KEDA asks the scaler for a model's metric; "active" is pushed at once instead.
+KEDA_POLLING_INTERVAL_SECONDS: Final = 15
 # Sizing of the startup probe. The weights cannot be larger than the GPU memory a replica asks for,
 # so that bounds what must be read; they are read at the cache's floor speed
 # (``cache.minReadMibPerSecond``, which verification measures on every host), and the streaming
@@ -602,7 +604,7 @@ def scaled_object(spec: InferenceStackSpec, model: ModelSpec) -> Obj:
             "minReplicaCount": 0,
             "maxReplicaCount": model.max_replicas,
             "cooldownPeriod": model.idle_seconds,
-            "pollingInterval": 15,
+            "pollingInterval": KEDA_POLLING_INTERVAL_SECONDS,
             "advanced": {
                 "horizontalPodAutoscalerConfig": {
                     "behavior": {"scaleDown": scale_down_behavior(spec, model)}
@@ -611,7 +613,10 @@ def scaled_object(spec: InferenceStackSpec, model: ModelSpec) -> Obj:
             "triggers": [
                 {
                     "type": "external-push",
-                    "metadata": {"scalerAddress": scaler_address(), "model": model.served},
+                    "metadata": {
+                        "scalerAddress": scaler_address(),
+                        METADATA_MODEL_KEY: model.served,
+                    },
                     "authenticationRef": {"name": SCALER_TRIGGER_AUTH},
                 }
             ],

@@ -1,6 +1,6 @@
 """Benchmark the lab: image build from nothing, template boot, fresh host to SSH, 4 hosts at once.
 
-    .venv/bin/python images/lab-host/bench.py [--runs 5] [--build-runs 3] [--skip-build]
+    .venv/bin/python tests/bench/bench_lab.py [--runs 5] [--build-runs 3] [--skip-build]
 
 Each measurement is repeated and reported as median, min and max seconds. Image builds go to a
 scratch cache (the real cache is left alone); template boots reuse the cached image; host starts
