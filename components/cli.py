@@ -16,8 +16,11 @@ if TYPE_CHECKING:
     from pydantic import JsonValue
 
     from components.plan.sizing import SizingReport
+    from components.plan.step_protocol import Mode
 
 EXIT_INVALID = 2
+# `apply --check`: an apply would change something
+EXIT_DRIFT = 3
 # `sovereign size`: one meaning per code; when several apply, the lowest non-zero code is returned
 # (2 before 3 before 4), so an invalid stack is never reported as a sizing outcome.
 EXIT_FITS = 0
@@ -125,7 +128,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     config = _load_or_report(stack_file, require_inventory=True)
     if config is None:
         return EXIT_INVALID
-    mode = "check" if args.check else "teardown" if args.teardown else "apply"
+    mode: Mode = "check" if args.check else "teardown" if args.teardown else "apply"
     try:
         secrets = secret_env_for(config, stack_file)
     except StepError as exc:
@@ -177,7 +180,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     if report.failed:
         return 1
     if args.check and report.changed:
-        return 3  # drift found
+        return EXIT_DRIFT
     return 0
 
 
@@ -416,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     modes.add_argument(
         "--check",
         action="store_true",
-        help="dry run: report drift, change nothing (exit 3 on drift)",
+        help=f"dry run: report drift, change nothing (exit {EXIT_DRIFT} on drift)",
     )
     modes.add_argument(
         "--teardown",

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from components.config.models import Model, StackConfig
 from components.plan.cluster import api_server_url, first_server
-from components.providers.cluster_access import ClusterAccess
+from components.providers.cluster_access import READY_TIMEOUT_SECONDS, ClusterAccess
 
 
 class K3sClusterSpec(Model):
@@ -18,7 +18,7 @@ class K3sClusterSpec(Model):
 
     stack: StackConfig
     project_dir: str = Field(default=".")
-    ready_timeout_seconds: int = Field(default=900, ge=30, le=7200)
+    ready_timeout_seconds: int = Field(default=READY_TIMEOUT_SECONDS, ge=30, le=7200)
     poll_seconds: float = Field(default=5.0, gt=0, le=60)
 
 

@@ -30,6 +30,7 @@ from components.execution.ssh import (
     run_step,
 )
 from components.plan.host_steps import STEP_BUILDERS, StepPlan, render_host_steps
+from components.plan.step_protocol import Mode
 
 TOKEN_ENV = "SOVEREIGN_K3S_TOKEN"  # noqa: S105 - a variable name, not a value
 
@@ -57,7 +58,7 @@ class NotApplicable:
 
 @dataclass
 class RolloutReport:
-    mode: str
+    mode: Mode
     steps: list[StepReport] = field(default_factory=list)
     seconds: float = 0.0
     not_applicable: list[NotApplicable] = field(default_factory=list)
@@ -140,7 +141,7 @@ def _run_one(
     session: HostSession,
     host: str,
     step: StepPlan,
-    mode: str,
+    mode: Mode,
     secret_env: dict[str, str],
     sink: LineSink | None,
 ) -> StepReport:
@@ -173,7 +174,7 @@ def apply_stack(
     config: StackConfig,
     project_dir: Path,
     *,
-    mode: str = "apply",
+    mode: Mode = "apply",
     hosts: Sequence[str] | None = None,
     secret_env: dict[str, str] | None = None,
     on_line: Callable[[str, str, str], None] | None = None,

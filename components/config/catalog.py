@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from sovereign_weights.units import GIB
+
 
 @dataclass(frozen=True)
 class GpuModel:
@@ -46,7 +48,7 @@ COMPUTE_CAPABILITIES: dict[str, tuple[int, int]] = {
 
 def _gib(value: float) -> int:
     """Bytes in ``value`` GiB, for totals that logs print in GiB to two decimals."""
-    return round(value * 2**30)
+    return round(value * GIB)
 
 
 def _mib(value: int) -> int:

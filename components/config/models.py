@@ -45,6 +45,7 @@ from sovereign_gateway.routes import (
     DEFAULT_PRICE_PER_GPU_HOUR,
     DEFAULT_REQUEST_TIMEOUT_SECONDS,
     DEFAULT_TARGET_CONCURRENCY,
+    TENANT_NAME,
     PricePerGpuHour,
     RequestCount,
     TargetConcurrency,
@@ -246,6 +247,16 @@ def host_key(value: str) -> str:
         return str(ipaddress.ip_address(value))
     except ValueError:
         return value.lower()
+
+
+def _tenant_name(value: str) -> str:
+    """A tenant's name: the gateway's own pattern (it is the route table's key)."""
+    if not TENANT_NAME.fullmatch(value):
+        raise ValueError(
+            "expected a tenant name: 1-63 lowercase letters, digits or '-', starting and "
+            "ending with a letter or digit"
+        )
+    return value
 
 
 def _dns_label(value: str) -> str:
@@ -1043,7 +1054,7 @@ class ModelSpec(Model):
 class TenantSpec(Model):
     """A team sharing the GPU pool: told apart and charged by its API key."""
 
-    name: DnsLabel
+    name: Annotated[str, AfterValidator(_tenant_name)]
     api_key: StackSecret
     max_concurrent_requests: RequestCount | None = None
 

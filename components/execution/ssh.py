@@ -53,6 +53,7 @@ from components.execution.outcome import (
     interpret_exit,
     redact_protocol_line,
 )
+from components.plan.step_protocol import Mode
 
 LineSink = Callable[[str, str], None]  # (stream "stdout"|"stderr", line)
 
@@ -715,7 +716,7 @@ def run_step(
     step_name: str,
     script: str,
     *,
-    mode: str = "apply",
+    mode: Mode = "apply",
     secret_env: Mapping[str, str] | None = None,
     payloads: Mapping[str, bytes] | None = None,
     reboot_allowed: bool = False,

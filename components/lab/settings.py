@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from sovereign_weights.units import GIB, MIB
+
 LAB_DIR_ENV = "SOVEREIGN_LAB_DIR"
 CACHE_DIR_ENV = "SOVEREIGN_LAB_CACHE"
 DEFAULT_LAB_DIR = Path(".lab")
@@ -88,7 +90,7 @@ def nvme_disk_id(host_index: int, drive_index: int) -> str:
     return f"nvme-QEMU_NVMe_Ctrl_{nvme_serial(host_index, drive_index)}"
 
 
-_SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": MIB, "G": GIB, "T": GIB << 10}
 
 
 def parse_size(text: str) -> int:

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from sovereign_weights.units import GIB
+from sovereign_weights.units import GIB, MIB
 
 from components.config.catalog import GPU_MODELS
 from components.config.models import ModelSpec
@@ -96,7 +96,7 @@ def _number(given: dict[str, str | None], name: str, path: str) -> float | None:
 
 _HUMAN_INT = re.compile(r"(\d+(?:\.\d+)?)([kmgKMG])")
 _DECIMAL = {"k": 10**3, "m": 10**6, "g": 10**9}
-_BINARY = {"K": 2**10, "M": 2**20, "G": 2**30}
+_BINARY = {"K": 2**10, "M": MIB, "G": GIB}
 
 
 def _positive_int(given: dict[str, str | None], name: str, path: str) -> int | None:

@@ -23,7 +23,7 @@ from sovereign_weights.layout import CACHE_FILESYSTEM_MARKER
 
 from components.config.catalog import GPU_MODELS
 from components.config.models import CacheSpec, HostSpec, StackConfig, host_key
-from components.config.residency import normalize_registry
+from components.config.residency import normalize_registry, registry_allowed
 from components.plan.cluster import (
     K3S_API_PORT,
     api_endpoint,
@@ -332,7 +332,7 @@ def k3s_registries(config: StackConfig) -> dict[str, Any]:
         "mirrors": {
             name: {"endpoint": [mirror]}
             for name in K3S_MIRRORED_REGISTRIES
-            if name not in config.residency.allowed_registries
+            if not registry_allowed(name, config.residency.allowed_registries)
         }
     }
 

@@ -26,9 +26,9 @@ import yaml
 from pulumi import Input, Output, ResourceOptions
 from pulumi.dynamic import (
     CheckFailure,
+    CheckResult,
     CreateResult,
     DiffResult,
-    CheckResult,
     ReadResult,
     Resource,
     ResourceProvider,
@@ -40,6 +40,8 @@ from components.providers.connection import host_target, log_line, missing_input
 K3S_KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
 K3S_KUBECTL = "/usr/local/bin/k3s kubectl"  # where the install script puts k3s
 # The inputs that mean the kubeconfig must be read again.
+# How long the nodes of the stack may take to register and become Ready, by default.
+READY_TIMEOUT_SECONDS = 900
 REREAD_KEYS = ("address", "port", "user", "hostKey", "nodes", "serverUrl", "kubeconfigPath")
 REQUIRED_KEYS = ("host", "address", "port", "user", "privateKey", "nodes", "serverUrl")
 
@@ -128,7 +130,7 @@ def _list_nodes(session: Any, props: dict[str, Any]) -> str | None:
 def wait_for_nodes(session: Any, props: dict[str, Any]) -> NodeReadiness:
     """Poll the node list until every expected node is Ready, or raise when time runs out."""
     expected = [str(n) for n in props["nodes"]]
-    timeout = float(props.get("readyTimeoutSeconds") or 600)
+    timeout = float(props.get("readyTimeoutSeconds") or READY_TIMEOUT_SECONDS)
     poll = float(props.get("pollSeconds") or 5)
     deadline = time.monotonic() + timeout
     last = NodeReadiness((), (), tuple(expected))

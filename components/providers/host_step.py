@@ -25,9 +25,9 @@ from typing import Any
 from pulumi import Input, Output, ResourceOptions
 from pulumi.dynamic import (
     CheckFailure,
+    CheckResult,
     CreateResult,
     DiffResult,
-    CheckResult,
     ReadResult,
     Resource,
     ResourceProvider,

@@ -17,6 +17,7 @@ from components.execution.outcome import HostKeyMismatch, StepError, StepRefused
 from components.execution.ssh import HostSession, HostTarget, run_step
 from components.lab.inventory import InventoryHost
 from components.plan.host_steps import StepPlan, render_host_steps
+from components.plan.step_protocol import Mode
 from tests.conftest import step_script
 from tests.lab_stacks import LAB_STEPS, ROOT, lab_host_spec, lab_stack
 
@@ -63,7 +64,7 @@ def state(session: HostSession) -> str:
     return session.run_script(STATE_PROBE, timeout=60).stdout
 
 
-def run_all(session: HostSession, steps: list[StepPlan], mode: str = "apply") -> dict[str, str]:
+def run_all(session: HostSession, steps: list[StepPlan], mode: Mode = "apply") -> dict[str, str]:
     return {
         s.name: run_step(session, s.name, s.script, mode=mode, payloads=s.payloads).result
         for s in steps

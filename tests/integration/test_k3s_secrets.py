@@ -21,6 +21,7 @@ from components.config.models import HostSpec, StackConfig
 from components.execution.ssh import REDACTED, HostSession, HostTarget
 from components.lab.inventory import InventoryHost
 from components.plan.host_steps import render_host_steps
+from components.plan.step_protocol import Mode
 from components.rollout import RolloutReport, apply_stack
 from tests.lab_stacks import ROOT, lab_host_spec, lab_stack
 
@@ -91,7 +92,7 @@ def test_k3s_token_lives_only_in_the_token_file(
     )
     lines: list[str] = []
 
-    def roll(secret: str, mode: str = "apply") -> RolloutReport:
+    def roll(secret: str, mode: Mode = "apply") -> RolloutReport:
         report = apply_stack(
             config,
             ROOT,

@@ -31,6 +31,11 @@ def roll_out(stack: StackConfig) -> None:
     assert not report.failed, [s.error for s in report.failed]
 
 
+# What the lab cannot satisfy: it has no NTP server (chrony points at the QEMU gateway), and its
+# GeoIP database may be older than the stack allows.
+LAB_LIMITS = {"residency/geoip-database-fresh", "host/time-sync"}
+
+
 def failures(results: list[Finding]) -> dict[str, Finding]:
     return {f"{r.layer}/{r.check}": r for r in results if r.status == "fail"}
 
@@ -60,11 +65,7 @@ def test_verify_passes_on_prepared_hosts_then_names_each_breakage(
 ) -> None:
     stack, (good, bad) = prepared
     clean = verify_stack(stack, ROOT)
-    # the lab has no NTP server (chrony points at the QEMU gateway) and ships an old GeoIP build
-    assert set(failures(clean.results)) <= {
-        "residency/geoip-database-fresh",
-        "host/time-sync",
-    }, [r.message() for r in clean.failed]
+    assert set(failures(clean.results)) <= LAB_LIMITS, [r.message() for r in clean.failed]
     layers = {r.layer for r in clean.results}
     assert layers == {"host", "driver", "runtime", "cache", "k3s", "inference", "residency"}
 
@@ -82,7 +83,7 @@ def test_verify_passes_on_prepared_hosts_then_names_each_breakage(
     by_host: dict[str, dict[str, Finding]] = {}
     for r in broken.failed:
         by_host.setdefault(r.host, {})[f"{r.layer}/{r.check}"] = r
-    assert not by_host.get(good.name), "the intact host must still pass"
+    assert not set(by_host.get(good.name, {})) - LAB_LIMITS, "the intact host must still pass"
     found = by_host[bad.name]
     assert "cache/mounted" in found
     assert found["cache/mounted"].message() == (
@@ -91,8 +92,9 @@ def test_verify_passes_on_prepared_hosts_then_names_each_breakage(
     assert "8.8.8.8" in found["residency/dns-resolvers"].observed
     # an address the host holds but the stack never declared: judged with every global address
     assert "8.8.4.4 US" in found["residency/addresses"].observed
-    assert found["residency/label:sovereign-inference/country"].observed == "US"
-    assert found["residency/label:sovereign-inference/country"].expected == "DE"
+    label = found["residency/label:sovereign-inference/country"]
+    assert label.observed == "US in /etc/sovereign/node-labels"
+    assert label.expected == "DE"
 
 
 def test_verify_cli_writes_evidence_and_junit(

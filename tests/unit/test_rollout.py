@@ -10,6 +10,7 @@ import pytest
 from components.config import load_stack_file
 from components.config.models import StackConfig
 from components.plan.host_steps import STEP_BUILDERS, StepPlan, render_host_steps
+from components.plan.step_protocol import Mode
 from components.rollout import StepReport, apply_stack, not_applicable_steps
 from tests.conftest import LocalSshd, step_script
 
@@ -168,7 +169,7 @@ def secret_probe_step(host: str, name: str, log: Path, declares: tuple[str, ...]
 
 @pytest.mark.parametrize("mode", ["apply", "check", "teardown"])
 def test_secrets_reach_only_the_steps_that_declare_them(
-    local_sshd: LocalSshd, tmp_path: Path, mode: str
+    local_sshd: LocalSshd, tmp_path: Path, mode: Mode
 ) -> None:
     config = three_host_stack(local_sshd)
     log = tmp_path / "seen"

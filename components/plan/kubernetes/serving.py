@@ -281,7 +281,7 @@ def model_affinity(spec: InferenceStackSpec, model: ModelSpec) -> Obj:
 
 def memory_quantity(count: int) -> str:
     """A Kubernetes quantity for ``count`` bytes, in whole MiB (rounded up)."""
-    return f"{math.ceil(count / 1024**2)}Mi"
+    return f"{math.ceil(count / MIB)}Mi"
 
 
 def model_host_memory(model: ModelSpec) -> ReplicaHostMemory:

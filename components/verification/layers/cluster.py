@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from sovereign_gateway.trigger import METADATA_MODEL_KEY
+
 from components.config.models import StackConfig
 from components.config.residency import country_allowed, registry_allowed
 from components.plan.checks import CLUSTER, cluster_checks
@@ -104,7 +106,7 @@ def _scaled_object_check(
             LAYER, CLUSTER, f"scale-to-zero:{model_name}", False, "no ScaledObject", expected
         )
     spec = obj.get("spec", {})
-    triggers = [t.get("metadata", {}).get("model") for t in spec.get("triggers", [])]
+    triggers = [t.get("metadata", {}).get(METADATA_MODEL_KEY) for t in spec.get("triggers", [])]
     target = spec.get("scaleTargetRef", {}).get("name")
     minimum = spec.get("minReplicaCount", 0)  # KEDA's default is 0
     ok = minimum == 0 and target == model_name and served in triggers
