@@ -1295,6 +1295,9 @@ class VerificationSpec(Model):
     # host:port outside the allowed countries that every host must fail to reach when an egress
     # allowlist is configured; unset, the allowlist is checked in the ruleset only.
     egress_canary: AddressAndPort | None = None
+    # A host's clock must follow an NTP server; false accepts a time daemon that is running and
+    # enabled but has no server to follow (an isolated lab), and the report still says so.
+    time_sync_required: bool = True
 
 
 # --- the whole stack -----------------------------------------------------------------------

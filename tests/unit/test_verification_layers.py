@@ -443,9 +443,26 @@ def test_a_running_enabled_synchronised_chrony_passes_with_its_source_as_evidenc
 def test_time_sync_fails_naming_what_is_wrong(
     stack: StackConfig, geoip: GeoIpDatabase, body: str, observed: str
 ) -> None:
-    result = judge(stack, geoip, replace_section(RECORDED, "time_sync", body))["host/time-sync"]
+    verification = stack.verification.model_copy(update={"time_sync_required": True})
+    required = stack.model_copy(update={"verification": verification})
+    facts = replace_section(RECORDED, "time_sync", body)
+    result = judge(required, geoip, facts)["host/time-sync"]
     assert result.status == "fail"
     assert observed in result.observed, result.observed
+
+
+def test_an_isolated_stack_may_accept_a_running_chrony_without_a_server(
+    stack: StackConfig, geoip: GeoIpDatabase
+) -> None:
+    verification = stack.verification.model_copy(update={"time_sync_required": False})
+    isolated = stack.model_copy(update={"verification": verification})
+    unsynchronised = replace_section(RECORDED, "time_sync", CHRONY_RUNNING + TRACKING_NO_SOURCE)
+    result = judge(isolated, geoip, unsynchronised)["host/time-sync"]
+    assert result.status == "pass", result
+    assert "not synchronised" in result.observed  # the report still says so
+    assert result.expected == "chrony active and enabled (verification.timeSyncRequired is false)"
+    stopped = replace_section(RECORDED, "time_sync", CHRONY_STOPPED + TRACKING_NO_DAEMON)
+    assert judge(isolated, geoip, stopped)["host/time-sync"].status == "fail"
 
 
 def test_time_sync_is_skipped_without_a_report_of_the_time_daemons(

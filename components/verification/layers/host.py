@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from components.plan.checks import TIME_SYNC_EXPECTATION, TIME_SYNC_UNIT
+from components.plan.checks import TIME_SYNC_UNIT, time_sync_expectation
 from components.plan.host_os import SUPPORTED_OS
 from components.verification.layers.facts import Context
 from components.verification.results import Finding, skipped, verdict
@@ -118,9 +118,12 @@ def _time_sync_check(ctx: Context) -> Finding:
         LAYER,
         name,
         "time-sync",
-        active and enabled and report.synchronised and not others,
+        active
+        and enabled
+        and not others
+        and (report.synchronised or not ctx.config.verification.time_sync_required),
         observed,
-        TIME_SYNC_EXPECTATION,
+        time_sync_expectation(ctx.config),
         units=report.units,
         tracking=report.tracking,
         errors=list(report.errors),
