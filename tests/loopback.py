@@ -3,20 +3,42 @@ give a process, polling for a condition, and the wait until the process listens 
 
 from __future__ import annotations
 
+import random
 import socket
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
 
 
+# Ports handed to test servers come from below the kernel's ephemeral range: the kernel's own
+# pick (bind to port 0) lies inside it, where any outgoing connection of the test run (the
+# gateway opens one per request) may take the port before the server binds it.
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_FIRST_TEST_PORT = 10000
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port nothing listens on right now (the kernel's pick)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port nothing listens on right now, outside the ephemeral range (see above)."""
+    last = _ephemeral_start() - 1
+    for _ in range(200):
+        port = random.randint(_FIRST_TEST_PORT, last)
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port on {host} between {_FIRST_TEST_PORT} and {last}")
 
 
 def accepts_connections(port: int, host: str = LOOPBACK, timeout: float = 0.2) -> bool:
