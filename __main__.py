@@ -9,6 +9,7 @@ from components.fleet import Fleet, FleetSpec
 from components.inference_stack import InferenceStack
 from components.k3s_cluster import K3sCluster, K3sClusterSpec
 from components.model_facts import default_manifest_cache, model_facts_for
+from components.plan.cluster import first_server
 from components.plan.kubernetes import InferenceStackSpec
 from components.plan.sizing import size_stack
 
@@ -38,6 +39,7 @@ if stack.k3s.install:
         f"{stack.environment}-k3s",
         K3sClusterSpec(stack=stack, project_dir=project_dir),
         pulumi.ResourceOptions(depends_on=fleet.last_steps),
+        first_server_connection=fleet.connections[first_server(stack).name],
     )
     pulumi.export("kubeconfig", cluster.kubeconfig)
     if stack.inference.models:

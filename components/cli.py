@@ -119,6 +119,28 @@ def _show_connection_progress() -> None:
     CONNECTION_LOG.setLevel(logging.INFO)
 
 
+def _with_ordered_addresses(config: StackConfig, outputs: str | None) -> StackConfig | None:
+    """The stack with its ordered hosts' addresses and pins from ``pulumi stack output --json``
+    (``outputs``), or None after saying which hosts have none: every host's steps need them (the
+    firewall admits the cluster's nodes, agents join the first server)."""
+    if outputs:
+        from components.verification.runner import hosts_from_outputs, load_outputs  # noqa: PLC0415
+
+        resolved = hosts_from_outputs(config, load_outputs(Path(outputs)))
+        config = config.model_copy(update={"hosts": tuple(resolved)})
+    pending = [h for h in config.hosts if h.address is None]
+    if not pending:
+        return config
+    names = ", ".join(f"{h.name} ({h.source})" for h in pending)
+    print(
+        f"sovereign apply: {names}: ordered by the program, so their addresses and host keys "
+        "exist only after pulumi up, and every host's steps need them: pulumi stack output "
+        "--json > outputs.json, then sovereign apply --outputs outputs.json",
+        file=sys.stderr,
+    )
+    return None
+
+
 def _cmd_apply(args: argparse.Namespace) -> int:
     from components.config.loader import project_dir_for  # noqa: PLC0415
     from components.execution.outcome import StepError  # noqa: PLC0415
@@ -126,6 +148,8 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 
     stack_file = Path(args.file)
     config = _load_or_report(stack_file, require_inventory=True)
+    if config is not None:
+        config = _with_ordered_addresses(config, args.outputs)
     if config is None:
         return EXIT_INVALID
     mode: Mode = "check" if args.check else "teardown" if args.teardown else "apply"
@@ -415,6 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     apply.add_argument("file", metavar="FILE", help="stacks/Pulumi.<env>.yaml")
     apply.add_argument("--hosts", help="comma-separated host names (default: all)")
+    apply.add_argument(
+        "--outputs",
+        metavar="JSON",
+        help="pulumi stack output --json: the addresses and host keys of ordered hosts",
+    )
     modes = apply.add_mutually_exclusive_group()
     modes.add_argument(
         "--check",

@@ -10,6 +10,8 @@ from pydantic import Field
 from components.config.models import HostSpec, Model, StackConfig
 from components.gpu_host import GpuHost, GpuHostSpec, StepKey
 from components.plan.cluster import first_server
+from components.sources.connection import HostConnection, OrderContext
+from components.sources.ordering import connect_host
 
 
 class FleetSpec(Model):
@@ -25,16 +27,18 @@ def rollout_order(stack: StackConfig) -> list[HostSpec]:
     return sorted(stack.hosts, key=lambda h: h.name != first)
 
 
-def exported_host(host: HostSpec) -> dict[str, Any]:
+def exported_host(host: HostSpec, connection: HostConnection | None = None) -> dict[str, Any]:
     """How one host appears in the stack's ``hosts`` output, which verification reads back
-    (``components.verification.runner.hosts_from_outputs``)."""
+    (``components.verification.runner.hosts_from_outputs``). An ordered host's address and host
+    key are its order's outputs (``connection``)."""
     return {
         "name": host.name,
         "role": host.role,
-        "address": host.address,
+        "source": host.source,
+        "address": connection.address if connection else host.address,
         "port": host.ssh.port,
         "user": host.ssh.user,
-        "hostKey": host.ssh.host_key,
+        "hostKey": connection.host_key if connection else host.ssh.host_key,
         "country": host.country,
         "datacenter": host.datacenter,
     }
@@ -43,7 +47,11 @@ def exported_host(host: HostSpec) -> dict[str, Any]:
 class Fleet(pulumi.ComponentResource):
     """Every host of the stack as a ``GpuHost``, the first K3s server first.
 
-    Resources: one ``GpuHost`` child per host, named after the host. A step that waits for a step
+    Resources: for each host its source's resources (``components.sources``: for an ordered
+    machine the order, its SSH key registration and, unless the stack pins the host key, a
+    ``HostKeyPin``), then one ``GpuHost`` child per host, named after the host, whose steps take
+    the machine's address and host key from those outputs and depend on the order, so that
+    ``pulumi destroy`` runs the host's teardown steps before it releases the machine. A step that waits for a step
     on another host (a K3s node joining waits for the first server's K3s step) depends on it.
     The K3s join token goes to the hosts as a Pulumi secret.
 
@@ -69,6 +77,13 @@ class Fleet(pulumi.ComponentResource):
         secret_env: dict[str, pulumi.Input[str]] = {}
         if stack.k3s_token is not None:
             secret_env["K3S_TOKEN"] = pulumi.Output.secret(stack.k3s_token.get_secret_value())
+        # every machine first: a host's steps need the addresses of all (the firewall's cluster
+        # nodes, the K3s join URL)
+        context = OrderContext(stack, spec.project_dir, parent=self)
+        self.connections: dict[str, HostConnection] = {
+            host.name: connect_host(host, context) for host in stack.hosts
+        }
+        addresses = {name: c.address for name, c in self.connections.items()}
         built: dict[StepKey, pulumi.Resource] = {}
         self.nodes: dict[str, GpuHost] = {}
         for host in rollout_order(stack):
@@ -83,6 +98,8 @@ class Fleet(pulumi.ComponentResource):
                 ),
                 secret_env=secret_env,
                 peer_steps=built,
+                connection=self.connections[host.name],
+                addresses=addresses,
             )
             built.update(node.step_index)
             self.nodes[host.name] = node
@@ -90,7 +107,7 @@ class Fleet(pulumi.ComponentResource):
             n.last_step for n in self.nodes.values() if n.last_step is not None
         ]
         self.hosts: pulumi.Output[list[dict[str, Any]]] = pulumi.Output.from_input(
-            [exported_host(h) for h in stack.hosts]
+            [exported_host(h, self.connections[h.name]) for h in stack.hosts]
         )
         names = list(self.nodes)
         self.facts: pulumi.Output[dict[str, dict[str, str]]] = pulumi.Output.all(

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pulumi
 from pydantic import Field
 
-from components.config.models import HostSpec, Model, StackConfig
+from components.config.models import HostSpec, Model, StackConfig, host_address
 from components.nvme_weight_cache import NvmeWeightCache, NvmeWeightCacheSpec
 from components.plan.cluster import node_labels
-from components.plan.host_steps import render_host_steps
+from components.plan.host_steps import StepPlan, render_host_steps
+from components.sources.connection import HostConnection
 from components.wiring import host_step
 
 CACHE_STEP = "40-nvme-cache"
@@ -56,6 +57,8 @@ class GpuHost(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
         secret_env: dict[str, pulumi.Input[str]] | None = None,
         peer_steps: Mapping[StepKey, pulumi.Resource] | None = None,
+        connection: HostConnection | None = None,
+        addresses: Mapping[str, pulumi.Input[str]] | None = None,
     ) -> None:
         stack, host = spec.stack, spec.host
         # where the host is, as inputs: the residency policy pack checks them at preview time
@@ -66,6 +69,15 @@ class GpuHost(pulumi.ComponentResource):
             "role": host.role,
         }
         super().__init__("sovereign:gpu_host:GpuHost", name, placement, opts)
+        if connection is None:
+            if host.ordered:
+                raise ValueError(
+                    f"{host.name}: ordered from {host.source}: build it through Fleet, or pass "
+                    "connection= (the ordered machine's address and host key as outputs)"
+                )
+            connection = HostConnection(host_address(host), host.ssh.host_key)
+        self.connection = connection
+        planned, rendered = planned_steps(stack, host, addresses or {})
         peers = peer_steps or {}
         previous: list[pulumi.Resource] = []
         facts: list[pulumi.Output[Any]] = []
@@ -73,7 +85,7 @@ class GpuHost(pulumi.ComponentResource):
         self.steps: list[pulumi.Resource] = []
         # this host's steps by (host, step), for the hosts built after it
         self.step_index: dict[StepKey, pulumi.Resource] = {}
-        for step in render_host_steps(stack, host):
+        for step in planned:
             waits = []
             for other in step.waits_for:
                 if other not in peers:
@@ -92,6 +104,8 @@ class GpuHost(pulumi.ComponentResource):
                     ),
                     depends,
                     step=step,
+                    connection=connection,
+                    rendered=rendered.get(step.name),
                 )
                 facts.append(self.cache.step.facts)
                 previous = [self.cache]
@@ -105,12 +119,16 @@ class GpuHost(pulumi.ComponentResource):
                     spec.project_dir,
                     depends,
                     secret_env,
+                    connection,
+                    rendered.get(step.name),
                 )
                 facts.append(resource.facts)
                 previous = [resource]
             self.steps.append(resource)
             self.step_index[(host.name, step.name)] = resource
         self.last_step: pulumi.Resource | None = previous[0] if previous else None
+        self.address: pulumi.Output[str] = pulumi.Output.from_input(connection.address)
+        self.host_key: pulumi.Output[str | None] = pulumi.Output.from_input(connection.host_key)
         self.node_name: pulumi.Output[str] = pulumi.Output.from_input(host.name)
         self.node_labels: pulumi.Output[dict[str, str]] = pulumi.Output.from_input(
             node_labels(stack, host)
@@ -121,12 +139,52 @@ class GpuHost(pulumi.ComponentResource):
         )
         self.register_outputs(
             {
+                "address": self.address,
+                "host_key": self.host_key,
                 "node_name": self.node_name,
                 "node_labels": self.node_labels,
                 "facts": self.facts,
                 "cache_mount_point": self.cache_mount_point,
             }
         )
+
+
+def planned_steps(
+    stack: StackConfig, host: HostSpec, addresses: Mapping[str, pulumi.Input[str]]
+) -> tuple[list[StepPlan], dict[str, pulumi.Output[StepPlan]]]:
+    """The host's steps, and, for a stack with ordered hosts, each step rendered once the orders
+    have returned every address (``addresses``: host name -> the order's address output).
+
+    Step names, order, waits, pins and teardowns do not depend on addresses: they come from the
+    stack with placeholders for the addresses not known yet. What does (the K3s join URL, the
+    certificate names, the firewall's cluster nodes) is rendered from the real addresses, so no
+    script carries a placeholder and none is rendered before its inputs exist."""
+    pending = [h.name for h in stack.ordered_hosts if h.address is None]
+    if not pending:
+        return render_host_steps(stack, host), {}
+    missing = [name for name in pending if name not in addresses]
+    if missing:
+        raise ValueError(
+            f"{host.name}: the addresses of the ordered hosts {', '.join(missing)} are needed to "
+            "render its steps: build the hosts through Fleet, or pass addresses="
+        )
+    planning = stack.with_pending_addresses()
+    structure = render_host_steps(planning, _named(planning, host.name))
+
+    def render(known: dict[str, str]) -> dict[str, StepPlan]:
+        resolved = stack.with_addresses(known)
+        return {s.name: s for s in render_host_steps(resolved, _named(resolved, host.name))}
+
+    by_name = pulumi.Output.all(**{name: addresses[name] for name in pending}).apply(render)
+    return structure, {step.name: by_name.apply(_pick(step.name)) for step in structure}
+
+
+def _pick(name: str) -> Callable[[dict[str, StepPlan]], StepPlan]:
+    return lambda steps: steps[name]
+
+
+def _named(stack: StackConfig, name: str) -> HostSpec:
+    return next(h for h in stack.hosts if h.name == name)
 
 
 def _merge_facts(per_step: list[dict[str, str] | None]) -> dict[str, str]:

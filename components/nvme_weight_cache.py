@@ -9,6 +9,7 @@ from pydantic import Field
 
 from components.config.models import CacheSpec, HostSpec, Model, SshDefaults
 from components.plan.host_steps import StepPlan, render_cache_step
+from components.sources.connection import HostConnection
 from components.wiring import host_step
 
 
@@ -43,9 +44,13 @@ class NvmeWeightCache(pulumi.ComponentResource):
         spec: NvmeWeightCacheSpec,
         opts: pulumi.ResourceOptions | None = None,
         step: StepPlan | None = None,
+        connection: HostConnection | None = None,
+        rendered: pulumi.Output[StepPlan] | None = None,
     ) -> None:
         """``step`` is the cache step already rendered with the rest of the host's steps (as
-        ``GpuHost`` does); without it the step is rendered here from ``spec``."""
+        ``GpuHost`` does); without it the step is rendered here from ``spec``. ``connection``
+        and ``rendered``: an ordered host's address, host key and machine, and the step rendered
+        once the stack's addresses are known (see ``components.wiring.step_props``)."""
         super().__init__("sovereign:nvme_weight_cache:NvmeWeightCache", name, None, opts)
         if step is None:
             step = render_cache_step(spec.host, spec.cache)
@@ -61,6 +66,8 @@ class NvmeWeightCache(pulumi.ComponentResource):
             spec.project_dir,
             # children do not inherit a component's depends_on: pass it on so the step waits
             pulumi.ResourceOptions(parent=self, depends_on=opts.depends_on if opts else None),
+            connection=connection,
+            rendered=rendered,
         )
         facts: pulumi.Output[Any] = self.step.facts
         self.mount_point: pulumi.Output[str] = facts.apply(

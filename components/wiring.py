@@ -6,9 +6,10 @@ from typing import Any
 
 import pulumi
 
-from components.config.models import HostSpec, SshDefaults
+from components.config.models import HostSpec, SshDefaults, host_address
 from components.plan.host_steps import StepPlan
 from components.providers.host_step import HostStep
+from components.sources.connection import HostConnection
 
 
 def step_props(
@@ -17,8 +18,15 @@ def step_props(
     ssh: SshDefaults,
     project_dir: str,
     secret_env: dict[str, pulumi.Input[str]] | None = None,
+    connection: HostConnection | None = None,
+    rendered: pulumi.Output[StepPlan] | None = None,
 ) -> dict[str, pulumi.Input[Any]]:
-    """The inputs of one ``HostStep``: what to run, where, and the secrets it needs (as secrets)."""
+    """The inputs of one ``HostStep``: what to run, where, and the secrets it needs (as secrets).
+
+    ``connection`` gives the address and pinned host key as inputs (an ordered machine's come
+    from its order); without it they are the stack's. ``rendered`` is the step rendered once
+    every address is known (a stack with ordered hosts): its script, hash and payloads replace
+    ``step``'s, which then only says what the step is (name, pins, teardown, secrets)."""
     missing = [name for name in step.secret_env if not secret_env or name not in secret_env]
     if missing:
         raise ValueError(
@@ -28,19 +36,21 @@ def step_props(
     return {
         "host": host.name,
         "step": step.name,
-        "script": step.script,
-        "contentHash": step.content_hash,
+        "script": rendered.apply(lambda r: r.script) if rendered else step.script,
+        "contentHash": rendered.apply(lambda r: r.content_hash) if rendered else step.content_hash,
         "pins": dict(step.pins),
-        "address": host.address,
+        "address": connection.address if connection else host_address(host),
         "port": host.ssh.port,
         "user": host.ssh.user,
         "privateKey": host.ssh.private_key,
-        "hostKey": host.ssh.host_key,
+        "hostKey": connection.host_key if connection else host.ssh.host_key,
         "baseDir": project_dir,
         "ssh": ssh.model_dump(mode="json"),
         "hasTeardown": step.has_teardown,
         "rebootAllowed": step.reboot_allowed,
-        "payloads": step.payloads_base64(),
+        "payloads": rendered.apply(lambda r: r.payloads_base64())
+        if rendered
+        else step.payloads_base64(),
         "secretNames": list(step.secret_env),
         "secretEnv": pulumi.Output.secret(wanted),
     }
@@ -54,5 +64,13 @@ def host_step(
     project_dir: str,
     opts: pulumi.ResourceOptions,
     secret_env: dict[str, pulumi.Input[str]] | None = None,
+    connection: HostConnection | None = None,
+    rendered: pulumi.Output[StepPlan] | None = None,
 ) -> HostStep:
-    return HostStep(resource_name, step_props(host, step, ssh, project_dir, secret_env), opts)
+    props = step_props(host, step, ssh, project_dir, secret_env, connection, rendered)
+    if connection is not None and connection.machine:
+        # every step waits for the machine, so a destroy runs each teardown before the release
+        opts = pulumi.ResourceOptions.merge(
+            opts, pulumi.ResourceOptions(depends_on=connection.depends_on)
+        )
+    return HostStep(resource_name, props, opts)

@@ -140,48 +140,27 @@ class LocalSshd:
     workdir: Path
 
 
-def _keygen(path: Path, key_type: str) -> None:
-    args = ["ssh-keygen", "-q", "-N", "", "-t", key_type, "-f", str(path), "-C", f"test-{key_type}"]
-    if key_type == "rsa":
-        args += ["-b", "3072"]
-    subprocess.run(args, check=True)
-
-
-def _fingerprint(public_key: Path) -> str:
-    out = subprocess.run(
-        ["ssh-keygen", "-lf", str(public_key)], check=True, capture_output=True, text=True
-    ).stdout
-    return out.split()[1]
-
-
-@pytest.fixture(scope="session")
-def local_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSshd]:
-    if not SSHD.exists() or shutil.which("ssh-keygen") is None:
-        pytest.fail("openssh-server is required (bash .ci/setup installs it)")
-    workdir = tmp_path_factory.mktemp("sshd")
-    workdir.chmod(0o700)
-    host_key = workdir / "ssh_host_ed25519_key"
-    _keygen(host_key, "ed25519")
-    client_keys = {}
-    for key_type in ("ed25519", "ecdsa", "rsa"):
-        client_keys[key_type] = workdir / f"id_{key_type}"
-        _keygen(client_keys[key_type], key_type)
-    authorized = workdir / "authorized_keys"
-    authorized.write_text("".join(Path(f"{k}.pub").read_text() for k in client_keys.values()))
-    authorized.chmod(0o600)
-    port = free_port()
-    config = workdir / "sshd_config"
+def start_sshd(
+    workdir: Path,
+    port: int,
+    host_key: Path,
+    authorized_keys: Path,
+    listen: tuple[str, ...] = ("127.0.0.1",),
+    name: str = "sshd",
+) -> subprocess.Popen[bytes]:
+    """A real sshd on ``port`` presenting ``host_key``, admitting ``authorized_keys`` for the
+    current user, its files ``<name>_config`` and ``<name>.pid`` in ``workdir``; returned once it
+    listens (stop it with terminate())."""
+    config = workdir / f"{name}_config"
     config.write_text(
         "\n".join(
             [
                 f"Port {port}",
-                # three loopback addresses stand for three hosts in rollout tests
-                "ListenAddress 127.0.0.1",
-                "ListenAddress 127.0.0.2",
-                "ListenAddress 127.0.0.3",
+                # several loopback addresses stand for several hosts in rollout tests
+                *(f"ListenAddress {address}" for address in listen),
                 f"HostKey {host_key}",
-                f"AuthorizedKeysFile {authorized}",
-                f"PidFile {workdir / 'sshd.pid'}",
+                f"AuthorizedKeysFile {authorized_keys}",
+                f"PidFile {workdir / f'{name}.pid'}",
                 "PermitRootLogin prohibit-password",
                 "PasswordAuthentication no",
                 "KbdInteractiveAuthentication no",
@@ -197,12 +176,48 @@ def local_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSshd]:
     if not wait_for_listener(proc, port, timeout=10) and proc.poll() is not None:
         err = proc.stderr.read().decode() if proc.stderr else ""
         pytest.fail(f"sshd exited: {err}")
+    return proc
+
+
+def keygen(path: Path, key_type: str) -> None:
+    """A new key pair at ``path`` and ``path.pub``, without a passphrase."""
+    args = ["ssh-keygen", "-q", "-N", "", "-t", key_type, "-f", str(path), "-C", f"test-{key_type}"]
+    if key_type == "rsa":
+        args += ["-b", "3072"]
+    subprocess.run(args, check=True)
+
+
+def fingerprint(public_key: Path) -> str:
+    """``SHA256:...`` of a public key file, as ``ssh-keygen -lf`` prints it."""
+    out = subprocess.run(
+        ["ssh-keygen", "-lf", str(public_key)], check=True, capture_output=True, text=True
+    ).stdout
+    return out.split()[1]
+
+
+@pytest.fixture(scope="session")
+def local_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSshd]:
+    if not SSHD.exists() or shutil.which("ssh-keygen") is None:
+        pytest.fail("openssh-server is required (bash .ci/setup installs it)")
+    workdir = tmp_path_factory.mktemp("sshd")
+    workdir.chmod(0o700)
+    host_key = workdir / "ssh_host_ed25519_key"
+    keygen(host_key, "ed25519")
+    client_keys = {}
+    for key_type in ("ed25519", "ecdsa", "rsa"):
+        client_keys[key_type] = workdir / f"id_{key_type}"
+        keygen(client_keys[key_type], key_type)
+    authorized = workdir / "authorized_keys"
+    authorized.write_text("".join(Path(f"{k}.pub").read_text() for k in client_keys.values()))
+    authorized.chmod(0o600)
+    port = free_port()
+    proc = start_sshd(workdir, port, host_key, authorized, ("127.0.0.1", "127.0.0.2", "127.0.0.3"))
     import getpass
 
     try:
         yield LocalSshd(
             port=port,
-            host_key_fingerprint=_fingerprint(Path(f"{host_key}.pub")),
+            host_key_fingerprint=fingerprint(Path(f"{host_key}.pub")),
             host_key_public=Path(f"{host_key}.pub").read_text().strip(),
             client_keys=client_keys,
             user=getpass.getuser(),

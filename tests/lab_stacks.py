@@ -8,7 +8,7 @@ from pathlib import Path
 
 from components.config import load_stack_file
 from components.config.models import CacheDisk, GpuSpec, HostSpec, SshSpec, StackConfig
-from components.lab.inventory import InventoryHost
+from components.lab.inventory import LabHost
 
 ROOT = Path(__file__).resolve().parents[1]
 # every step that runs without NVIDIA hardware or K3s downloads
@@ -21,7 +21,7 @@ def lab_stack() -> StackConfig:
 
 
 def lab_host_spec(
-    entry: InventoryHost, *, role: str = "server", wipe: bool = True, gpus: int = 0
+    entry: LabHost, *, role: str = "server", wipe: bool = True, gpus: int = 0
 ) -> HostSpec:
     """The lab stack's first host, re-pointed at ``entry`` (its address, key, pinned host key, drives)."""
     return (
@@ -45,7 +45,7 @@ def lab_host_spec(
     )
 
 
-def stack_for(entries: Sequence[InventoryHost]) -> StackConfig:
+def stack_for(entries: Sequence[LabHost]) -> StackConfig:
     """The lab stack with its hosts replaced by these guests (the first one the K3s server)."""
     hosts = tuple(
         lab_host_spec(entry, role="server" if i == 0 else "agent")

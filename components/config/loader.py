@@ -27,7 +27,7 @@ import stat
 import unicodedata
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 from pydantic import ValidationError
@@ -41,10 +41,23 @@ from components.config.errors import (
 )
 from components.config.models import SecretInput, StackConfig
 
+if TYPE_CHECKING:
+    from components.sources.inventory import Inventory
+
 PROJECT = "sovereign-inference"
 SECRET_KEYS = frozenset({"k3sToken"})
 # Keys other namespaces may legitimately set in the same stack file (providers, Pulumi itself).
 _FOREIGN_NAMESPACES = ("pulumi", "kubernetes", "aws", "gcp", "azure", "hcloud", "ovh", "scaleway")
+# Provider credentials a stack file may carry only as Pulumi secrets (the providers' config keys),
+# each with the environment variable the provider reads instead.
+PROVIDER_SECRETS: dict[str, str] = {
+    "scaleway:secretKey": "SCW_SECRET_KEY",
+    "ovh:applicationSecret": "OVH_APPLICATION_SECRET",
+    "ovh:consumerKey": "OVH_CONSUMER_KEY",
+    "ovh:clientSecret": "OVH_CLIENT_SECRET",
+    "ovh:accessToken": "OVH_ACCESS_TOKEN",
+    "hcloud:token": "HCLOUD_TOKEN",
+}
 
 # Limits on what is read: a stack file is a few KiB; these leave room and bound time and memory.
 MAX_FILE_BYTES = 1 << 20
@@ -52,6 +65,7 @@ MAX_DEPTH = 32  # nesting of mappings and lists
 MAX_NODES = 20_000  # YAML nodes after alias expansion (prod-fra: about 400)
 MAX_PROBLEMS = 100  # reported per file; the rest are counted
 LAB_UP_HINT = "sovereign lab up --hosts 2 --nvme 2"
+InventoryT = TypeVar("InventoryT", bound="Inventory")
 
 
 # --- reading files ---------------------------------------------------------------------------
@@ -386,7 +400,9 @@ def scan_value(value: Any, path: str, problems: list[Problem], *, public_keys: b
             if found:
                 problems.append(Problem(path, f"a key {found}"))
                 continue
-            scan_value(item, join_path(path, key), problems, public_keys=public_keys)
+            # an ordered host's ssh.publicKey is the one place a public key belongs
+            public_here = public_keys and not (key == "publicKey" and path.endswith(".ssh"))
+            scan_value(item, join_path(path, key), problems, public_keys=public_here)
     elif isinstance(value, list):
         for i, item in enumerate(value):
             scan_value(item, f"{path}[{i}]", problems, public_keys=public_keys)
@@ -442,6 +458,15 @@ def _stack_config_section(
             )
             continue
         if namespace != PROJECT:
+            if str(key) in PROVIDER_SECRETS and not _is_secure(value):
+                problems.append(
+                    Problem(
+                        str(key),
+                        "a provider credential in plain text; expected a Pulumi secret "
+                        f"(pulumi config set --secret {key} ...) or the provider's environment "
+                        f"variable {PROVIDER_SECRETS[str(key)]}",
+                    )
+                )
             if namespace not in _FOREIGN_NAMESPACES:
                 problems.append(
                     Problem(
@@ -510,25 +535,51 @@ def _wrap_secrets(
             section[key] = _wrap_secure_values(value)
 
 
-def _read_inventory(path: Path) -> Any:
-    text = read_bounded(path, "inventory", "inventory")
+def read_inventory(path: Path, model: type[InventoryT]) -> InventoryT:
+    """An inventory file (:mod:`components.sources.inventory`) validated as ``model``, or a
+    :class:`StackConfigError` whose problems, reported under ``inventory``, name each field.
+
+    Read like a stack file (bounded, UTF-8, nesting bounded); key material anywhere in it is
+    refused before the model sees any field (public host keys excepted: the lab records them)."""
+    # imported here, not at the top: the model builds on components.config, whose package
+    # imports this module, so a program that imports the model first would find it half-built
+    from components.sources.inventory import (  # noqa: PLC0415
+        INVENTORY_FIELD,
+        inventory_from_document,
+    )
+
+    text = read_bounded(path, INVENTORY_FIELD, INVENTORY_FIELD)
     try:
-        return json.loads(text)
+        document = json.loads(text)
     except RecursionError:
         raise StackConfigError(
-            "inventory", [Problem("inventory", "nested too deeply; expected a lab inventory")]
+            INVENTORY_FIELD,
+            [Problem(INVENTORY_FIELD, "nested too deeply; expected a host inventory")],
         ) from None
     except ValueError as exc:
         raise StackConfigError(
-            "inventory", [Problem("inventory", f"not JSON: {str(exc)[:120]}")]
+            INVENTORY_FIELD, [Problem(INVENTORY_FIELD, f"not JSON: {str(exc)[:120]}")]
         ) from None
+    found: list[Problem] = []
+    scan_value(document, "", found, public_keys=False)
+    if found:
+        raise StackConfigError(
+            INVENTORY_FIELD,
+            [Problem(INVENTORY_FIELD, f"{p.path or 'file'}: {p.message}") for p in found],
+        )
+    return inventory_from_document(document, model)
 
 
 def _apply_inventory(
     section: dict[str, Any], base_dir: Path, problems: list[Problem], *, required: bool
 ) -> None:
     """Fill per-host connection facts from the inventory file, when the stack names one."""
-    ref = section.get("inventory")
+    from components.sources.inventory import (  # noqa: PLC0415 - see read_inventory
+        INVENTORY_FIELD,
+        Inventory,
+    )
+
+    ref = section.get(INVENTORY_FIELD)
     if not isinstance(ref, str) or not isinstance(section.get("hosts"), list):
         return
     path = (base_dir / ref).absolute()
@@ -536,7 +587,7 @@ def _apply_inventory(
         if required:
             problems.append(
                 Problem(
-                    "inventory",
+                    INVENTORY_FIELD,
                     f"file{echo(ref)} not found: the stack takes its hosts' addresses, ports and "
                     f"pinned host keys from it; for the lab stack start the lab first: "
                     f"{LAB_UP_HINT} (other stacks: run the step that writes it)",
@@ -545,40 +596,26 @@ def _apply_inventory(
         # not required (render for review, tests without a lab): pins stay required at rollout
         return
     try:
-        inventory = _read_inventory(path)
+        inventory = read_inventory(path, Inventory)
     except StackConfigError as exc:
         problems.extend(exc.problems)
-        return
-    found: list[Problem] = []
-    scan_value(inventory, "", found, public_keys=False)  # the lab records public host keys
-    if found:
-        problems.extend(Problem("inventory", f"{p.path or 'file'}: {p.message}") for p in found)
-        return
-    try:
-        by_name = {h["name"]: h for h in inventory["hosts"] if isinstance(h, dict)}
-    except (KeyError, TypeError):
-        problems.append(Problem("inventory", 'expected {"hosts": [{"name": ...}, ...]}'))
         return
     hosts = []
     for host in section["hosts"]:
         name = host.get("name") if isinstance(host, dict) else None
-        if not isinstance(name, str) or name not in by_name:
-            hosts.append(host)
+        entry = inventory.by_name(name) if isinstance(name, str) else None
+        given_ssh = host.get("ssh") if entry is not None else None
+        if entry is None or (given_ssh is not None and not isinstance(given_ssh, dict)):
+            hosts.append(host)  # not in the inventory, or the model names the broken ssh section
             continue
-        entry = by_name[name]
-        if host.get("ssh") is not None and not isinstance(host.get("ssh"), dict):
-            hosts.append(host)  # the model names the broken ssh section
-            continue
-        merged = dict(host)
-        merged["address"] = entry.get("address", host.get("address"))
-        ssh = dict(host.get("ssh") or {})
-        for field in ("port", "user", "hostKey"):
-            if field in entry:
-                ssh[field] = entry[field]
-        if "privateKey" in entry:
-            ssh["privateKey"] = f"file:{entry['privateKey']}"
-        merged["ssh"] = ssh
-        hosts.append(merged)
+        ssh = {
+            **(given_ssh or {}),
+            "port": entry.port,
+            "user": entry.user,
+            "privateKey": f"file:{entry.private_key}",
+            "hostKey": entry.host_key,
+        }
+        hosts.append({**host, "address": entry.address, "ssh": ssh})
     section["hosts"] = hosts
 
 

@@ -20,7 +20,7 @@ import posixpath
 import re
 import types
 import typing
-from typing import Annotated, Any, Final, Literal, Union
+from typing import Annotated, Any, Final, Literal, Union, get_args
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -57,9 +57,14 @@ from components.config.catalog import (
     EU_EEA_COUNTRIES,
     GPU_MODELS,
     K3S_RELEASE,
+    MACHINE_TYPES,
+    machine_type,
+    machine_types_for,
+    os_image,
     packaged_traefik,
     provider_locations,
     region_country,
+    unlisted_reason,
 )
 from components.config.errors import CrossFieldProblems, Problem, echo
 from components.config.residency import (
@@ -69,6 +74,7 @@ from components.config.residency import (
     registry_allowed,
     registry_of,
 )
+from components.config.systems import OsId
 
 
 def _scalar_types(annotation: Any) -> set[type]:
@@ -643,10 +649,46 @@ ApiClientRange = Annotated[
         "run pulumi (omit apiAllowedCidrs to allow only the cluster's nodes)"
     ),
 ]
+_PUBLIC_KEY_TYPES = (
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "ssh-rsa",
+)
+
+
+def _public_key(value: str) -> str:
+    """An OpenSSH public key line (``ssh-ed25519 AAAA... comment``), as ``ssh-keygen -y`` prints it."""
+    expected = (
+        "expected an OpenSSH public key line: TYPE BASE64 [comment], TYPE one of "
+        + ", ".join(_PUBLIC_KEY_TYPES)
+        + " (ssh-keygen -y -f PRIVATE_KEY prints it)"
+    )
+    if "PRIVATE KEY" in value or value.startswith("-----"):
+        raise ValueError(
+            "this looks like a private key; give the public key only (ssh-keygen -y -f KEY)"
+        )
+    parts = value.split()
+    if len(parts) < 2 or parts[0] not in _PUBLIC_KEY_TYPES or "\n" in value:
+        raise ValueError(expected)
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(expected) from None
+    name = parts[0].encode()
+    if blob[:4] != len(name).to_bytes(4, "big") or blob[4 : 4 + len(name)] != name:
+        raise ValueError(f"the key data is not a {parts[0]} key; {expected}")
+    return value
+
+
 Country = Annotated[str, AfterValidator(_country)]
 PublicIp = Annotated[str, AfterValidator(_public_ip)]
 Fingerprint = Annotated[str, AfterValidator(_fingerprint)]
 KeyReference = Annotated[str, AfterValidator(_key_reference)]
+PublicKey = Annotated[str, AfterValidator(_public_key)]
+# a login name as useradd accepts it
+SshUser = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")]
 DiskId = Annotated[str, AfterValidator(_disk_id)]
 LabelKey = Annotated[str, AfterValidator(_label_key)]
 SelectorLabelKey = Annotated[str, AfterValidator(_selector_label_key)]
@@ -686,10 +728,13 @@ def duplicate_problems(field: str, values: tuple[str, ...], what: str) -> list[P
 class SshSpec(Model):
     """How to reach a host. The host key is pinned: a host presenting another key is refused."""
 
-    user: str = Field(default="root", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+    user: SshUser = "root"
     port: Port = 22
     private_key: KeyReference
     host_key: Fingerprint | None = None
+    # what an ordered machine is installed with (the provider registers it); the stack's
+    # privateKey must be its pair
+    public_key: PublicKey | None = None
 
 
 class GpuSpec(Model):
@@ -726,14 +771,146 @@ class CacheDisk(Model):
     wipe: bool = False
 
 
+def _scaleway_zone(value: str) -> str:
+    if not re.fullmatch(r"[a-z]{2}-[a-z]{3}-[0-9]", value, _A):
+        raise ValueError(
+            "expected a Scaleway zone such as fr-par-2 (a region's name with the zone's number): "
+            "Instances and Elastic Metal servers live in a zone, not a region"
+        )
+    return value
+
+
+ScalewayZone = Annotated[str, AfterValidator(_scaleway_zone)]
+
+
+class ScalewayOrder(Model):
+    """A Scaleway machine the program orders (pulumiverse-scaleway): a GPU Instance
+    (``kind: instance``, ``type`` its commercial type) or an Elastic Metal server
+    (``kind: elastic-metal``, ``type`` its offer), in ``zone``, installed with ``os``."""
+
+    kind: Literal["instance", "elastic-metal"]
+    type: str = Field(min_length=1, max_length=64)
+    zone: ScalewayZone
+    os: OsId
+    project_id: str | None = Field(default=None, pattern=r"^[0-9a-f-]{36}$")
+
+
+class OvhOrder(Model):
+    """An OVHcloud machine: a Public Cloud instance the program orders (``kind: cloud-instance``:
+    ``flavor`` in ``region`` of the project ``serviceName``), or a dedicated server
+    (``kind: dedicated``) reinstalled through the provider's install task: the one the team rents
+    (``serviceName``), or a new one ordered with ``plan`` in ``datacenter``."""
+
+    kind: Literal["cloud-instance", "dedicated"]
+    service_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,128}$")
+    flavor: str | None = Field(default=None, min_length=1, max_length=64)
+    region: str | None = Field(default=None, pattern=r"^[A-Za-z0-9-]{2,32}$")
+    plan: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,128}$")
+    subsidiary: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
+    os: OsId
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> OvhOrder:
+        problems: list[Problem] = []
+
+        def need(field: str, why: str) -> None:
+            if getattr(self, field) is None:
+                problems.append(Problem(camel_key(field), f"required {why}"))
+
+        def refuse(field: str, why: str) -> None:
+            if getattr(self, field) is not None:
+                problems.append(Problem(camel_key(field), f"not used {why}; remove it"))
+
+        if self.kind == "cloud-instance":
+            need("service_name", "for kind cloud-instance: the Public Cloud project id")
+            need("flavor", "for kind cloud-instance: the instance flavour (h100-380 ...)")
+            need("region", "for kind cloud-instance: the Public Cloud region (GRA11 ...)")
+            refuse("plan", "for kind cloud-instance")
+            refuse("subsidiary", "for kind cloud-instance")
+        else:
+            refuse("flavor", "for kind dedicated (the server's plan says what it carries)")
+            refuse("region", "for kind dedicated (set the host's datacenter)")
+            if (self.service_name is None) == (self.plan is None):
+                problems.append(
+                    Problem(
+                        "serviceName",
+                        "kind dedicated takes either serviceName (a server you rent, reinstalled) "
+                        "or plan (a new server ordered), not both or neither",
+                    )
+                )
+            if self.plan is not None:
+                need("subsidiary", "to order a dedicated server: the OVH subsidiary (FR, DE ...)")
+            else:
+                refuse("subsidiary", "for a server you rent already")
+        if problems:
+            raise CrossFieldProblems(problems)
+        return self
+
+
+def machine_types_known(provider: str, kind: str) -> bool:
+    """Whether the catalog has a table of ``provider``'s ``kind`` of machine."""
+    return (provider, kind) in MACHINE_TYPES
+
+
+# The sources a host can come from, and the provider each ordered source stands for.
+HostSource = Literal["byo", "lab", "scaleway", "ovh"]
+ORDERED_SOURCES: dict[str, str] = {"scaleway": "scaleway", "ovh": "ovh"}
+
+
+def _derive_placement(data: Any) -> Any:
+    """Fill an ordered host's provider, datacenter and country from its order when omitted.
+
+    Given values are kept (and checked against the order after validation)."""
+    if not isinstance(data, dict):
+        return data
+    source = data.get("source")
+    if not isinstance(source, str) or source not in ORDERED_SOURCES:
+        return data
+    provider = ORDERED_SOURCES[source]
+    order = data.get(source)
+    if order is None:
+        raise CrossFieldProblems(
+            [Problem(source, f"required for source {source}: what to order, and where")]
+        )
+    if not isinstance(order, dict):
+        return data  # the section's own validation names it
+    filled = dict(data)
+    filled.setdefault("provider", provider)
+    field = "zone" if source == "scaleway" else "region"
+    place = order.get(field)
+    if isinstance(place, str) and place:
+        filled.setdefault("datacenter", place.lower())
+        country = region_country(place, provider)
+        if country is not None:
+            filled.setdefault("country", country)
+        elif "country" not in data:
+            known = ", ".join(sorted(provider_locations(provider) or {}))
+            raise CrossFieldProblems(
+                [
+                    Problem(
+                        f"{source}.{field}",
+                        f"{place!r} is not a {provider} location the toolkit knows; expected "
+                        f"one of {known}",
+                    )
+                ]
+            )
+    return filled
+
+
 class HostSpec(Model):
-    """One bare-metal server (``source: byo``: you own or rent it and give us SSH)."""
+    """One bare-metal server, from one of its sources: ``byo`` (you own or rent it and give us
+    SSH: address and pinned host key in the stack or an inventory), ``lab`` (a QEMU guest that
+    ``sovereign lab up`` started, from the lab's inventory), ``scaleway`` or ``ovh`` (ordered by
+    the program: its address and host key come from the order, see ``components.sources``)."""
 
     name: DnsLabel
     role: Literal["server", "agent"]
-    source: Literal["byo"] = "byo"
-    address: HostOrIp
+    source: HostSource = "byo"
+    # byo and lab: required; ordered sources: known after the order, refused here
+    address: HostOrIp | None = None
     ssh: SshSpec
+    scaleway: ScalewayOrder | None = None
+    ovh: OvhOrder | None = None
     # provider, datacenter and region become node labels (components.plan.cluster.node_labels)
     provider: LabelSafeName
     datacenter: LabelSafeName
@@ -756,6 +933,7 @@ class HostSpec(Model):
                 )
             seen.setdefault(disk.id, i)
         problems += duplicate_problems("egressIps", self.egress_ips, "address")
+        problems += self._source_problems()
         site = self.datacenter.lower().split("-")[0]
         if self.region is None and not _LABEL_VALUE.fullmatch(site):
             problems.append(
@@ -769,18 +947,175 @@ class HostSpec(Model):
             raise CrossFieldProblems(problems)
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _placement_from_order(cls, data: Any) -> Any:
+        return _derive_placement(data)
+
+    @property
+    def ordered(self) -> bool:
+        """Whether the program orders this machine (its address is known after the order)."""
+        return self.source in ORDERED_SOURCES
+
+    def _source_problems(self) -> list[Problem]:
+        problems: list[Problem] = []
+        for section in ORDERED_SOURCES:
+            if getattr(self, section) is not None and self.source != section:
+                problems.append(
+                    Problem(
+                        section, f"only for source {section}; this host's source is {self.source}"
+                    )
+                )
+        if not self.ordered:
+            if self.address is None:
+                problems.append(
+                    Problem(
+                        "address",
+                        f"required for source {self.source}: the host's IP address or DNS name "
+                        "(or name an inventory that records it)",
+                    )
+                )
+            return problems
+        order = getattr(self, self.source)
+        if order is None:
+            problems.append(
+                Problem(self.source, f"required for source {self.source}: what to order, and where")
+            )
+            return problems
+        if self.address is not None:
+            problems.append(
+                Problem(
+                    "address",
+                    f"known after the {self.source} order (the program feeds it to the host "
+                    "steps); remove it",
+                )
+            )
+        if self.ssh.public_key is None:
+            problems.append(
+                Problem(
+                    "ssh.publicKey",
+                    f"required for source {self.source}: the public key the provider installs "
+                    "on the machine (ssh-keygen -y -f KEY), the pair of ssh.privateKey",
+                )
+            )
+        if self.provider != ORDERED_SOURCES[self.source]:
+            problems.append(
+                Problem(
+                    "provider",
+                    f"is{echo(self.provider)} but source {self.source} orders from "
+                    f"{ORDERED_SOURCES[self.source]}; expected {ORDERED_SOURCES[self.source]} "
+                    "(or leave it out)",
+                )
+            )
+        problems += self._machine_type_problems(order)
+        return problems
+
+    def _machine_type_problems(self, order: ScalewayOrder | OvhOrder) -> list[Problem]:
+        """The ordered type or flavour carries the GPUs ``gpu`` says (catalog tables)."""
+        provider = ORDERED_SOURCES[self.source]
+        if isinstance(order, ScalewayOrder):
+            name: str | None = order.type
+            field = f"{self.source}.type"
+            place, place_field = order.zone, f"{self.source}.zone"
+        elif order.kind == "cloud-instance":
+            name, field = order.flavor, f"{self.source}.flavor"
+            place, place_field = order.region or "", f"{self.source}.region"
+        else:
+            name, field = order.plan, f"{self.source}.plan"
+            place, place_field = self.datacenter, "datacenter"
+        problems: list[Problem] = []
+        if region_country(place, provider) is None:
+            known = ", ".join(sorted(provider_locations(provider) or {}))
+            problems.append(
+                Problem(
+                    place_field,
+                    f"{place!r} is not a {provider} location the toolkit knows; expected one of "
+                    f"{known}",
+                )
+            )
+        if os_image(provider, order.kind, order.os) is None:
+            offered = [os_id for os_id in get_args(OsId) if os_image(provider, order.kind, os_id)]
+            problems.append(
+                Problem(
+                    f"{self.source}.os",
+                    f"{order.os} is not an image the toolkit knows for {provider} {order.kind}; "
+                    f"expected one of {', '.join(offered) or 'none'}",
+                )
+            )
+        if name is None:
+            return problems  # a rented dedicated server: preflight holds it to gpu
+        wanted = self.gpu.model or "no GPU"
+        matching = machine_types_for(provider, order.kind, self.gpu.model or "", self.gpu.count)
+        suggestion = (
+            f"types that carry {self.gpu.count} x {wanted}: {', '.join(matching)}"
+            if matching
+            else f"{provider} {order.kind} has no type with {self.gpu.count} x {wanted} in the catalog"
+        )
+        found = machine_type(provider, order.kind, name)
+        if found is None and not machine_types_known(provider, order.kind):
+            problems.append(
+                Problem(
+                    field,
+                    f"the catalog lists no {provider} {order.kind} type with its GPUs, so "
+                    f"{name!r} cannot be held to gpu before it is ordered and billed; rent the "
+                    "server and give its serviceName instead (it is reinstalled, and preflight "
+                    "holds it to gpu)",
+                )
+            )
+        elif found is None:
+            reason = unlisted_reason(provider, order.kind, name)
+            known = f"not in the catalog: {reason}" if reason else "unknown"
+            problems.append(
+                Problem(field, f"{provider} {order.kind} type{echo(name)} {known}; {suggestion}")
+            )
+        elif (found.gpu_model, found.gpu_count) != (self.gpu.model, self.gpu.count):
+            problems.append(
+                Problem(
+                    field,
+                    f"{name} carries {found.gpu_count} x {found.gpu_model} but gpu says "
+                    f"{self.gpu.count} x {wanted}; expected gpu.model {found.gpu_model} and "
+                    f"gpu.count {found.gpu_count}, or {suggestion}",
+                )
+            )
+        return problems
+
+    def order_place(self) -> tuple[str, str] | None:
+        """Where the order places the machine, and the field that says so (relative to the host)."""
+        if isinstance(self.scaleway, ScalewayOrder) and self.source == "scaleway":
+            return self.scaleway.zone, "scaleway.zone"
+        if isinstance(self.ovh, OvhOrder) and self.source == "ovh" and self.ovh.region:
+            return self.ovh.region, "ovh.region"
+        return None
+
     def location_problems(self, allowed_countries: frozenset[str]) -> list[Problem]:
-        """Region and datacenter against the provider location table (paths relative to the host).
+        """Region, datacenter and the order's zone or region against the provider location table
+        (paths relative to the host).
 
         A location the table places outside the allowed countries is refused whatever ``country``
-        says; for a provider the table knows, ``country`` must also agree with it.
+        says, naming the provider's places that are allowed; for a provider the table knows,
+        ``country`` must also agree with it.
         """
         problems = []
-        known_provider = provider_locations(self.provider) is not None
+        table = provider_locations(self.provider)
+        allowed_places = sorted(
+            name for name, country in (table or {}).items() if country in allowed_countries
+        )
+        expected = (
+            f"expected one of {self.provider}'s places in the allowed countries: "
+            f"{', '.join(allowed_places)}"
+            if allowed_places
+            else "expected an EU/EEA location"
+        )
+        places: list[tuple[str, str]] = []
+        order = self.order_place()
+        if order is not None:
+            places.append((order[1], order[0]))
         for field in ("region", "datacenter"):
             value: str | None = getattr(self, field)
-            if value is None:
-                continue
+            # a datacenter derived from the order is the order's place: reported there once
+            if value is not None and not (order and value.lower() == order[0].lower()):
+                places.append((field, value))
+        for field, value in places:
             placed = region_country(value, self.provider)
             if placed is None:
                 continue
@@ -789,15 +1124,15 @@ class HostSpec(Model):
                     Problem(
                         field,
                         f"the provider location table places{echo(value)} in {placed}, outside "
-                        "the residency policy (whatever country says); expected an EU/EEA location",
+                        f"the residency policy (whatever country says); {expected}",
                     )
                 )
-            elif known_provider and placed != self.country in allowed_countries:
+            elif table is not None and placed != self.country in allowed_countries:
                 problems.append(
                     Problem(
                         "country",
-                        f"is {self.country} but the provider location table places the {field} "
-                        f"in {placed}; expected {placed}",
+                        f"is {self.country} but the provider location table places the "
+                        f"{field.rpartition('.')[2]} in {placed}; expected {placed}",
                     )
                 )
         return problems
@@ -871,6 +1206,9 @@ class SshDefaults(Model):
     retry_backoff_seconds: float = Field(default=2.0, ge=0, le=60)
     step_timeout_seconds: int = Field(default=1800, ge=10, le=14400)
     reboot_timeout_seconds: int = Field(default=900, ge=30, le=7200)
+    # how long a newly ordered machine may take to answer SSH with the stack's key, when its host
+    # key is pinned on first contact
+    first_contact_timeout_seconds: int = Field(default=900, ge=10, le=7200)
     max_parallel_hosts: int = Field(default=8, ge=1, le=256)
     # a host that answers no keepalive for (interval times missed replies) seconds has stopped
     # (a hung kernel, a frozen VM): its step fails then, not at stepTimeoutSeconds
@@ -1375,8 +1713,17 @@ class StackConfig(Model):
                     )
                 )
             names.setdefault(host.name, i)
-            endpoint = (host_key(host.address), host.ssh.port)
-            if endpoint in endpoints:
+            if host.source == "lab" and self.inventory is None:
+                problems.append(
+                    Problem(
+                        f"hosts[{i}].source",
+                        "lab hosts take their addresses and host keys from the lab's inventory; "
+                        "expected the stack's inventory to name it (.lab/inventory.json)",
+                    )
+                )
+            if host.address is None:
+                pass  # ordered: known after the order
+            elif (endpoint := (host_key(host.address), host.ssh.port)) in endpoints:
                 problems.append(
                     Problem(
                         f"hosts[{i}].address",
@@ -1384,8 +1731,10 @@ class StackConfig(Model):
                         f"hosts[{endpoints[endpoint]}]; expected one address (and SSH port) per host",
                     )
                 )
-            endpoints.setdefault(endpoint, i)
-            if host.ssh.host_key is None and self.inventory is None:
+            else:
+                endpoints.setdefault(endpoint, i)
+            # an ordered machine's key is pinned on first contact when the stack pins none
+            if host.ssh.host_key is None and self.inventory is None and not host.ordered:
                 problems.append(
                     Problem(
                         f"hosts[{i}].ssh.hostKey",
@@ -1445,9 +1794,9 @@ class StackConfig(Model):
         ):
             for i, host in enumerate(self.hosts):
                 try:
-                    address = ipaddress.ip_address(host.address)
+                    address = ipaddress.ip_address(host.address or "")
                 except ValueError:
-                    continue  # a host name: its address is not known here
+                    continue  # a host name, or ordered: its address is not known here
                 if address in net:
                     problems.append(
                         Problem(
@@ -1458,7 +1807,12 @@ class StackConfig(Model):
                     )
         endpoint = self.k3s.api_endpoint
         for i, host in enumerate(self.hosts):
-            if endpoint and host.role == "agent" and host_key(host.address) == host_key(endpoint):
+            if (
+                endpoint
+                and host.address is not None
+                and host.role == "agent"
+                and host_key(host.address) == host_key(endpoint)
+            ):
                 problems.append(
                     Problem(
                         "k3s.apiEndpoint",
@@ -1521,3 +1875,49 @@ class StackConfig(Model):
     @property
     def servers(self) -> tuple[HostSpec, ...]:
         return tuple(h for h in self.hosts if h.role == "server")
+
+    @property
+    def ordered_hosts(self) -> tuple[HostSpec, ...]:
+        """The hosts the program orders: their addresses are known after the order."""
+        return tuple(h for h in self.hosts if h.ordered)
+
+    def with_addresses(self, addresses: typing.Mapping[str, str]) -> StackConfig:
+        """This stack with the hosts named in ``addresses`` at those addresses (what an order
+        returned). The rest of the stack was validated already; the addresses come from the
+        provider, not from the stack file."""
+        hosts = tuple(
+            h.model_copy(update={"address": addresses[h.name]}) if h.name in addresses else h
+            for h in self.hosts
+        )
+        return self.model_copy(update={"hosts": hosts})
+
+    def with_pending_addresses(self) -> StackConfig:
+        """This stack with a placeholder (:func:`pending_address`) for each ordered host's
+        address: what ``render`` shows for review before the machines exist, and how the
+        program learns a host's steps before the order returns."""
+        return self.with_addresses(
+            {h.name: pending_address(h.name) for h in self.ordered_hosts if h.address is None}
+        )
+
+
+# Under the reserved top-level domain .invalid (RFC 2606): no resolver answers it, so a script
+# rendered with it can never reach a machine by accident.
+PENDING_ADDRESS_SUFFIX = ".known-after-order.invalid"
+
+
+def pending_address(host_name: str) -> str:
+    """The placeholder that stands for an ordered host's address until the order returns it."""
+    return host_name + PENDING_ADDRESS_SUFFIX
+
+
+def host_address(host: HostSpec) -> str:
+    """The host's address; an ordered host's only once the order has returned it.
+
+    Raises ValueError naming the host for an ordered host whose address is not known yet."""
+    if host.address is None:
+        raise ValueError(
+            f"{host.name}: ordered from {host.source}, its address exists once pulumi up has "
+            "ordered the machine; commands that reach it take it from the stack's outputs "
+            "(pulumi stack output --json, passed as --outputs)"
+        )
+    return host.address

@@ -43,7 +43,7 @@ from typing import TypeVar
 
 import paramiko
 
-from components.config.models import HostSpec, SshDefaults
+from components.config.models import HostSpec, SshDefaults, host_address
 from components.execution.outcome import (
     HostKeyMismatch,
     HostStoppedAnswering,
@@ -93,7 +93,7 @@ class HostTarget:
     def from_spec(cls, host: HostSpec, base_dir: Path | str = ".") -> HostTarget:
         return cls(
             name=host.name,
-            address=host.address,
+            address=host_address(host),
             port=host.ssh.port,
             user=host.ssh.user,
             private_key=host.ssh.private_key,
@@ -178,6 +178,97 @@ class _PinnedHostKeyPolicy(paramiko.MissingHostKeyPolicy):
                 f"host presented {key.get_name()} {seen}. Refusing to connect; if the host was "
                 "reinstalled, verify the new key out of band and update ssh.hostKey"
             )
+
+
+def handshake(
+    client: paramiko.SSHClient, target: HostTarget, key: paramiko.PKey, limit: float
+) -> None:
+    """Connect, identify and authenticate, each phase within ``limit`` seconds.
+
+    The TCP connection is made here, not by paramiko: its one ``timeout`` would bound both
+    the TCP connect and the whole negotiation, and a negotiation bound equal to the banner
+    bound races it (the loser's error, "No existing session", names no cause).
+    """
+    sock = socket.create_connection((target.address, target.port), timeout=limit)
+    try:
+        client.connect(
+            target.address,
+            port=target.port,
+            username=target.user,
+            pkey=key,
+            sock=sock,
+            timeout=2 * limit,  # the banner, then the key exchange
+            banner_timeout=limit,
+            auth_timeout=limit,
+            allow_agent=False,
+            look_for_keys=False,
+        )
+    except BaseException:
+        sock.close()
+        raise
+
+
+class _FirstContactPolicy(paramiko.MissingHostKeyPolicy):
+    """Takes the key a newly ordered machine presents: nothing is pinned for it yet."""
+
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
+        return None
+
+
+def first_contact_host_key(
+    target: HostTarget,
+    settings: SshDefaults,
+    wait_seconds: float,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> str:
+    """The fingerprint of the host key a newly ordered machine presents (``SHA256:...``).
+
+    Trust on first contact, for machines whose provider does not publish their host key: the
+    key is taken only from a connection that authenticated with the stack's private key, so it
+    belongs to a machine that holds the public key the order installed. The caller records it;
+    every later connection pins it and refuses another. A machine still installing (port closed,
+    no banner, key not yet installed) is tried again until ``wait_seconds`` have passed.
+    """
+    if target.host_key is not None:
+        raise ValueError(f"{target.where}: a host key is pinned already ({target.host_key})")
+    key = load_private_key(target.private_key, target.base_dir)
+    limit = settings.connect_timeout_seconds
+    deadline = clock() + wait_seconds
+    attempt = 0
+    while True:
+        attempt += 1
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(_FirstContactPolicy())
+        try:
+            handshake(client, target, key, limit)
+            transport = client.get_transport()
+            presented = transport.get_remote_server_key() if transport is not None else None
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            presented, cause = None, connect_failure(exc, target, limit).cause
+        finally:
+            client.close()
+        if presented is not None:
+            return fingerprint_of(presented)
+        left = deadline - clock()
+        if left <= 0:
+            raise HostUnreachable(
+                f"{target.where}: no SSH session with the stack's key within {wait_seconds:.0f} s "
+                f"(ssh.firstContactTimeoutSeconds) after {attempt} attempt(s): {cause}; the host "
+                "key is pinned only once the machine accepts the key its order installed"
+            )
+        delay = min(max(settings.retry_backoff_seconds, 1.0) * min(attempt, 10), left)
+        CONNECTION_LOG.info(
+            "%s: first contact, attempt %d: %s; next attempt in %.0f s",
+            target.where,
+            attempt,
+            cause,
+            delay,
+        )
+        sleep(delay)
 
 
 # paramiko has no exception type of its own for this: its message is the only mark
@@ -401,30 +492,7 @@ class HostSession:
             return
 
     def _handshake(self, client: paramiko.SSHClient, key: paramiko.PKey) -> None:
-        """Connect, identify and authenticate, each phase within ``ssh.connectTimeoutSeconds``.
-
-        The TCP connection is made here, not by paramiko: its one ``timeout`` would bound both
-        the TCP connect and the whole negotiation, and a negotiation bound equal to the banner
-        bound races it (the loser's error, "No existing session", names no cause).
-        """
-        limit = self.settings.connect_timeout_seconds
-        sock = socket.create_connection((self.target.address, self.target.port), timeout=limit)
-        try:
-            client.connect(
-                self.target.address,
-                port=self.target.port,
-                username=self.target.user,
-                pkey=key,
-                sock=sock,
-                timeout=2 * limit,  # the banner, then the key exchange
-                banner_timeout=limit,
-                auth_timeout=limit,
-                allow_agent=False,
-                look_for_keys=False,
-            )
-        except BaseException:
-            sock.close()
-            raise
+        handshake(client, self.target, key, self.settings.connect_timeout_seconds)
 
     def _alive(self) -> bool:
         transport = self._client.get_transport() if self._client else None

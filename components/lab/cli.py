@@ -27,7 +27,7 @@ from components.lab.hosts import (
     stop_hosts,
 )
 from components.lab.image import ImageBuildError, default_recipe_dir
-from components.lab.inventory import InventoryError, inventory_path
+from components.lab.inventory import InventoryError, inventory_path, lab_dir_problem
 from components.lab.qmp import QmpError
 from components.lab.settings import (
     DEFAULT_BASE_PORT,
@@ -154,6 +154,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
         print(f"lab up: --nvme-size: {exc}", file=sys.stderr)
         return EXIT_USAGE
     lab_dir = resolve_lab_dir(args.lab_dir)
+    unusable = lab_dir_problem(lab_dir)
+    if unusable:  # before the template is built: that takes minutes
+        print(f"lab up: {unusable}", file=sys.stderr)
+        return EXIT_USAGE
     timeouts = LabTimeouts()
     template = prepare_template(
         resolve_cache_dir(args.cache_dir), default_recipe_dir(), shape, timeouts

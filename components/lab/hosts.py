@@ -28,7 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.lab.image import exclusive_lock
-from components.lab.inventory import Inventory, InventoryHost, load_inventory, save_inventory
+from components.lab.inventory import (
+    LabHost,
+    LabInventory,
+    lab_dir_problem,
+    load_inventory,
+    save_inventory,
+)
 from components.lab.processes import (
     belongs_to,
     processes_using,
@@ -152,7 +158,7 @@ def port_is_free(port: int) -> bool:
         return True
 
 
-def forward_port(host: InventoryHost, guest_port: int, timeouts: LabTimeouts) -> int:
+def forward_port(host: LabHost, guest_port: int, timeouts: LabTimeouts) -> int:
     """Forward a free loopback port to ``guest_port`` of the running ``host``; returns that port.
     Lets a test reach a service in the guest the way a machine outside the cluster would."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -167,7 +173,7 @@ def forward_port(host: InventoryHost, guest_port: int, timeouts: LabTimeouts) ->
     return host_port
 
 
-def guest_monitor(host: InventoryHost, timeouts: LabTimeouts) -> QmpClient:
+def guest_monitor(host: LabHost, timeouts: LabTimeouts) -> QmpClient:
     """A QMP connection to the running ``host``'s QEMU."""
     return QmpClient.connect(
         HostLayout(host.host_dir).qmp_socket,
@@ -177,14 +183,14 @@ def guest_monitor(host: InventoryHost, timeouts: LabTimeouts) -> QmpClient:
     )
 
 
-def pause_guest(host: InventoryHost, timeouts: LabTimeouts) -> None:
+def pause_guest(host: LabHost, timeouts: LabTimeouts) -> None:
     """Stop the guest's CPUs: its network stays connected (QEMU's user-mode network runs on) but
     nothing in the guest answers, as on a host whose kernel hung."""
     with guest_monitor(host, timeouts) as qmp:
         qmp.execute("stop")
 
 
-def resume_guest(host: InventoryHost, timeouts: LabTimeouts) -> None:
+def resume_guest(host: LabHost, timeouts: LabTimeouts) -> None:
     """Let a paused guest run on from where it stopped."""
     with guest_monitor(host, timeouts) as qmp:
         qmp.execute("cont")
@@ -247,7 +253,7 @@ def _prepare_and_start(
     request: HostRequest,
     client_key: Path,
     die_with_parent: bool,
-) -> InventoryHost:
+) -> LabHost:
     name = host_name(request.index)
     layout = host_layout(lab_dir, name)
     if len(str(layout.qmp_socket)) > UNIX_SOCKET_PATH_MAX:
@@ -275,7 +281,7 @@ def _prepare_and_start(
         incoming=True,
     )
     pid = start_guest_process(argv, layout.qemu_log, die_with_parent=die_with_parent)
-    return InventoryHost(
+    return LabHost(
         name=name,
         index=request.index,
         address=LOOPBACK,
@@ -307,7 +313,7 @@ def _restore(qmp: QmpClient, template: LabTemplate, timeouts: LabTimeouts) -> No
 
 
 def _bring_up(
-    host: InventoryHost,
+    host: LabHost,
     template: LabTemplate,
     request: HostRequest,
     timeouts: LabTimeouts,
@@ -366,7 +372,7 @@ def _bring_up(
     )
 
 
-def write_known_hosts(lab_dir: Path, inventory: Inventory) -> None:
+def write_known_hosts(lab_dir: Path, inventory: LabInventory) -> None:
     """``<lab dir>/known_hosts`` with every host's pinned key, for ``ssh -o UserKnownHostsFile=``."""
     path = lab_dir / KNOWN_HOSTS_NAME
     if not inventory.hosts:
@@ -376,7 +382,7 @@ def write_known_hosts(lab_dir: Path, inventory: Inventory) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def _record(lab_dir: Path, inventory: Inventory) -> None:
+def _record(lab_dir: Path, inventory: LabInventory) -> None:
     save_inventory(lab_dir, inventory)
     write_known_hosts(lab_dir, inventory)
 
@@ -388,16 +394,19 @@ def start_hosts(
     timeouts: LabTimeouts,
     *,
     die_with_parent: bool = False,
-) -> list[InventoryHost]:
+) -> list[LabHost]:
     """Start the requested hosts from ``template``; on any failure stop them all and raise.
 
     ``die_with_parent`` (test fixtures) makes the kernel kill the guests when the calling process
     exits; ``lab up`` leaves it off so that the guests outlive the command.
     """
     lab_dir = lab_dir.absolute()
+    unusable = lab_dir_problem(lab_dir)
+    if unusable:
+        raise LabError(unusable)
     lab_dir.mkdir(parents=True, exist_ok=True)
     client_key = ensure_client_key(lab_dir)
-    started: list[InventoryHost] = []
+    started: list[LabHost] = []
     with exclusive_lock(lab_dir / LOCK_NAME):
         inventory = load_inventory(lab_dir)
         for request in requests:
@@ -425,7 +434,7 @@ def start_hosts(
 
 
 def _bring_up_all(
-    started: list[InventoryHost],
+    started: list[LabHost],
     requests: list[HostRequest],
     template: LabTemplate,
     timeouts: LabTimeouts,
@@ -485,7 +494,7 @@ def stop_hosts(lab_dir: Path, names: set[str] | None, timeouts: LabTimeouts) -> 
     return sorted(chosen)
 
 
-def host_log_tails(host: InventoryHost) -> str:
+def host_log_tails(host: LabHost) -> str:
     """The tail of a host's console and QEMU logs, for error messages."""
     layout = HostLayout(host.host_dir)
     parts = []
@@ -505,6 +514,6 @@ def host_requests(
     ]
 
 
-def host_statuses(lab_dir: Path) -> list[tuple[InventoryHost, bool]]:
+def host_statuses(lab_dir: Path) -> list[tuple[LabHost, bool]]:
     """Each inventory host with whether its guest process is still running."""
     return [(host, belongs_to(host.pid, host.host_dir)) for host in load_inventory(lab_dir).hosts]

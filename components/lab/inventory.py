@@ -1,117 +1,109 @@
 """The lab inventory (``<lab dir>/inventory.json``): what ``lab up`` started, for stacks and tests.
 
 ``stacks/Pulumi.lab.yaml`` names this file; the config loader takes each host's address, port, user,
-private key and pinned host-key fingerprint from it. The format is versioned; keys beyond those the
-loader reads (pid, files) serve ``lab status`` and ``lab down``.
+private key and pinned host-key fingerprint from it. The format is the host inventory of
+:mod:`components.sources.inventory`; the lab's entries also carry what ``lab status`` and ``lab down``
+need (the guest's pid, number, files and public host key), so the lab reads the file with those
+fields required.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-INVENTORY_VERSION = 1
-INVENTORY_FILE = "inventory.json"
+from pydantic import Field
+
+from components.config.errors import StackConfigError
+from components.config.loader import read_inventory
+from components.config.models import PublicKey
+from components.sources.inventory import (
+    FILE_PATH,
+    INVENTORY_FILE,
+    INVENTORY_VERSION,
+    FilePath,
+    Inventory,
+)
+from components.sources.inventory import InventoryHost as HostEntry
+
+__all__ = [
+    "EMPTY_LAB",
+    "INVENTORY_FILE",
+    "INVENTORY_VERSION",
+    "InventoryError",
+    "LabHost",
+    "LabInventory",
+    "inventory_path",
+    "lab_dir_problem",
+    "load_inventory",
+    "save_inventory",
+]
 
 
 class InventoryError(ValueError):
-    """The inventory file is missing fields or is of an unknown version."""
+    """The lab's inventory file cannot be used (its problems, each with its field path)."""
 
 
-@dataclass(frozen=True)
-class InventoryHost:
+class LabHost(HostEntry):
     """One running lab guest as the inventory records it."""
 
-    name: str
-    index: int
-    address: str
-    port: int
-    user: str
-    private_key: Path
-    host_key: str
-    host_key_public: str
-    nvme: tuple[str, ...]
-    pid: int
-    host_dir: Path
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "address": self.address,
-            "port": self.port,
-            "user": self.user,
-            "privateKey": str(self.private_key),
-            "hostKey": self.host_key,
-            "hostKeyPublic": self.host_key_public,
-            "nvme": list(self.nvme),
-            "pid": self.pid,
-            "index": self.index,
-            "hostDir": str(self.host_dir),
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> InventoryHost:
-        try:
-            return cls(
-                name=str(data["name"]),
-                index=int(data["index"]),
-                address=str(data["address"]),
-                port=int(data["port"]),
-                user=str(data["user"]),
-                private_key=Path(data["privateKey"]),
-                host_key=str(data["hostKey"]),
-                host_key_public=str(data["hostKeyPublic"]),
-                nvme=tuple(str(disk) for disk in data["nvme"]),
-                pid=int(data["pid"]),
-                host_dir=Path(data["hostDir"]),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InventoryError(f"inventory host entry {data!r}: {exc!r}") from exc
+    host_key_public: PublicKey
+    pid: int = Field(ge=1)
+    index: int = Field(ge=0)
+    host_dir: FilePath
 
 
-@dataclass(frozen=True)
-class Inventory:
-    hosts: tuple[InventoryHost, ...] = ()
+class LabInventory(Inventory):
+    """The lab's inventory: every host a lab guest, kept in the order of their numbers."""
 
-    def to_json(self) -> dict[str, Any]:
-        return {"version": INVENTORY_VERSION, "hosts": [host.to_json() for host in self.hosts]}
+    hosts: tuple[LabHost, ...] = ()
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Inventory:
-        if data.get("version") != INVENTORY_VERSION:
-            raise InventoryError(
-                f"inventory version {data.get('version')!r}: expected {INVENTORY_VERSION}"
-            )
-        return cls(tuple(InventoryHost.from_json(host) for host in data.get("hosts", [])))
-
-    def by_name(self, name: str) -> InventoryHost | None:
+    def by_name(self, name: str) -> LabHost | None:
         return next((host for host in self.hosts if host.name == name), None)
 
-    def with_host(self, host: InventoryHost) -> Inventory:
+    def with_host(self, host: LabHost) -> LabInventory:
         """A copy with ``host`` added, replacing any entry of the same name."""
         others = tuple(existing for existing in self.hosts if existing.name != host.name)
-        return Inventory(tuple(sorted((*others, host), key=lambda entry: entry.index)))
+        hosts = tuple(sorted((*others, host), key=lambda entry: entry.index))
+        return LabInventory(version=self.version, hosts=hosts)
 
-    def without(self, names: set[str]) -> Inventory:
-        return Inventory(tuple(host for host in self.hosts if host.name not in names))
+    def without(self, names: set[str]) -> LabInventory:
+        hosts = tuple(host for host in self.hosts if host.name not in names)
+        return LabInventory(version=self.version, hosts=hosts)
+
+
+EMPTY_LAB = LabInventory(version=INVENTORY_VERSION)
 
 
 def inventory_path(lab_dir: Path) -> Path:
     return lab_dir / INVENTORY_FILE
 
 
-def load_inventory(lab_dir: Path) -> Inventory:
+def lab_dir_problem(lab_dir: Path) -> str | None:
+    """Why the inventory could not name the lab's files in ``lab_dir`` (its key, its hosts'
+    directories), or None."""
+    if FILE_PATH.fullmatch(str(lab_dir)):
+        return None
+    return (
+        f"lab directory {str(lab_dir)!r}: the inventory names the lab's key and files by their "
+        "paths, which may hold only letters, digits and ._/~+@-; choose another directory"
+    )
+
+
+def load_inventory(lab_dir: Path) -> LabInventory:
     """The lab's inventory; an empty one when the lab has none."""
     path = inventory_path(lab_dir)
     if not path.exists():
-        return Inventory()
-    return Inventory.from_json(json.loads(path.read_text()))
+        return EMPTY_LAB
+    try:
+        return read_inventory(path, LabInventory)
+    except StackConfigError as exc:
+        details = "; ".join(str(problem) for problem in exc.problems)
+        raise InventoryError(f"{path}: {details}") from None
 
 
-def save_inventory(lab_dir: Path, inventory: Inventory) -> None:
+def save_inventory(lab_dir: Path, inventory: LabInventory) -> None:
     """Write atomically (a reader never sees half a file); an empty inventory removes the file."""
     path = inventory_path(lab_dir)
     if not inventory.hosts:
@@ -119,5 +111,5 @@ def save_inventory(lab_dir: Path, inventory: Inventory) -> None:
         return
     lab_dir.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.{os.getpid()}")
-    staging.write_text(json.dumps(inventory.to_json(), indent=2) + "\n")
+    staging.write_text(json.dumps(inventory.document(), indent=2) + "\n")
     staging.replace(path)

@@ -98,10 +98,25 @@ class Check:
         return check_id(self.layer, self.name)
 
 
+def reachable_expectation(host: HostSpec) -> str:
+    """What ``host.reachable`` expects of ``host``: SSH to it, presenting its pinned key."""
+    if host.ssh.host_key:
+        key = host.ssh.host_key
+    elif host.ordered:
+        key = "the host key pinned on first contact (stack outputs)"
+    else:
+        key = "the host key pinned in the inventory"
+    where = (
+        f"{host.address}:{host.ssh.port}"
+        if host.address
+        else f"the address its {host.source} order returned, port {host.ssh.port}"
+    )
+    return f"SSH to {where} presenting {key}"
+
+
 def _host_layer(config: StackConfig, host: HostSpec) -> list[Check]:
-    key = host.ssh.host_key or "the host key pinned in the inventory"
     return [
-        Check("host", "reachable", f"SSH to {host.address}:{host.ssh.port} presenting {key}"),
+        Check("host", "reachable", reachable_expectation(host)),
         Check("host", "facts-complete", "the fact collection ran to its end"),
         Check("host", "os", " or ".join(SUPPORTED_OS)),
         Check("host", "ssh-password-login", "password and keyboard-interactive both off"),

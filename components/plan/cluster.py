@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from components.config.models import HostSpec, StackConfig
+from components.config.models import HostSpec, StackConfig, host_address
 
 LABEL_PREFIX = "sovereign-inference"
 # Node labels the inference plan places pods by (components.plan.kubernetes.spec re-exports them).
@@ -59,7 +59,7 @@ def api_endpoint(config: StackConfig) -> str:
     """The host name or IP clients outside the cluster use for the API server: ``k3s.apiEndpoint``,
     else the first server's address. Not a ``tlsSans`` entry: those name the gateway too, which
     may resolve to an agent that serves no API."""
-    return config.k3s.api_endpoint or first_server(config).address
+    return config.k3s.api_endpoint or host_address(first_server(config))
 
 
 def api_server_url(config: StackConfig) -> str:

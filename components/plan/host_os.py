@@ -10,12 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from components.config.systems import SUPPORTED_OS
 from components.plan.step_protocol import in_words
 
-# Ubuntu 22.04 (OpenSSH 8.9), Debian 12 (OpenSSH 9.2) and Ubuntu 24.04 (OpenSSH 9.6): the releases
-# NVIDIA's CUDA repository serves the pinned driver branches for, and whose sshd knows every
-# algorithm the base step configures.
-SUPPORTED_OS = ("debian-12", "ubuntu-22.04", "ubuntu-24.04")
+__all__ = ["SUPPORTED_OS", "nvidia_repository", "os_name", "template_variables"]
 
 
 def os_name(os_id: str) -> str:

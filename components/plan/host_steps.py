@@ -22,7 +22,7 @@ import yaml
 from sovereign_weights.layout import CACHE_FILESYSTEM_MARKER
 
 from components.config.catalog import GPU_MODELS
-from components.config.models import CacheSpec, HostSpec, StackConfig, host_key
+from components.config.models import CacheSpec, HostSpec, StackConfig, host_address, host_key
 from components.config.residency import normalize_registry, registry_allowed
 from components.plan.cluster import (
     K3S_API_PORT,
@@ -303,11 +303,13 @@ def k3s_config(config: StackConfig, host: HostSpec) -> dict[str, Any]:
     if host.taints:
         settings["node-taint"] = list(host.taints)
     if role != "server-init":
-        settings["server"] = api_url(first.address)
+        settings["server"] = api_url(host_address(first))
     if role == "server-init":
         settings["cluster-init"] = True
     if role != "agent":
-        settings["tls-san"] = _each_once((*config.k3s.tls_sans, api_endpoint(config), host.address))
+        settings["tls-san"] = _each_once(
+            (*config.k3s.tls_sans, api_endpoint(config), host_address(host))
+        )
         settings["secrets-encryption"] = config.k3s.secrets_encryption
         settings["cluster-cidr"] = config.k3s.cluster_cidr
         settings["service-cidr"] = config.k3s.service_cidr
@@ -370,9 +372,10 @@ def _firewall_vars(config: StackConfig, this_host: HostSpec) -> dict[str, Any]:
     api_clients = config.k3s.api_allowed_cidrs if this_host.role == "server" else ()
     nodes: dict[int, set[str]] = {4: set(), 6: set()}
     for host in config.hosts:
-        version = _ip_version(host.address)
+        address = host_address(host)
+        version = _ip_version(address)
         if version:
-            nodes[version].add(host.address)
+            nodes[version].add(address)
     networks = (config.k3s.cluster_cidr, config.k3s.service_cidr)
     allowlist = config.residency.egress_allowlist
     # the resolvers are reachable whenever the allowlist is on: DNS must keep working

@@ -15,7 +15,8 @@ from typing import Any
 import yaml
 from sovereign_gateway.auth import redacted_api_keys
 
-from components.config.models import StackConfig
+from components.config.catalog import os_image
+from components.config.models import PENDING_ADDRESS_SUFFIX, HostSpec, OvhOrder, StackConfig
 from components.plan.checks import host_checks
 from components.plan.cluster import node_labels
 from components.plan.host_steps import render_host_steps
@@ -72,6 +73,9 @@ def render_files(config: StackConfig) -> list[RenderedFile]:
         hosts/<host>/steps.json         step names, content hashes, pins
         hosts/<host>/checks.json        what verification expects on this host
         hosts/<host>/node-labels.json   labels the node will carry
+        hosts/<host>/source.json        where the host comes from: its address and host key, or
+                                        for an ordered machine what is ordered and where (its
+                                        address shows in the scripts as a placeholder)
         payloads/<sha>-<name>           files delivered with a step (e.g. nvidia-ml-py)
         kubernetes/NN-<kind>-[<namespace>-]<name>.yaml   every object, in apply order
         kubernetes/charts/<release>.yaml                 Helm releases: chart, version, values
@@ -84,6 +88,9 @@ def render_files(config: StackConfig) -> list[RenderedFile]:
 
     payloads_written: set[str] = set()
     write("stack.json", json.dumps(redacted_config(config), indent=2, sort_keys=True) + "\n")
+    stack_config = config
+    # an ordered machine's address is known after the order: the scripts show a placeholder
+    config = config.with_pending_addresses()
     for host in config.hosts:
         host_dir = f"hosts/{host.name}"
         steps = render_host_steps(config, host)
@@ -121,9 +128,65 @@ def render_files(config: StackConfig) -> list[RenderedFile]:
             f"{host_dir}/node-labels.json",
             json.dumps(node_labels(config, host), indent=2, sort_keys=True) + "\n",
         )
+        declared = next(h for h in stack_config.hosts if h.name == host.name)
+        write(f"{host_dir}/source.json", json.dumps(source_plan(declared), indent=2) + "\n")
     if config.inference.models:
         _render_inference(config, write)
     return files
+
+
+def source_plan(host: HostSpec) -> dict[str, Any]:
+    """Where a host comes from, for review: its address and pinned key, or for an ordered
+    machine what ``components.sources`` orders, where, and where its address and key come from."""
+    plan: dict[str, Any] = {"source": host.source, "provider": host.provider}
+    pin = (
+        f"pinned in the stack: {host.ssh.host_key}"
+        if host.ssh.host_key
+        else "pinned on first contact: the first SSH session that authenticates with the "
+        "stack's key records it (stack output hosts[].hostKey); after that another key is refused"
+    )
+    if not host.ordered:
+        plan["address"] = host.address
+        plan["port"] = host.ssh.port
+        plan["hostKey"] = (
+            pin
+            if host.ssh.host_key
+            else "from the lab's inventory (lab up writes it)"
+            if host.source == "lab"
+            else "from the stack's inventory, or refused at the first step"
+        )
+        return plan
+    order = host.scaleway if host.source == "scaleway" else host.ovh
+    if order is None:  # the config refuses this
+        return plan
+    image = os_image(host.provider, order.kind, order.os)
+    plan["order"] = order.model_dump(mode="json", by_alias=True, exclude_none=True)
+    plan["order"]["image"] = (
+        {"name": image.name, **({"version": image.version} if image.version else {})}
+        if image
+        else None
+    )
+    rented = isinstance(order, OvhOrder) and order.kind == "dedicated" and order.plan is None
+    if rented:
+        plan["order"]["what"] = "reinstall the rented server through the provider's install task"
+    if isinstance(order, OvhOrder) and order.kind == "dedicated":
+        plan["sshKey"] = f"installed with the system: {host.ssh.public_key}"
+    else:
+        plan["sshKey"] = (
+            f"registered with {host.provider}, installed at boot: {host.ssh.public_key}"
+        )
+    what = "the rented server's public IPv4" if rented else "the machine's public IPv4"
+    plan["address"] = (
+        f"known after the order ({what}); scripts show {host.name}{PENDING_ADDRESS_SUFFIX} here"
+    )
+    plan["port"] = host.ssh.port
+    plan["hostKey"] = pin
+    plan["teardown"] = (
+        "pulumi destroy runs this host's teardown steps first, then releases the machine"
+        if not rented
+        else "pulumi destroy runs this host's teardown steps; the rented server stays yours"
+    )
+    return plan
 
 
 def _redacted_secret(obj: dict[str, Any]) -> dict[str, Any]:

@@ -47,19 +47,37 @@ def _allowed_countries(config: Mapping[str, Any]) -> list[str]:
     return list(config.get("allowedCountries") or EU_EEA_COUNTRIES)
 
 
+def resource_provider(resource_type: str) -> str:
+    """The provider a resource type belongs to: its package (``scaleway`` for
+    ``scaleway:instance/server:Server``, ``ovh`` for ``ovh:CloudProject/instance:Instance``)."""
+    return resource_type.partition(":")[0]
+
+
 def validate_regions(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """Every location key of a resource, looked up in its own provider's table first, then in
+    every provider's (:func:`region_country`); refused when it lies outside the allowed countries
+    or no table knows it."""
     allowed = _allowed_countries(args.get_config())
+    places = ", ".join(sorted({a.upper() for a in allowed if isinstance(a, str)}))
+    provider = resource_provider(args.resource_type)
     for key in LOCATION_KEYS:
         value = args.props.get(key)
         if not isinstance(value, str) or not value:
             continue
-        country = region_country(value)
+        where = f"{args.resource_type} {args.name!r}: {key} {value!r}"
+        country = region_country(value, provider)
         if country is None:
             report(
-                f"{key} {value!r} is not a region known to be inside the allowed countries", None
+                f"{where} is not a region known to be inside the allowed countries; expected a "
+                f"location of the provider location table in {places}",
+                None,
             )
         elif not country_allowed(country, allowed):
-            report(f"{key} {value!r} is in {country}, outside the allowed countries", None)
+            report(
+                f"{where} is in {country}, outside the allowed countries; expected a location "
+                f"in {places}",
+                None,
+            )
 
 
 def _containers(props: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:

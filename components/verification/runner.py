@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from components.config.models import HostSpec, StackConfig
-from components.execution.outcome import StepError
+from components.execution.outcome import HostUnreachable, StepError
 from components.execution.ssh import HostSession, HostTarget, SessionPool, on_hosts
-from components.plan.checks import LAYERS
+from components.plan.checks import LAYERS, reachable_expectation
 from components.plan.host_steps import PROBE_DIR
 from components.verification.cluster_api import verify_inference_cluster
 from components.verification.geoip import (
@@ -115,7 +115,7 @@ def collect_facts(session: HostSession, config: StackConfig) -> HostFacts:
 
 
 def _reached_at(host: HostSpec) -> tuple[str, int, str | None]:
-    return host.address, host.ssh.port, host.ssh.host_key
+    return host.address or "", host.ssh.port, host.ssh.host_key
 
 
 def verify_stack(
@@ -146,19 +146,18 @@ def verify_stack(
 
     def run(host: HostSpec) -> tuple[HostRun, list[Finding]]:
         t0 = time.monotonic()
-        session = pool.session(HostTarget.from_spec(host, project_dir))
         try:
-            facts = collect_facts(session, config)
+            if host.address is None:
+                raise HostUnreachable(
+                    f"{host.name}: ordered from {host.source}, its address and host key are in "
+                    "the stack's outputs: pulumi stack output --json > outputs.json, then "
+                    "sovereign verify --outputs outputs.json"
+                )
+            facts = collect_facts(pool.session(HostTarget.from_spec(host, project_dir)), config)
         except StepError as exc:
             run = HostRun(host.name, None, time.monotonic() - t0, str(exc), *_reached_at(host))
-            key = host.ssh.host_key or "the host key pinned in the inventory"
             failed = verdict(
-                "host",
-                host.name,
-                "reachable",
-                False,
-                str(exc),
-                f"SSH to {host.address}:{host.ssh.port} presenting {key}",
+                "host", host.name, "reachable", False, str(exc), reachable_expectation(host)
             )
             results = not_judged(config, host, layers, failed)
         else:

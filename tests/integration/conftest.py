@@ -7,7 +7,7 @@
 * ``lab_port_base`` (session): where this session's hosts' ports start, for tests that run their
   own lab directory.
 
-Hosts are :class:`~components.lab.inventory.InventoryHost` records, the same entries
+Hosts are :class:`~components.lab.inventory.LabHost` records, the same entries
 ``sovereign lab up`` writes to its inventory (name, address, port, user, private_key, host_key,
 host_key_public, nvme, pid): tests reach them with their own SSH client and the pinned key.
 
@@ -29,7 +29,7 @@ import pytest
 from components.execution.ssh import HostSession
 from components.lab.hosts import HostRequest, start_hosts, stop_hosts
 from components.lab.image import DEFAULT_MIRROR, default_recipe_dir
-from components.lab.inventory import InventoryHost, load_inventory
+from components.lab.inventory import LabHost, load_inventory
 from components.lab.settings import GuestShape, LabTimeouts, parse_size, resolve_cache_dir
 from components.lab.template import LabTemplate, prepare_template
 
@@ -61,7 +61,7 @@ def base_port_for_tests() -> int:
     )
 
 
-LabHostsFactory = Callable[..., list[InventoryHost]]
+LabHostsFactory = Callable[..., list[LabHost]]
 
 
 @pytest.fixture(scope="session")
@@ -88,7 +88,7 @@ def lab_hosts(lab_template: LabTemplate) -> Iterator[LabHostsFactory]:
     lab_dir = lab_dir_for_tests()
     started: set[str] = set()
 
-    def start(count: int, nvme: int = 2, nvme_size: str = "2G") -> list[InventoryHost]:
+    def start(count: int, nvme: int = 2, nvme_size: str = "2G") -> list[LabHost]:
         in_use = {host.index for host in load_inventory(lab_dir).hosts}
         indices: list[int] = []
         candidate = 1
@@ -112,7 +112,7 @@ def lab_hosts(lab_template: LabTemplate) -> Iterator[LabHostsFactory]:
 
 
 @pytest.fixture
-def lab_host(lab_hosts: LabHostsFactory) -> InventoryHost:
+def lab_host(lab_hosts: LabHostsFactory) -> LabHost:
     """One fresh host with two 2 GiB NVMe drives; gone after the test."""
     return lab_hosts(1)[0]
 

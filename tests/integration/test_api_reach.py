@@ -17,7 +17,7 @@ import pytest
 
 from components.execution.ssh import HostSession, HostTarget, run_step
 from components.lab.hosts import forward_port
-from components.lab.inventory import InventoryHost
+from components.lab.inventory import LabHost
 from components.plan.cluster import K3S_API_PORT
 from components.plan.host_steps import render_host_steps
 from tests.integration.conftest import TIMEOUTS
@@ -54,7 +54,7 @@ def first_line_through(port: int, wait_s: float) -> str:
     return received.split(b"\r\n", 1)[0].decode(errors="replace")
 
 
-def load_firewall(session: HostSession, lab_host: InventoryHost, allowed: tuple[str, ...]) -> None:
+def load_firewall(session: HostSession, lab_host: LabHost, allowed: tuple[str, ...]) -> None:
     base = stack_for([lab_host])
     stack = base.model_copy(
         update={"k3s": base.k3s.model_copy(update={"api_allowed_cidrs": allowed})}
@@ -64,7 +64,7 @@ def load_firewall(session: HostSession, lab_host: InventoryHost, allowed: tuple[
 
 
 def test_api_port_is_reachable_from_outside_only_from_allowed_ranges(
-    lab_host: InventoryHost,
+    lab_host: LabHost,
 ) -> None:
     host = stack_for([lab_host]).hosts[0]
     session = HostSession(HostTarget.from_spec(host, ROOT), stack_for([lab_host]).ssh)

@@ -31,7 +31,7 @@ from sovereign_weights.units import MIB
 from components.config.models import CacheDisk, CacheSpec, HostSpec
 from components.execution.outcome import parse_step_output
 from components.execution.ssh import HostSession, HostTarget, RunResult
-from components.lab.inventory import InventoryHost
+from components.lab.inventory import LabHost
 from components.plan.host_steps import (
     CACHE_FS_LABEL,
     StepPlan,
@@ -42,7 +42,7 @@ from components.plan.step_protocol import EXIT_REFUSED
 from tests.lab_stacks import ROOT, lab_host_spec, lab_stack
 
 # the ``lab_hosts`` fixture (tests/integration/conftest.py): lab_hosts(count, nvme=..., nvme_size=...)
-LabHostsFactory = Callable[..., list[InventoryHost]]
+LabHostsFactory = Callable[..., list[LabHost]]
 
 
 DEFAULT_MOUNT_POINT = "/var/lib/sovereign/weights"
@@ -91,7 +91,7 @@ class Drives:
 
 
 def cache_step(
-    entry: InventoryHost,
+    entry: LabHost,
     disks: list[tuple[str, bool]],
     *,
     mount_point: str = DEFAULT_MOUNT_POINT,
@@ -106,10 +106,10 @@ def cache_step(
 
 
 @pytest.fixture
-def session_for() -> Iterator[Callable[[InventoryHost], HostSession]]:
+def session_for() -> Iterator[Callable[[LabHost], HostSession]]:
     sessions: list[HostSession] = []
 
-    def make(entry: InventoryHost) -> HostSession:
+    def make(entry: LabHost) -> HostSession:
         host: HostSpec = lab_host_spec(entry)
         # a guest with eight drives reboots in minutes under TCG on a busy 2-core machine
         settings = lab_stack().ssh.model_copy(update={"reboot_timeout_seconds": REBOOT_TIMEOUT_S})
@@ -229,7 +229,7 @@ echo "mdadm.conf $(if [ -e /etc/mdadm/mdadm.conf ]; then sha256sum /etc/mdadm/md
 
 @pytest.mark.integration
 def test_refusals_keep_every_byte_through_a_reboot(
-    lab_hosts: LabHostsFactory, session_for: Callable[[InventoryHost], HostSession]
+    lab_hosts: LabHostsFactory, session_for: Callable[[LabHost], HostSession]
 ) -> None:
     """Drives 0-7 hold data for the scenarios below; every step run is refused, nothing is lost.
 

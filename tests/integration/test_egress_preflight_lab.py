@@ -13,7 +13,7 @@ import pytest
 from components.config.models import StackConfig
 from components.execution.outcome import StepRefused
 from components.execution.ssh import HostSession, HostTarget, run_step
-from components.lab.inventory import InventoryHost
+from components.lab.inventory import LabHost
 from components.plan.host_steps import egress_destinations, render_host_steps
 from tests.lab_stacks import ROOT, stack_for
 
@@ -32,7 +32,7 @@ def with_allowlist(base: StackConfig, allowlist: tuple[str, ...]) -> StackConfig
 
 
 def test_firewall_refuses_an_allowlist_that_cuts_off_the_hosts_destinations(
-    lab_host: InventoryHost,
+    lab_host: LabHost,
 ) -> None:
     base = stack_for([lab_host])
     assert egress_destinations(base) == ["registry.lab.internal", "objects.lab.internal"]

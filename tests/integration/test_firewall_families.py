@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from components.execution.ssh import HostSession, HostTarget, run_step
-from components.lab.inventory import InventoryHost
+from components.lab.inventory import LabHost
 from components.plan.host_steps import render_host_steps
 from tests.integration.conftest import apt_mirror_ranges
 from tests.lab_stacks import ROOT, stack_for
@@ -17,7 +17,7 @@ from tests.lab_stacks import ROOT, stack_for
 pytestmark = pytest.mark.integration
 
 
-def test_firewall_loads_ipv6_entries_into_ipv6_sets(lab_host: InventoryHost) -> None:
+def test_firewall_loads_ipv6_entries_into_ipv6_sets(lab_host: LabHost) -> None:
     base = stack_for([lab_host])
     session = HostSession(HostTarget.from_spec(base.hosts[0], ROOT), base.ssh)
     residency = base.residency.model_copy(

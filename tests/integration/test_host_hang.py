@@ -10,7 +10,7 @@ import pytest
 
 from components.config.models import StackConfig
 from components.lab.hosts import pause_guest, resume_guest
-from components.lab.inventory import InventoryHost
+from components.lab.inventory import LabHost
 from components.plan.host_steps import StepPlan
 from components.rollout import StepReport, apply_stack
 from tests.conftest import step_script
@@ -36,7 +36,7 @@ SLOW_STEP = step_script(
 )
 
 
-def stack_with_fast_keepalive(host: InventoryHost) -> StackConfig:
+def stack_with_fast_keepalive(host: LabHost) -> StackConfig:
     config = stack_for([host])
     ssh = config.ssh.model_copy(
         update={
@@ -48,7 +48,7 @@ def stack_with_fast_keepalive(host: InventoryHost) -> StackConfig:
 
 
 def test_a_host_paused_mid_step_is_reported_within_the_keepalive_bound_and_converges_after_it_resumes(
-    lab_host: InventoryHost,
+    lab_host: LabHost,
 ) -> None:
     config = stack_with_fast_keepalive(lab_host)
     plans = {lab_host.name: [StepPlan(host=lab_host.name, name=STEP_NAME, script=SLOW_STEP)]}

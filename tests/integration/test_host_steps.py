@@ -15,7 +15,7 @@ import pytest
 from components.config.models import HostSpec
 from components.execution.outcome import HostKeyMismatch, StepError, StepRefused
 from components.execution.ssh import HostSession, HostTarget, run_step
-from components.lab.inventory import InventoryHost
+from components.lab.inventory import LabHost
 from components.plan.host_steps import StepPlan, render_host_steps
 from components.plan.step_protocol import Mode
 from tests.conftest import step_script
@@ -38,7 +38,7 @@ echo "== held"; apt-mark showhold
 """
 
 
-def spec_for(entry: InventoryHost, *, wipe: bool = True, gpus: int = 0) -> HostSpec:
+def spec_for(entry: LabHost, *, wipe: bool = True, gpus: int = 0) -> HostSpec:
     return lab_host_spec(entry, wipe=wipe, gpus=gpus)
 
 
@@ -72,7 +72,7 @@ def run_all(session: HostSession, steps: list[StepPlan], mode: Mode = "apply") -
 
 
 def test_every_lab_step_converges_and_a_second_run_changes_nothing(
-    lab_host: InventoryHost, session_for: Callable[[HostSpec], HostSession]
+    lab_host: LabHost, session_for: Callable[[HostSpec], HostSession]
 ) -> None:
     host = spec_for(lab_host)
     steps = steps_for(host)
@@ -98,7 +98,7 @@ def test_every_lab_step_converges_and_a_second_run_changes_nothing(
 
 
 def test_cache_drift_is_reported_by_check_and_repaired_by_apply(
-    lab_host: InventoryHost, session_for: Callable[[HostSpec], HostSession]
+    lab_host: LabHost, session_for: Callable[[HostSpec], HostSession]
 ) -> None:
     host = spec_for(lab_host)
     (cache,) = steps_for(host, ("40-nvme-cache",))
@@ -115,7 +115,7 @@ def test_cache_drift_is_reported_by_check_and_repaired_by_apply(
 
 
 def test_interrupted_runs_converge(
-    lab_host: InventoryHost, session_for: Callable[[HostSpec], HostSession]
+    lab_host: LabHost, session_for: Callable[[HostSpec], HostSession]
 ) -> None:
     """Cut the SSH connection inside the base, cache and firewall steps, then run again.
 
@@ -162,7 +162,7 @@ def test_interrupted_runs_converge(
 
 
 def test_disks_holding_data_are_refused_and_left_intact(
-    lab_host: InventoryHost, session_for: Callable[[HostSpec], HostSession]
+    lab_host: LabHost, session_for: Callable[[HostSpec], HostSession]
 ) -> None:
     host = spec_for(lab_host, wipe=False)
     first, second = (f"/dev/disk/by-id/{d}" for d in lab_host.nvme)
@@ -190,7 +190,7 @@ def test_disks_holding_data_are_refused_and_left_intact(
 
 
 def test_wipeable_disks_with_data_are_wiped_and_used(
-    lab_host: InventoryHost, session_for: Callable[[HostSpec], HostSession]
+    lab_host: LabHost, session_for: Callable[[HostSpec], HostSession]
 ) -> None:
     host = spec_for(lab_host, wipe=True)
     first = f"/dev/disk/by-id/{lab_host.nvme[0]}"
@@ -202,7 +202,7 @@ def test_wipeable_disks_with_data_are_wiped_and_used(
 
 
 def test_cache_survives_reboot_and_teardown_keeps_data(
-    lab_host: InventoryHost, session_for: Callable[[HostSpec], HostSession]
+    lab_host: LabHost, session_for: Callable[[HostSpec], HostSession]
 ) -> None:
     host = spec_for(lab_host)
     (cache,) = steps_for(host, ("40-nvme-cache",))
@@ -225,7 +225,7 @@ def test_cache_survives_reboot_and_teardown_keeps_data(
 
 
 def test_reboot_required_step_completes(
-    lab_host: InventoryHost, session_for: Callable[[HostSpec], HostSession]
+    lab_host: LabHost, session_for: Callable[[HostSpec], HostSession]
 ) -> None:
     host = spec_for(lab_host)
     body = (
@@ -251,7 +251,7 @@ def test_reboot_required_step_completes(
 
 
 def test_host_key_mismatch_is_refused_before_anything_runs(
-    lab_host: InventoryHost, session_for: Callable[[HostSpec], HostSession]
+    lab_host: LabHost, session_for: Callable[[HostSpec], HostSession]
 ) -> None:
     wrong = spec_for(lab_host)
     wrong = wrong.model_copy(
@@ -266,7 +266,7 @@ def test_host_key_mismatch_is_refused_before_anything_runs(
 
 
 def test_driver_step_refuses_a_host_without_nvidia_gpus(
-    lab_host: InventoryHost, session_for: Callable[[HostSpec], HostSession]
+    lab_host: LabHost, session_for: Callable[[HostSpec], HostSession]
 ) -> None:
     host = spec_for(lab_host, gpus=8)
     (driver,) = steps_for(host, ("20-nvidia-driver",))

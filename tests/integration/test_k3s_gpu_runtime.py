@@ -16,7 +16,7 @@ import yaml
 
 from components.config.models import StackConfig
 from components.execution.ssh import HostSession, HostTarget
-from components.lab.inventory import InventoryHost
+from components.lab.inventory import LabHost
 from components.plan.cluster import GPU_COUNT_LABEL
 from components.plan.host_steps import render_host_steps
 from components.rollout import apply_stack
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 K3S_CONFIG = "/etc/rancher/k3s/config.yaml"
 
 
-def test_k3s_config_on_a_gpu_host_has_no_default_nvidia_runtime(lab_host: InventoryHost) -> None:
+def test_k3s_config_on_a_gpu_host_has_no_default_nvidia_runtime(lab_host: LabHost) -> None:
     host = lab_host_spec(lab_host, gpus=1)
     config: StackConfig = k3s_stack(host, hashlib.sha256(INSTALLER).hexdigest())
     session = HostSession(HostTarget.from_spec(host, ROOT), config.ssh)

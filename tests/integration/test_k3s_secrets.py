@@ -19,7 +19,7 @@ import pytest
 
 from components.config.models import HostSpec, StackConfig
 from components.execution.ssh import REDACTED, HostSession, HostTarget
-from components.lab.inventory import InventoryHost
+from components.lab.inventory import LabHost
 from components.plan.host_steps import render_host_steps
 from components.plan.step_protocol import Mode
 from components.rollout import RolloutReport, apply_stack
@@ -65,16 +65,14 @@ def where_token_is(session: HostSession, token: str) -> list[str]:
 
 
 @pytest.fixture
-def probe(lab_host: InventoryHost) -> Iterator[HostSession]:
+def probe(lab_host: LabHost) -> Iterator[HostSession]:
     """One connection for the test's own looks at the host."""
     session = HostSession(HostTarget.from_spec(lab_host_spec(lab_host), ROOT), lab_stack().ssh)
     yield session
     session.close()
 
 
-def test_k3s_token_lives_only_in_the_token_file(
-    lab_host: InventoryHost, probe: HostSession
-) -> None:
+def test_k3s_token_lives_only_in_the_token_file(lab_host: LabHost, probe: HostSession) -> None:
     host = lab_host_spec(lab_host)
     config = k3s_stack(host, hashlib.sha256(INSTALLER).hexdigest())
     plans = {host.name: render_host_steps(config, host, only=("50-k3s",))}

@@ -15,7 +15,7 @@ import paramiko
 import pytest
 
 from components.lab.hosts import HostRequest, start_hosts, stop_hosts
-from components.lab.inventory import InventoryHost, load_inventory
+from components.lab.inventory import LabHost, load_inventory
 from components.lab.processes import is_running
 from components.lab.settings import LabTimeouts
 from components.lab.ssh import fingerprint
@@ -23,7 +23,7 @@ from components.lab.template import LabTemplate
 
 pytestmark = pytest.mark.integration
 
-LabHostsFactory = Callable[..., list[InventoryHost]]
+LabHostsFactory = Callable[..., list[LabHost]]
 TIMEOUTS = LabTimeouts()
 REBOOT_TIMEOUT_S = 180.0
 REBOOT_POLL_S = 1.0
@@ -32,7 +32,7 @@ SSH_CONNECT_TIMEOUT_S = 10.0
 SSH_COMMAND_TIMEOUT_S = 120.0
 
 
-def connect(host: InventoryHost, pinned_public_key: str | None = None) -> paramiko.SSHClient:
+def connect(host: LabHost, pinned_public_key: str | None = None) -> paramiko.SSHClient:
     """SSH to a lab host accepting only ``pinned_public_key`` (default: the inventory's key)."""
     key_type, blob = (pinned_public_key or host.host_key_public).split()[:2]
     client = paramiko.SSHClient()
@@ -58,9 +58,7 @@ def connect(host: InventoryHost, pinned_public_key: str | None = None) -> parami
     return client
 
 
-def run(
-    host: InventoryHost, command: str, timeout_s: float = SSH_COMMAND_TIMEOUT_S
-) -> tuple[int, str]:
+def run(host: LabHost, command: str, timeout_s: float = SSH_COMMAND_TIMEOUT_S) -> tuple[int, str]:
     """Exit status and stdout of a shell command run over pinned SSH."""
     with connect(host) as client:
         _, stdout, _ = client.exec_command(command, timeout=timeout_s)
@@ -68,7 +66,7 @@ def run(
         return stdout.channel.recv_exit_status(), output
 
 
-def check(host: InventoryHost, command: str) -> str:
+def check(host: LabHost, command: str) -> str:
     """Stdout of a command that must succeed."""
     status, output = run(host, command)
     assert status == 0, f"{host.name}: {command!r} exited {status}"
@@ -81,7 +79,7 @@ def _port_is_closed(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) != 0
 
 
-def test_ssh_with_the_pinned_host_key_works(lab_host: InventoryHost) -> None:
+def test_ssh_with_the_pinned_host_key_works(lab_host: LabHost) -> None:
     with connect(lab_host) as client:
         transport = client.get_transport()
         assert transport is not None
@@ -91,16 +89,14 @@ def test_ssh_with_the_pinned_host_key_works(lab_host: InventoryHost) -> None:
     assert fingerprint(f"{presented.get_name()} {presented.get_base64()}") == lab_host.host_key
 
 
-def test_a_wrong_pinned_host_key_is_refused(
-    lab_host: InventoryHost, lab_template: LabTemplate
-) -> None:
+def test_a_wrong_pinned_host_key_is_refused(lab_host: LabHost, lab_template: LabTemplate) -> None:
     # The template's key is the one every clone woke up with: a clone must no longer present it.
     template_key = lab_template.image.template_host_key_public.read_text()
     with pytest.raises(paramiko.BadHostKeyException):
         connect(lab_host, pinned_public_key=template_key)
 
 
-def test_an_unknown_host_is_refused(lab_host: InventoryHost) -> None:
+def test_an_unknown_host_is_refused(lab_host: LabHost) -> None:
     client = paramiko.SSHClient()
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     with pytest.raises(paramiko.SSHException, match="not found in known_hosts"):
@@ -123,7 +119,7 @@ def test_each_host_has_its_own_identity(lab_hosts: LabHostsFactory) -> None:
     assert len(machine_ids) == 2
 
 
-def test_nvme_drives_are_there_by_id(lab_host: InventoryHost) -> None:
+def test_nvme_drives_are_there_by_id(lab_host: LabHost) -> None:
     assert lab_host.nvme == (
         f"nvme-QEMU_NVMe_Ctrl_LAB{lab_host.name.removeprefix('lab-')}NVME0",
         f"nvme-QEMU_NVMe_Ctrl_LAB{lab_host.name.removeprefix('lab-')}NVME1",
@@ -138,7 +134,7 @@ def test_nvme_drives_are_there_by_id(lab_host: InventoryHost) -> None:
     assert len(set(devices)) == 2
 
 
-def test_the_clock_is_current(lab_host: InventoryHost) -> None:
+def test_the_clock_is_current(lab_host: LabHost) -> None:
     guest_now = float(check(lab_host, "date +%s.%N"))
     assert abs(guest_now - time.time()) < CLOCK_TOLERANCE_S
 
@@ -154,7 +150,7 @@ def test_fresh_hosts_get_blank_nvme_drives(lab_hosts: LabHostsFactory) -> None:
     assert status == 2, output  # blkid's "nothing found"
 
 
-def test_a_guest_survives_a_reboot(lab_host: InventoryHost) -> None:
+def test_a_guest_survives_a_reboot(lab_host: LabHost) -> None:
     boot_id = check(lab_host, "cat /proc/sys/kernel/random/boot_id").strip()
     run(lab_host, "systemctl reboot", timeout_s=30)
     deadline = time.monotonic() + REBOOT_TIMEOUT_S
@@ -252,7 +248,7 @@ def test_the_command_line_runs_a_lab(
     assert _port_is_closed(base_port + 1)
 
 
-def test_guests_reach_debian_repos_through_nat(lab_host: InventoryHost) -> None:
+def test_guests_reach_debian_repos_through_nat(lab_host: LabHost) -> None:
     mirror = check(lab_host, "awk '$1 == \"deb\" {print $2; exit}' /etc/apt/sources.list").strip()
     status = check(
         lab_host,

@@ -19,7 +19,7 @@ import pytest
 
 from components.config.models import HostSpec, StackConfig
 from components.execution.ssh import HostSession, HostTarget
-from components.lab.inventory import InventoryHost
+from components.lab.inventory import LabHost
 from components.lab.ssh import SshTarget, known_hosts_line, run_ssh
 from components.plan.host_steps import (
     SSHD_CIPHERS,
@@ -47,7 +47,7 @@ def timed(label: str, started: float) -> None:
     print(f"{label}: {time.monotonic() - started:.1f} s")
 
 
-def ssh_audit(host: InventoryHost) -> dict[str, Any]:
+def ssh_audit(host: LabHost) -> dict[str, Any]:
     # --skip-rate-test: the DHEat connection-rate probe opens dozens of connections, which an
     # emulated guest answers slowly, and it only ever yields a note, never a failure or warning
     command = [str(SSH_AUDIT), "-j", "-n", "--skip-rate-test", "-t", "30", "-p", str(host.port)]
@@ -85,7 +85,7 @@ def results(report: RolloutReport) -> list[tuple[str, str]]:
 
 
 def test_base_step_leaves_no_ssh_audit_failure_and_clients_still_connect(
-    lab_host: InventoryHost,
+    lab_host: LabHost,
 ) -> None:
     host = lab_host_spec(lab_host)
     config, plans = base_only(host)

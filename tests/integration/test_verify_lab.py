@@ -14,7 +14,7 @@ import pytest
 
 from components.config.models import StackConfig
 from components.execution.ssh import HostSession, HostTarget, run_step
-from components.lab.inventory import InventoryHost
+from components.lab.inventory import LabHost
 from components.plan.host_steps import render_host_steps
 from components.rollout import apply_stack
 from components.verification.results import Finding
@@ -42,15 +42,15 @@ def failures(results: list[Finding]) -> dict[str, Finding]:
 
 @pytest.fixture
 def prepared(
-    lab_hosts: Callable[..., list[InventoryHost]],
-) -> tuple[StackConfig, list[InventoryHost]]:
+    lab_hosts: Callable[..., list[LabHost]],
+) -> tuple[StackConfig, list[LabHost]]:
     entries = lab_hosts(2)
     stack = stack_for(entries)
     roll_out(stack)
     return stack, entries
 
 
-def run_on(stack: StackConfig, entry: InventoryHost, script: str) -> None:
+def run_on(stack: StackConfig, entry: LabHost, script: str) -> None:
     host = next(h for h in stack.hosts if h.name == entry.name)
     session = HostSession(HostTarget.from_spec(host, ROOT), stack.ssh)
     try:
@@ -61,7 +61,7 @@ def run_on(stack: StackConfig, entry: InventoryHost, script: str) -> None:
 
 
 def test_verify_passes_on_prepared_hosts_then_names_each_breakage(
-    prepared: tuple[StackConfig, list[InventoryHost]],
+    prepared: tuple[StackConfig, list[LabHost]],
 ) -> None:
     stack, (good, bad) = prepared
     clean = verify_stack(stack, ROOT)
@@ -98,7 +98,7 @@ def test_verify_passes_on_prepared_hosts_then_names_each_breakage(
 
 
 def test_verify_cli_writes_evidence_and_junit(
-    prepared: tuple[StackConfig, list[InventoryHost]], tmp_path: Path
+    prepared: tuple[StackConfig, list[LabHost]], tmp_path: Path
 ) -> None:
     stack, entries = prepared
     inventory = {
@@ -164,7 +164,7 @@ def test_verify_cli_writes_evidence_and_junit(
     assert result.returncode == (1 if failed else 0), result.stderr
 
 
-def test_egress_allowlist_blocks_a_real_connection(lab_host: InventoryHost, tmp_path: Path) -> None:
+def test_egress_allowlist_blocks_a_real_connection(lab_host: LabHost, tmp_path: Path) -> None:
     """A TCP server on this machine's loopback is reachable from the guest (as 10.0.2.2 through
     QEMU's NAT) until the firewall's egress allowlist, which leaves it out, is loaded."""
     server = socket.socket()

@@ -28,7 +28,7 @@ PREFIX = "sovereign-inference:"
 def one_host_stack(
     project: Path, port: int, sshd: LocalSshd, *, host_key: str | None = None
 ) -> Path:
-    """The lab stack with one host, lab-1, at 127.0.0.1:``port`` (no inventory, no GPUs, no K3s),
+    """The lab stack with one byo host, lab-1, at 127.0.0.1:``port`` (no inventory, no GPUs, no K3s),
     pinned to ``host_key`` (the test sshd's key unless given), with one retry after 1 s."""
     project.mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "Pulumi.yaml", project / "Pulumi.yaml")
@@ -41,6 +41,7 @@ def one_host_stack(
         "retryBackoffSeconds": 0,
     }
     host = config[f"{PREFIX}hosts"][0]
+    host["source"] = "byo"  # a server at a loopback sshd, not a lab guest
     host["ssh"] = {
         "port": port,
         "user": sshd.user,

@@ -16,7 +16,7 @@ import pytest
 
 from components.config import StackConfigError, load_stack_file
 from components.config.loader import LAB_UP_HINT, MAX_DEPTH, MAX_FILE_BYTES, MAX_PROBLEMS
-from components.lab.inventory import Inventory, save_inventory
+from components.lab.inventory import INVENTORY_VERSION, LabInventory, save_inventory
 from tests.conftest import sovereign
 from tests.unit.test_lab_inventory import lab_host
 
@@ -182,10 +182,10 @@ def lab_project(tmp_path: Path) -> Path:
     return path
 
 
-def lab_inventory(tmp_path: Path) -> Inventory:
+def lab_inventory(tmp_path: Path) -> LabInventory:
     lab_dir = tmp_path / ".lab"
     hosts = tuple(lab_host(i, lab_dir, first_port=2300) for i in (1, 2))
-    inventory = Inventory(hosts)
+    inventory = LabInventory(version=INVENTORY_VERSION, hosts=hosts)
     save_inventory(lab_dir, inventory)
     return inventory
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from components.config import StackConfig, load_stack_file
+from components.config.models import host_address
 from components.fleet import rollout_order
 from components.k3s_cluster import K3sClusterSpec, cluster_access_props
 from components.plan.cluster import api_endpoint, api_url, first_server
@@ -52,7 +53,7 @@ def test_the_first_server_initialises_the_cluster_and_the_others_join_it() -> No
         "fra-gpu-03": "server-join",
     }
     for host in config.hosts[1:]:
-        assert k3s_config(config, host)["server"] == api_url(first.address)
+        assert k3s_config(config, host)["server"] == api_url(host_address(first))
     assert "server" not in k3s_config(config, first)
 
 

@@ -29,7 +29,8 @@ def keys_by_step() -> dict[str, set[str]]:
     """Every fact key pattern, by step name, over every host of every example stack."""
     found: dict[str, set[str]] = defaultdict(set)
     for stack_file in STACKS:
-        config = load_stack_file(stack_file)
+        # an ordered host's address is known after its order: the placeholder stands for it
+        config = load_stack_file(stack_file).with_pending_addresses()
         for host in config.hosts:
             for step in render_host_steps(config, host):
                 found[step.name] |= fact_keys(step.script)

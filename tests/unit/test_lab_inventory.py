@@ -1,4 +1,4 @@
-"""The lab inventory file: exact keys, round trip, versioning."""
+"""The lab inventory file: exact keys, round trip, versioning, the lab's required bookkeeping."""
 
 from __future__ import annotations
 
@@ -7,19 +7,22 @@ from pathlib import Path
 
 import pytest
 
+from components.cli import main
 from components.lab.inventory import (
-    Inventory,
+    EMPTY_LAB,
+    INVENTORY_VERSION,
     InventoryError,
-    InventoryHost,
+    LabHost,
+    LabInventory,
     inventory_path,
     load_inventory,
     save_inventory,
 )
 
 
-def lab_host(index: int, lab_dir: Path, first_port: int = 2200) -> InventoryHost:
+def lab_host(index: int, lab_dir: Path, first_port: int = 2200) -> LabHost:
     """Lab host ``lab-INDEX`` as ``sovereign lab up`` records it (SSH on ``first_port + index``)."""
-    return InventoryHost(
+    return LabHost(
         name=f"lab-{index}",
         index=index,
         address="127.0.0.1",
@@ -34,14 +37,18 @@ def lab_host(index: int, lab_dir: Path, first_port: int = 2200) -> InventoryHost
     )
 
 
+def lab_inventory(*hosts: LabHost) -> LabInventory:
+    return LabInventory(version=INVENTORY_VERSION, hosts=hosts)
+
+
 def test_round_trip_through_the_file(tmp_path: Path) -> None:
-    inventory = Inventory((lab_host(1, tmp_path), lab_host(2, tmp_path)))
+    inventory = lab_inventory(lab_host(1, tmp_path), lab_host(2, tmp_path))
     save_inventory(tmp_path, inventory)
     assert load_inventory(tmp_path) == inventory
 
 
 def test_the_file_has_the_documented_keys(tmp_path: Path) -> None:
-    save_inventory(tmp_path, Inventory((lab_host(1, tmp_path),)))
+    save_inventory(tmp_path, lab_inventory(lab_host(1, tmp_path)))
     document = json.loads(inventory_path(tmp_path).read_text())
     assert document["version"] == 1
     (entry,) = document["hosts"]
@@ -63,31 +70,52 @@ def test_the_file_has_the_documented_keys(tmp_path: Path) -> None:
 
 
 def test_no_file_means_an_empty_lab(tmp_path: Path) -> None:
-    assert load_inventory(tmp_path) == Inventory()
+    assert load_inventory(tmp_path) == EMPTY_LAB
 
 
 def test_saving_an_empty_inventory_removes_the_file(tmp_path: Path) -> None:
-    save_inventory(tmp_path, Inventory((lab_host(1, tmp_path),)))
-    save_inventory(tmp_path, Inventory())
+    save_inventory(tmp_path, lab_inventory(lab_host(1, tmp_path)))
+    save_inventory(tmp_path, EMPTY_LAB)
     assert not inventory_path(tmp_path).exists()
 
 
 def test_an_unknown_version_is_refused(tmp_path: Path) -> None:
     inventory_path(tmp_path).write_text(json.dumps({"version": 2, "hosts": []}))
-    with pytest.raises(InventoryError, match="version 2"):
+    with pytest.raises(InventoryError, match="version: is 2; expected the number 1"):
         load_inventory(tmp_path)
 
 
 def test_a_host_missing_a_field_is_refused(tmp_path: Path) -> None:
-    entry = lab_host(1, tmp_path).to_json()
+    entry = lab_inventory(lab_host(1, tmp_path)).document()["hosts"][0]
     del entry["hostKey"]
     inventory_path(tmp_path).write_text(json.dumps({"version": 1, "hosts": [entry]}))
-    with pytest.raises(InventoryError, match="hostKey"):
+    with pytest.raises(InventoryError, match=r"hosts\[0\]\.hostKey: required field is missing"):
+        load_inventory(tmp_path)
+
+
+@pytest.mark.parametrize("field", ["pid", "index", "hostDir", "hostKeyPublic"])
+def test_the_lab_refuses_an_entry_without_its_bookkeeping(tmp_path: Path, field: str) -> None:
+    """An inventory written for other hosts lacks these; ``lab status`` and ``lab down`` need them."""
+    entry = lab_inventory(lab_host(1, tmp_path)).document()["hosts"][0]
+    del entry[field]
+    inventory_path(tmp_path).write_text(json.dumps({"version": 1, "hosts": [entry]}))
+    with pytest.raises(InventoryError, match=rf"hosts\[0\]\.{field}: required field is missing"):
         load_inventory(tmp_path)
 
 
 def test_hosts_stay_ordered_by_index_and_replace_by_name(tmp_path: Path) -> None:
-    inventory = Inventory().with_host(lab_host(3, tmp_path)).with_host(lab_host(1, tmp_path))
+    inventory = EMPTY_LAB.with_host(lab_host(3, tmp_path)).with_host(lab_host(1, tmp_path))
     assert [host.name for host in inventory.hosts] == ["lab-1", "lab-3"]
     assert len(inventory.with_host(lab_host(1, tmp_path)).hosts) == 2
     assert [host.name for host in inventory.without({"lab-1"}).hosts] == ["lab-3"]
+
+
+def test_lab_up_refuses_a_lab_directory_the_inventory_cannot_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The key's path goes into the stack as file:PATH; refused before minutes of image building."""
+    lab_dir = tmp_path / "my lab"
+    status = main(["lab", "up", "--hosts", "1", "--nvme", "0", "--lab-dir", str(lab_dir)])
+    assert status == 2
+    assert "lab up: lab directory" in capsys.readouterr().err
+    assert not lab_dir.exists()

@@ -30,7 +30,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # each ships in its own slim image: it imports no other first-party package (checked below)
     ("runtime packages", tuple(RUNTIME_PACKAGES)),
     ("package metadata", ("components",)),
-    ("config", ("components.config",)),
+    # the typed inventory is read at the config boundary (the sources package's __init__ is empty)
+    ("config", ("components.config", "components.sources.inventory")),
     ("plan", ("components.plan",)),
     # the effectful code: SSH, the lab's QEMU guests, the object store, the review tree on disk
     (
@@ -54,6 +55,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "components",
         (
+            "components.sources",
             "components.wiring",
             "components.nvme_weight_cache",
             "components.gpu_host",

@@ -36,6 +36,7 @@ from components.plan.kubernetes.gateway import (
     SCALER_CA_PLACEHOLDER,
 )
 from components.providers.scaler_pki import issue_scaler_certificates
+from tests import provider_mocks
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK_FILES = sorted((ROOT / "stacks").glob("Pulumi.*.yaml"))
@@ -225,6 +226,9 @@ class ProgramMocks(pulumi.runtime.Mocks):
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         inputs = dict(args.inputs)
+        ordered = provider_mocks.new_resource(args.typ, args.name, inputs)
+        if ordered is not None:
+            return ordered
         if args.typ == HOST_STEP_TYPE:
             facts = {}
             if inputs["step"] == "40-nvme-cache":
@@ -248,7 +252,10 @@ class ProgramMocks(pulumi.runtime.Mocks):
         return f"{args.name}-id", inputs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[Any]]:
-        return {}, []
+        answer = provider_mocks.call(args.token, dict(args.args))
+        if answer is None:
+            raise AssertionError(f"the program called {args.token}, which no mock answers")
+        return answer, []
 
 
 @dataclass
@@ -395,6 +402,9 @@ def test_every_resource_has_the_expected_parent(program_run: tuple[Path, Program
             assert reg.name.startswith(parent.name.removesuffix("-cache") + "-")
         elif reg.type == K8S_PROVIDER_TYPE:
             assert parent_type == K3S_TYPE
+        elif reg.type in provider_mocks.ORDERING_TYPES | {provider_mocks.HOST_KEY_PIN}:
+            # a host's source: ordered (and pinned) before the fleet's hosts are built on it
+            assert parent_type == FLEET_TYPE, f"{reg.type} {reg.name} under {parent_type}"
         else:
             assert reg.type.startswith("kubernetes:"), reg.type
             assert parent_type == INFERENCE_TYPE, f"{reg.type} {reg.name} under {parent_type}"
@@ -412,7 +422,8 @@ def test_every_resource_has_the_expected_parent(program_run: tuple[Path, Program
 
 def test_each_host_gets_its_steps_in_order(program_run: tuple[Path, ProgramRun]) -> None:
     stack_file, run = program_run
-    config = load_stack_file(stack_file)
+    # an ordered host's steps are rendered with the addresses its order returned
+    config = provider_mocks.as_ordered(load_stack_file(stack_file))
     steps_by_host: dict[str, list[Registration]] = {}
     for reg in run.of_type(HOST_STEP_TYPE):
         steps_by_host.setdefault(reg.raw_inputs["host"], []).append(reg)
@@ -456,7 +467,7 @@ def test_secrets_stay_secret(program_run: tuple[Path, ProgramRun]) -> None:
 
 def test_stack_exports_what_verification_needs(program_run: tuple[Path, ProgramRun]) -> None:
     stack_file, run = program_run
-    config = load_stack_file(stack_file)
+    config = provider_mocks.as_ordered(load_stack_file(stack_file))
     assert run.stack_outputs["environment"] == config.environment
     exported = {h["name"]: h for h in run.stack_outputs["hosts"]}
     assert set(exported) == {h.name for h in config.hosts}
@@ -523,7 +534,7 @@ def test_cluster_waits_for_every_host_and_reads_the_first_server(
     program_run: tuple[Path, ProgramRun],
 ) -> None:
     stack_file, run = program_run
-    config = load_stack_file(stack_file)
+    config = provider_mocks.as_ordered(load_stack_file(stack_file))
     access = run.of_type(CLUSTER_ACCESS_TYPE)
     if not config.k3s.install:
         assert not access

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from components.config import load_stack_file
-from components.config.models import GpuSpec, StackConfig
+from components.config.models import GpuSpec, StackConfig, host_address
 from components.plan.checks import TIME_SYNC_UNIT, host_checks
 from components.plan.host_steps import BASE_PACKAGES
 from components.verification.geoip import GeoIpDatabase, find_database, open_database
@@ -580,7 +580,9 @@ def report_of(stack: StackConfig, geoip: GeoIpDatabase, facts: str) -> dict[str,
     """The evidence report of the first host judged on ``facts``, reached at port 2222."""
     verification = Verification(
         results=list(judge(stack, geoip, facts).values()),
-        hosts=[HostRun("lab-1", None, 1.0, "", stack.hosts[0].address, 2222, "SHA256:pinnedkey")],
+        hosts=[
+            HostRun("lab-1", None, 1.0, "", host_address(stack.hosts[0]), 2222, "SHA256:pinnedkey")
+        ],
         geoip=geoip.describe(),
         seconds=1.5,
     )

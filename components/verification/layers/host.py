@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from components.plan.checks import TIME_SYNC_UNIT, time_sync_expectation
+from components.plan.checks import TIME_SYNC_UNIT, reachable_expectation, time_sync_expectation
 from components.plan.host_os import SUPPORTED_OS
 from components.verification.layers.facts import Context
 from components.verification.results import Finding, skipped, verdict
@@ -142,14 +142,13 @@ def parse_sshd(text: str) -> dict[str, str]:
 def reached(ctx: Context) -> Finding:
     """A report came back over SSH, so the host presented its pinned key."""
     host = ctx.host
-    key = host.ssh.host_key or "the host key pinned in the inventory"
     return verdict(
         LAYER,
         host.name,
         "reachable",
         True,
-        f"SSH to {host.address}:{host.ssh.port} presenting {key}",
-        f"SSH to {host.address}:{host.ssh.port} presenting {key}",
+        reachable_expectation(host),
+        reachable_expectation(host),
         address=host.address,
         port=host.ssh.port,
         host_key=host.ssh.host_key,

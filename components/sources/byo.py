@@ -1,0 +1,11 @@
+"""``byo``: a server the team owns or rents; the stack (or an inventory) gives its address and
+pinned host key. Nothing is ordered and nothing is released."""
+
+from __future__ import annotations
+
+from components.config.models import HostSpec, host_address
+from components.sources.connection import HostConnection, OrderContext, placement_of
+
+
+def connect(host: HostSpec, _context: OrderContext) -> HostConnection:
+    return HostConnection(host_address(host), host.ssh.host_key, (), placement_of(host))

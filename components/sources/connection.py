@@ -1,0 +1,120 @@
+"""What a host source hands host setup: how to reach the machine, where it is, and what was ordered.
+
+``GpuHost`` takes a :class:`HostConnection`: the address and host key as Pulumi inputs (an ordered
+machine's are outputs of its order), and the ordering resources its steps depend on, so a
+``pulumi destroy`` runs the host's teardown steps before it releases the machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+
+from components.config.models import HostSpec, StackConfig
+from components.providers.host_key_pin import HostKeyPin
+
+
+@dataclass(frozen=True)
+class HostConnection:
+    """One host as host setup reaches it.
+
+    ``address`` and ``host_key`` may be outputs of the resources in ``machine`` (an ordered
+    server, its IP, its install task); ``host_key`` None means pinned on first contact (see
+    :func:`with_pinned_host_key`). ``placement`` says where the machine is (provider,
+    datacenter, country, and for an order its type and zone), for the stack's outputs.
+    """
+
+    address: pulumi.Input[str]
+    host_key: pulumi.Input[str] | None
+    machine: tuple[pulumi.Resource, ...] = ()
+    placement: dict[str, pulumi.Input[Any]] = field(default_factory=dict)
+
+    @property
+    def depends_on(self) -> list[pulumi.Resource]:
+        return list(self.machine)
+
+
+@dataclass
+class OrderContext:
+    """What every source's ``connect`` gets besides the host: the stack, where relative key paths
+    resolve, the parent of the resources it creates, and resources shared between hosts (one SSH
+    key registration per key and project)."""
+
+    stack: StackConfig
+    project_dir: str
+    parent: pulumi.Resource | None = None
+    shared: dict[str, pulumi.Resource] = field(default_factory=dict)
+
+    def opts(self, *depends_on: pulumi.Resource) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions(parent=self.parent, depends_on=list(depends_on))
+
+    def host_index(self, host: HostSpec) -> int:
+        return next(i for i, h in enumerate(self.stack.hosts) if h.name == host.name)
+
+
+def key_label(public_key: str) -> str:
+    """A short, stable name part for one public key (its blob's SHA-256, 12 hex digits)."""
+    blob = public_key.split()[1]
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def placement_of(host: HostSpec, **extra: pulumi.Input[Any]) -> dict[str, pulumi.Input[Any]]:
+    """Where the host is, as the stack says (and, for an order, what was ordered)."""
+    facts: dict[str, pulumi.Input[Any]] = {
+        "source": host.source,
+        "provider": host.provider,
+        "datacenter": host.datacenter,
+        "country": host.country,
+        "gpuModel": host.gpu.model or "",
+        "gpuCount": host.gpu.count,
+    }
+    facts.update(extra)
+    return facts
+
+
+def pin_announcement(host_index: int, host_name: str, fingerprint: str) -> str:
+    """The one line that says a host key was pinned on first contact and how to pin it in the stack."""
+    return (
+        f"{host_name}: host key {fingerprint} pinned on first contact (stack output hosts); "
+        f"to pin it in the stack set hosts[{host_index}].ssh.hostKey: {fingerprint}"
+    )
+
+
+def with_pinned_host_key(
+    connection: HostConnection, host: HostSpec, context: OrderContext
+) -> HostConnection:
+    """The connection with a host key: the stack's pin, the one the source gave, or one pinned on
+    first contact by a ``HostKeyPin`` that connects once the machine exists."""
+    if host.ssh.host_key is not None:
+        return HostConnection(
+            connection.address, host.ssh.host_key, connection.machine, connection.placement
+        )
+    if connection.host_key is not None or not host.ordered:
+        # a byo or lab host without a pin is refused when a step connects, as always
+        return connection
+    pin = HostKeyPin(
+        f"{host.name}-host-key",
+        {
+            "host": host.name,
+            "address": connection.address,
+            "port": host.ssh.port,
+            "user": host.ssh.user,
+            "privateKey": host.ssh.private_key,
+            "baseDir": context.project_dir,
+            "ssh": context.stack.ssh.model_dump(mode="json"),
+        },
+        context.opts(*connection.machine),
+    )
+    index = context.host_index(host)
+    pin.host_key.apply(lambda key: _announce(index, host.name, key))
+    return HostConnection(
+        connection.address, pin.host_key, (*connection.machine, pin), connection.placement
+    )
+
+
+def _announce(index: int, name: str, fingerprint: str | None) -> None:
+    if fingerprint:
+        pulumi.log.info(pin_announcement(index, name, fingerprint))
