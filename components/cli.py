@@ -126,7 +126,11 @@ def _with_ordered_addresses(config: StackConfig, outputs: str | None) -> StackCo
     if outputs:
         from components.verification.runner import hosts_from_outputs, load_outputs  # noqa: PLC0415
 
-        resolved = hosts_from_outputs(config, load_outputs(Path(outputs)))
+        try:
+            resolved = hosts_from_outputs(config, load_outputs(Path(outputs)))
+        except (OSError, ValueError) as exc:
+            print(f"sovereign apply: {exc}", file=sys.stderr)
+            return None
         config = config.model_copy(update={"hosts": tuple(resolved)})
     pending = [h for h in config.hosts if h.address is None]
     if not pending:
@@ -223,9 +227,13 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     config = _load_or_report(stack_file, require_inventory=not args.outputs)
     if config is None:
         return EXIT_INVALID
-    outputs = load_outputs(Path(args.outputs)) if args.outputs else {}
+    try:
+        outputs = load_outputs(Path(args.outputs)) if args.outputs else {}
+        hosts = hosts_from_outputs(config, outputs) if args.outputs else None
+    except (OSError, ValueError) as exc:
+        print(f"sovereign verify: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     _show_connection_progress()
-    hosts = hosts_from_outputs(config, outputs) if args.outputs else None
     kubeconfig = outputs.get("kubeconfig")
     if args.hosts:
         wanted = set(args.hosts.split(","))

@@ -11,7 +11,7 @@ from pydantic import Field
 from components.config.models import HostSpec, Model, StackConfig, host_address
 from components.nvme_weight_cache import NvmeWeightCache, NvmeWeightCacheSpec
 from components.plan.cluster import node_labels
-from components.plan.host_steps import StepPlan, render_host_steps
+from components.plan.host_steps import StepPlan, render_host_steps, runtime_env
 from components.sources.connection import HostConnection
 from components.wiring import host_step
 
@@ -75,9 +75,9 @@ class GpuHost(pulumi.ComponentResource):
                     f"{host.name}: ordered from {host.source}: build it through Fleet, or pass "
                     "connection= (the ordered machine's address and host key as outputs)"
                 )
-            connection = HostConnection(host_address(host), host.ssh.host_key)
+            connection = HostConnection.of(host, host_address(host), host.ssh.host_key)
         self.connection = connection
-        planned, rendered = planned_steps(stack, host, addresses or {})
+        planned, runtime = planned_steps(stack, host, addresses or {})
         peers = peer_steps or {}
         previous: list[pulumi.Resource] = []
         facts: list[pulumi.Output[Any]] = []
@@ -105,7 +105,6 @@ class GpuHost(pulumi.ComponentResource):
                     depends,
                     step=step,
                     connection=connection,
-                    rendered=rendered.get(step.name),
                 )
                 facts.append(self.cache.step.facts)
                 previous = [self.cache]
@@ -120,7 +119,7 @@ class GpuHost(pulumi.ComponentResource):
                     depends,
                     secret_env,
                     connection,
-                    rendered.get(step.name),
+                    runtime.get(step.name),
                 )
                 facts.append(resource.facts)
                 previous = [resource]
@@ -151,36 +150,36 @@ class GpuHost(pulumi.ComponentResource):
 
 def planned_steps(
     stack: StackConfig, host: HostSpec, addresses: Mapping[str, pulumi.Input[str]]
-) -> tuple[list[StepPlan], dict[str, pulumi.Output[StepPlan]]]:
-    """The host's steps, and, for a stack with ordered hosts, each step rendered once the orders
-    have returned every address (``addresses``: host name -> the order's address output).
+) -> tuple[list[StepPlan], dict[str, pulumi.Output[dict[str, str]]]]:
+    """The host's steps, and, for a stack with ordered hosts, what each step reads at run time
+    once the orders have returned every address (``addresses``: host name -> the order's output).
 
-    Step names, order, waits, pins and teardowns do not depend on addresses: they come from the
-    stack with placeholders for the addresses not known yet. What does (the K3s join URL, the
-    certificate names, the firewall's cluster nodes) is rendered from the real addresses, so no
-    script carries a placeholder and none is rendered before its inputs exist."""
+    No script depends on an address: the steps come from the stack with placeholders for the
+    addresses not known yet, exactly as they run, and what names addresses (the firewall's
+    cluster nodes, the K3s join URL and certificate names) reaches each step as its ``env``,
+    rendered from the real addresses."""
     pending = [h.name for h in stack.ordered_hosts if h.address is None]
     if not pending:
         return render_host_steps(stack, host), {}
     missing = [name for name in pending if name not in addresses]
     if missing:
         raise ValueError(
-            f"{host.name}: the addresses of the ordered hosts {', '.join(missing)} are needed to "
-            "render its steps: build the hosts through Fleet, or pass addresses="
+            f"{host.name}: the addresses of the ordered hosts {', '.join(missing)} are needed for "
+            "its steps: build the hosts through Fleet, or pass addresses="
         )
     planning = stack.with_pending_addresses()
-    structure = render_host_steps(planning, _named(planning, host.name))
+    steps = render_host_steps(planning, _named(planning, host.name))
 
-    def render(known: dict[str, str]) -> dict[str, StepPlan]:
+    def env(known: dict[str, str]) -> dict[str, dict[str, str]]:
         resolved = stack.with_addresses(known)
-        return {s.name: s for s in render_host_steps(resolved, _named(resolved, host.name))}
+        return runtime_env(resolved, _named(resolved, host.name))
 
-    by_name = pulumi.Output.all(**{name: addresses[name] for name in pending}).apply(render)
-    return structure, {step.name: by_name.apply(_pick(step.name)) for step in structure}
+    by_step = pulumi.Output.all(**{name: addresses[name] for name in pending}).apply(env)
+    return steps, {step.name: by_step.apply(_pick(step.name)) for step in steps}
 
 
-def _pick(name: str) -> Callable[[dict[str, StepPlan]], StepPlan]:
-    return lambda steps: steps[name]
+def _pick(name: str) -> Callable[[dict[str, dict[str, str]]], dict[str, str]]:
+    return lambda by_step: by_step[name]
 
 
 def _named(stack: StackConfig, name: str) -> HostSpec:

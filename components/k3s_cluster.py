@@ -31,13 +31,13 @@ def cluster_access_props(
     stack = spec.stack
     server = first_server(stack)
     if first is None:
-        first = HostConnection(host_address(server), server.ssh.host_key)
+        first = HostConnection.of(server, host_address(server), server.ssh.host_key)
     return {
         "host": server.name,
         "address": first.address,
-        "port": server.ssh.port,
-        "user": server.ssh.user,
-        "privateKey": server.ssh.private_key,
+        "port": first.port,
+        "user": first.user,
+        "privateKey": first.private_key,
         "hostKey": first.host_key,
         "baseDir": spec.project_dir,
         "ssh": stack.ssh.model_dump(mode="json"),

@@ -45,12 +45,10 @@ class NvmeWeightCache(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
         step: StepPlan | None = None,
         connection: HostConnection | None = None,
-        rendered: pulumi.Output[StepPlan] | None = None,
     ) -> None:
         """``step`` is the cache step already rendered with the rest of the host's steps (as
-        ``GpuHost`` does); without it the step is rendered here from ``spec``. ``connection``
-        and ``rendered``: an ordered host's address, host key and machine, and the step rendered
-        once the stack's addresses are known (see ``components.wiring.step_props``)."""
+        ``GpuHost`` does); without it the step is rendered here from ``spec``. ``connection``:
+        an ordered host's address, host key and machine (see ``components.wiring.step_props``)."""
         super().__init__("sovereign:nvme_weight_cache:NvmeWeightCache", name, None, opts)
         if step is None:
             step = render_cache_step(spec.host, spec.cache)
@@ -67,7 +65,6 @@ class NvmeWeightCache(pulumi.ComponentResource):
             # children do not inherit a component's depends_on: pass it on so the step waits
             pulumi.ResourceOptions(parent=self, depends_on=opts.depends_on if opts else None),
             connection=connection,
-            rendered=rendered,
         )
         facts: pulumi.Output[Any] = self.step.facts
         self.mount_point: pulumi.Output[str] = facts.apply(

@@ -156,6 +156,7 @@ def _run_one(
             payloads=step.payloads,
             reboot_allowed=step.reboot_allowed,
             on_line=sink,
+            env=step.env,
         )
     except StepError as exc:
         return StepReport(host, step.name, "failed", time.monotonic() - started, error=str(exc))

@@ -19,41 +19,45 @@ def step_props(
     project_dir: str,
     secret_env: dict[str, pulumi.Input[str]] | None = None,
     connection: HostConnection | None = None,
-    rendered: pulumi.Output[StepPlan] | None = None,
+    env: pulumi.Input[dict[str, str]] | None = None,
 ) -> dict[str, pulumi.Input[Any]]:
     """The inputs of one ``HostStep``: what to run, where, and the secrets it needs (as secrets).
 
     ``connection`` gives the address and pinned host key as inputs (an ordered machine's come
-    from its order); without it they are the stack's. ``rendered`` is the step rendered once
-    every address is known (a stack with ordered hosts): its script, hash and payloads replace
-    ``step``'s, which then only says what the step is (name, pins, teardown, secrets)."""
+    from its order, with the machine's id); without it they are the stack's. ``env`` is what the
+    step reads at run time (the hosts' addresses), an output once the orders have returned them
+    (a stack with ordered hosts); without it, the step's own ``env``."""
     missing = [name for name in step.secret_env if not secret_env or name not in secret_env]
     if missing:
         raise ValueError(
             f"{host.name}/{step.name}: no value wired for secret(s) {', '.join(missing)}"
         )
     wanted = {k: v for k, v in (secret_env or {}).items() if k in step.secret_env}
-    return {
+    props: dict[str, pulumi.Input[Any]] = {
         "host": host.name,
         "step": step.name,
-        "script": rendered.apply(lambda r: r.script) if rendered else step.script,
-        "contentHash": rendered.apply(lambda r: r.content_hash) if rendered else step.content_hash,
+        "script": step.script,
+        "contentHash": step.content_hash,
         "pins": dict(step.pins),
         "address": connection.address if connection else host_address(host),
-        "port": host.ssh.port,
-        "user": host.ssh.user,
-        "privateKey": host.ssh.private_key,
+        "port": connection.port if connection else host.ssh.port,
+        "user": connection.user if connection else host.ssh.user,
+        "privateKey": connection.private_key if connection else host.ssh.private_key,
         "hostKey": connection.host_key if connection else host.ssh.host_key,
         "baseDir": project_dir,
         "ssh": ssh.model_dump(mode="json"),
         "hasTeardown": step.has_teardown,
         "rebootAllowed": step.reboot_allowed,
-        "payloads": rendered.apply(lambda r: r.payloads_base64())
-        if rendered
-        else step.payloads_base64(),
+        "payloads": step.payloads_base64(),
         "secretNames": list(step.secret_env),
         "secretEnv": pulumi.Output.secret(wanted),
     }
+    # only where there is something: a step without runtime inputs keeps the inputs it had
+    if step.env or env is not None:
+        props["env"] = env if env is not None else dict(step.env)
+    if connection is not None and connection.machine_id is not None:
+        props["machineId"] = connection.machine_id
+    return props
 
 
 def host_step(
@@ -65,9 +69,9 @@ def host_step(
     opts: pulumi.ResourceOptions,
     secret_env: dict[str, pulumi.Input[str]] | None = None,
     connection: HostConnection | None = None,
-    rendered: pulumi.Output[StepPlan] | None = None,
+    env: pulumi.Input[dict[str, str]] | None = None,
 ) -> HostStep:
-    props = step_props(host, step, ssh, project_dir, secret_env, connection, rendered)
+    props = step_props(host, step, ssh, project_dir, secret_env, connection, env)
     if connection is not None and connection.machine:
         # every step waits for the machine, so a destroy runs each teardown before the release
         opts = pulumi.ResourceOptions.merge(

@@ -50,7 +50,10 @@ SCW_METAL_OS = {("Ubuntu", "22.04 LTS (Jammy Jellyfish)"), ("Ubuntu", "24.04 LTS
 OVH_FLAVORS = ("b3-8", "l4-90", "l4-180", "l40s-90", "l40s-180", "l40s-360", "h100-380")
 OVH_IMAGES = ("Debian 12", "Ubuntu 22.04", "Ubuntu 24.04", "Windows Server 2022")
 # a rented dedicated server the account holds, by service name
-OVH_RENTED = {"ns3141592.ip-51-91-12.eu": ("51.91.12.7", "gra3")}
+OVH_RENTED = {
+    "ns3141592.ip-51-91-12.eu": ("51.91.12.7", "gra3"),
+    "ns2718281.ip-15-235-1.net": ("15.235.1.9", "bhs7"),
+}
 
 
 def _id(*parts: str) -> str:

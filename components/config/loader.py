@@ -39,7 +39,7 @@ from components.config.errors import (
     join_path,
     problems_from_validation_error,
 )
-from components.config.models import SecretInput, StackConfig
+from components.config.models import PUBLIC_KEY_TYPES, SecretInput, StackConfig
 
 if TYPE_CHECKING:
     from components.sources.inventory import Inventory
@@ -317,10 +317,14 @@ def parse_stack_yaml(text: str, source: str) -> dict[str, Any]:
 _OPENSSH_PRIVATE_BLOB = "b3BlbnNzaC1rZXktdjE"
 # The start of an SSH public-key blob (uint32 length + key type, base64): no stack field holds
 # one; pasted into a stack file it is key material in the wrong place.
+# every SSH public-key type: those an ordered host's ssh.publicKey may be, and those the toolkit
+# does not take but that are key material all the same
 _SSH_KEY_TYPES = (
-    "ssh-ed25519", "ssh-rsa", "ssh-dss", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
-    "ecdsa-sha2-nistp521", "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
-)  # fmt: skip
+    *PUBLIC_KEY_TYPES,
+    "ssh-dss",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+)
 
 
 def _blob_prefix(key_type: str) -> str:

@@ -391,6 +391,11 @@ def _fingerprint(value: str) -> str:
     return value
 
 
+# The path in a ``file:PATH`` key reference (the stack's and the inventory's): no room for key
+# material (no spaces, no line breaks).
+KEY_FILE_PATH = re.compile(r"[A-Za-z0-9._/~+@-]{1,4096}", _A)
+
+
 def _key_reference(value: str) -> str:
     if "PRIVATE KEY" in value or value.startswith("-----"):
         raise ValueError(
@@ -407,7 +412,7 @@ def _key_reference(value: str) -> str:
         _fingerprint(rest)
     if scheme == "env" and not _ENV_NAME.fullmatch(rest):
         raise ValueError("expected env:VARIABLE with a valid environment variable name")
-    if scheme == "file" and not re.fullmatch(r"[A-Za-z0-9._/~+@-]{1,4096}", rest, _A):
+    if scheme == "file" and not KEY_FILE_PATH.fullmatch(rest):
         raise ValueError("expected file:PATH with a path of letters, digits and ._/~+@-")
     return value
 
@@ -649,7 +654,7 @@ ApiClientRange = Annotated[
         "run pulumi (omit apiAllowedCidrs to allow only the cluster's nodes)"
     ),
 ]
-_PUBLIC_KEY_TYPES = (
+PUBLIC_KEY_TYPES = (
     "ssh-ed25519",
     "ecdsa-sha2-nistp256",
     "ecdsa-sha2-nistp384",
@@ -662,7 +667,7 @@ def _public_key(value: str) -> str:
     """An OpenSSH public key line (``ssh-ed25519 AAAA... comment``), as ``ssh-keygen -y`` prints it."""
     expected = (
         "expected an OpenSSH public key line: TYPE BASE64 [comment], TYPE one of "
-        + ", ".join(_PUBLIC_KEY_TYPES)
+        + ", ".join(PUBLIC_KEY_TYPES)
         + " (ssh-keygen -y -f PRIVATE_KEY prints it)"
     )
     if "PRIVATE KEY" in value or value.startswith("-----"):
@@ -670,7 +675,7 @@ def _public_key(value: str) -> str:
             "this looks like a private key; give the public key only (ssh-keygen -y -f KEY)"
         )
     parts = value.split()
-    if len(parts) < 2 or parts[0] not in _PUBLIC_KEY_TYPES or "\n" in value:
+    if len(parts) < 2 or parts[0] not in PUBLIC_KEY_TYPES or "\n" in value:
         raise ValueError(expected)
     try:
         blob = base64.b64decode(parts[1], validate=True)
@@ -880,7 +885,8 @@ def _derive_placement(data: Any) -> Any:
     place = order.get(field)
     if isinstance(place, str) and place:
         filled.setdefault("datacenter", place.lower())
-        country = region_country(place, provider)
+        # the provider's own name for a place, exactly: an order names one, never a variant
+        country = (provider_locations(provider) or {}).get(place.lower())
         if country is not None:
             filled.setdefault("country", country)
         elif "country" not in data:
@@ -1024,8 +1030,16 @@ class HostSpec(Model):
             name, field = order.plan, f"{self.source}.plan"
             place, place_field = self.datacenter, "datacenter"
         problems: list[Problem] = []
-        if region_country(place, provider) is None:
-            known = ", ".join(sorted(provider_locations(provider) or {}))
+        table = provider_locations(provider) or {}
+        # an order's zone or region is the provider's own name for it, exactly; a datacenter
+        # (a dedicated server's: gra3) is known through its site (gra)
+        known_place = (
+            region_country(place, provider) is not None
+            if place_field == "datacenter"
+            else place.lower() in table
+        )
+        if not known_place:
+            known = ", ".join(sorted(table))
             problems.append(
                 Problem(
                     place_field,

@@ -227,11 +227,12 @@ def first_contact_host_key(
 ) -> str:
     """The fingerprint of the host key a newly ordered machine presents (``SHA256:...``).
 
-    Trust on first contact, for machines whose provider does not publish their host key: the
-    key is taken only from a connection that authenticated with the stack's private key, so it
-    belongs to a machine that holds the public key the order installed. The caller records it;
-    every later connection pins it and refuses another. A machine still installing (port closed,
-    no banner, key not yet installed) is tried again until ``wait_seconds`` have passed.
+    Trust on first use, for machines whose provider does not publish their host key: the key is
+    taken only from a connection that authenticated with the stack's private key (a host that
+    does not accept it is not pinned), which narrows but cannot close the window in which another
+    host could answer first. The caller records it; every later connection pins it and refuses
+    another. A machine still installing (port closed, no banner, key not yet installed) is tried
+    again until ``wait_seconds`` have passed.
     """
     if target.host_key is not None:
         raise ValueError(f"{target.where}: a host key is pinned already ({target.host_key})")
@@ -789,10 +790,14 @@ def run_step(
     payloads: Mapping[str, bytes] | None = None,
     reboot_allowed: bool = False,
     on_line: LineSink | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> StepOutcome:
-    """Run one step in ``mode`` and return its outcome; handles the reboot-required protocol."""
+    """Run one step in ``mode`` and return its outcome; handles the reboot-required protocol.
+
+    ``env``: what the step reads from its environment at run time (``StepPlan.env``: the hosts'
+    addresses), beside the mode."""
     where = f"{session.target.where} step {step_name} ({mode})"
-    env = {"SOVEREIGN_MODE": mode}
+    env = {**(env or {}), "SOVEREIGN_MODE": mode}
     activity = f"step {step_name} ({mode})"
     result = session.run_script(
         script, env, secret_env, payloads=payloads, on_line=on_line, activity=activity

@@ -22,7 +22,14 @@ import yaml
 from sovereign_weights.layout import CACHE_FILESYSTEM_MARKER
 
 from components.config.catalog import GPU_MODELS
-from components.config.models import CacheSpec, HostSpec, StackConfig, host_address, host_key
+from components.config.models import (
+    CacheSpec,
+    HostSpec,
+    StackConfig,
+    host_address,
+    host_key,
+    pending_address,
+)
 from components.config.residency import normalize_registry, registry_allowed
 from components.plan.cluster import (
     K3S_API_PORT,
@@ -49,6 +56,10 @@ class StepPlan:
     payloads: dict[str, bytes] = field(default_factory=dict)
     # steps on other hosts that must have finished first: (host, step)
     waits_for: tuple[tuple[str, str], ...] = ()
+    # what the step reads at run time rather than from its script: the addresses of the stack's
+    # hosts, an ordered machine's known only once its order returns (name -> value; see
+    # :func:`runtime_env`). Not in the content hash: the host step compares it on its own.
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def content_hash(self) -> str:
@@ -80,6 +91,8 @@ class _StepBuilder:
     reboot_allowed: bool = False
     payloads: Callable[[StackConfig, HostSpec], dict[str, bytes]] = lambda _c, _h: {}
     waits_for: Callable[[StackConfig, HostSpec], tuple[tuple[str, str], ...]] = lambda _c, _h: ()
+    # the values the script takes from its environment at run time (hosts' addresses)
+    runtime_env: Callable[[StackConfig, HostSpec], dict[str, str]] = lambda _c, _h: {}
 
 
 def _always(_config: StackConfig, _host: HostSpec) -> bool:
@@ -292,9 +305,28 @@ def k3s_role(config: StackConfig, host: HostSpec) -> str:
 
 
 def k3s_config(config: StackConfig, host: HostSpec) -> dict[str, Any]:
-    """The content of /etc/rancher/k3s/config.yaml for this host."""
+    """The content of /etc/rancher/k3s/config.yaml for this host: what the script carries, then
+    what names the hosts' addresses (given to the step at run time, :func:`k3s_address_config`)."""
+    return {**k3s_static_config(config, host), **k3s_address_config(config, host)}
+
+
+def k3s_address_config(config: StackConfig, host: HostSpec) -> dict[str, Any]:
+    """The part of the K3s config that names hosts' addresses: the server a joining node joins,
+    and the names in a server's certificate."""
     role = k3s_role(config, host)
-    first = first_server(config)
+    settings: dict[str, Any] = {}
+    if role != "server-init":
+        settings["server"] = api_url(host_address(first_server(config)))
+    if role != "agent":
+        settings["tls-san"] = _each_once(
+            (*config.k3s.tls_sans, api_endpoint(config), host_address(host))
+        )
+    return settings
+
+
+def k3s_static_config(config: StackConfig, host: HostSpec) -> dict[str, Any]:
+    """The part of the K3s config no address is in: the script carries it."""
+    role = k3s_role(config, host)
     settings: dict[str, Any] = {
         "node-name": host.name,
         "token-file": "/etc/rancher/k3s/token",
@@ -302,14 +334,9 @@ def k3s_config(config: StackConfig, host: HostSpec) -> dict[str, Any]:
     }
     if host.taints:
         settings["node-taint"] = list(host.taints)
-    if role != "server-init":
-        settings["server"] = api_url(host_address(first))
     if role == "server-init":
         settings["cluster-init"] = True
     if role != "agent":
-        settings["tls-san"] = _each_once(
-            (*config.k3s.tls_sans, api_endpoint(config), host_address(host))
-        )
         settings["secrets-encryption"] = config.k3s.secrets_encryption
         settings["cluster-cidr"] = config.k3s.cluster_cidr
         settings["service-cidr"] = config.k3s.service_cidr
@@ -346,7 +373,7 @@ def _k3s_vars(config: StackConfig, host: HostSpec) -> dict[str, Any]:
         "installer_url": k3s_installer_url(config.k3s.version),
         "installer_sha256": config.k3s.installer_sha256 or "",
         "airgap_bundle": config.k3s.airgap_bundle or "",
-        "config_content": yaml.safe_dump(k3s_config(config, host), sort_keys=False).rstrip(),
+        "config_content": yaml.safe_dump(k3s_static_config(config, host), sort_keys=False).rstrip(),
         "registries_content": yaml.safe_dump(k3s_registries(config), sort_keys=False).rstrip(),
         "ready_timeout_seconds": 300,
     }
@@ -365,17 +392,40 @@ def _k3s_waits_for(config: StackConfig, host: HostSpec) -> tuple[tuple[str, str]
     return () if host.name == first.name else ((first.name, "50-k3s"),)
 
 
+def _k3s_runtime_env(config: StackConfig, host: HostSpec) -> dict[str, str]:
+    return {
+        "SOVEREIGN_K3S_ADDRESSES": yaml.safe_dump(
+            k3s_address_config(config, host), sort_keys=False
+        ).rstrip()
+    }
+
+
+def cluster_node_addresses(config: StackConfig) -> list[str]:
+    """The IP addresses of the stack's hosts, IPv4 first, each once, in address order; an
+    ordered host's placeholder (before its order returns) kept in sight after them. A host given
+    by DNS name is left out: the rules take addresses, resolved by nobody."""
+    nodes: dict[int, set[str]] = {4: set(), 6: set()}
+    pending = []
+    for host in config.hosts:
+        address = host_address(host)
+        version = _ip_version(address)
+        if version:
+            nodes[version].add(str(ipaddress.ip_address(address)))
+        elif address == pending_address(host.name):
+            pending.append(address)
+    ordered = [sorted(nodes[v], key=ipaddress.ip_address) for v in (4, 6)]
+    return [*ordered[0], *ordered[1], *pending]
+
+
+def _firewall_runtime_env(config: StackConfig, _host: HostSpec) -> dict[str, str]:
+    return {"SOVEREIGN_CLUSTER_NODES": " ".join(cluster_node_addresses(config))}
+
+
 def _firewall_vars(config: StackConfig, this_host: HostSpec) -> dict[str, Any]:
     """Addresses and ranges for the nftables sets, split by family: an IPv6 element in an
     ``ipv4_addr`` set makes the whole ruleset fail to load."""
     # only servers serve the API; the ranges outside the cluster reach it there
     api_clients = config.k3s.api_allowed_cidrs if this_host.role == "server" else ()
-    nodes: dict[int, set[str]] = {4: set(), 6: set()}
-    for host in config.hosts:
-        address = host_address(host)
-        version = _ip_version(address)
-        if version:
-            nodes[version].add(address)
     networks = (config.k3s.cluster_cidr, config.k3s.service_cidr)
     allowlist = config.residency.egress_allowlist
     # the resolvers are reachable whenever the allowlist is on: DNS must keep working
@@ -385,8 +435,6 @@ def _firewall_vars(config: StackConfig, this_host: HostSpec) -> dict[str, Any]:
         "api_port": K3S_API_PORT,
         "api_clients_v4": set_elements(api_clients, 4),
         "api_clients_v6": set_elements(api_clients, 6),
-        "cluster_nodes_v4": sorted(nodes[4], key=ipaddress.ip_address),
-        "cluster_nodes_v6": sorted(nodes[6], key=ipaddress.ip_address),
         "cluster_networks_v4": [n for n in networks if _ip_version(n) == 4],
         "cluster_networks_v6": [n for n in networks if _ip_version(n) == 6],
         "egress_enabled": allowlist is not None,
@@ -516,8 +564,15 @@ STEP_BUILDERS: tuple[_StepBuilder, ...] = (
         secret_env=("K3S_TOKEN",),
         has_teardown=True,
         waits_for=_k3s_waits_for,
+        runtime_env=_k3s_runtime_env,
     ),
-    _StepBuilder("60-firewall.sh.j2", _always, _firewall_vars, has_teardown=True),
+    _StepBuilder(
+        "60-firewall.sh.j2",
+        _always,
+        _firewall_vars,
+        has_teardown=True,
+        runtime_env=_firewall_runtime_env,
+    ),
     _StepBuilder("70-probe-env.sh.j2", _always, _probe_vars, payloads=_probe_payloads),
 )
 
@@ -550,6 +605,18 @@ def render_host_steps(
                 reboot_allowed=builder.reboot_allowed,
                 payloads=builder.payloads(config, host),
                 waits_for=builder.waits_for(config, host),
+                env=builder.runtime_env(config, host),
             )
         )
     return sorted(steps, key=lambda s: s.order)
+
+
+def runtime_env(config: StackConfig, host: HostSpec) -> dict[str, dict[str, str]]:
+    """What each of the host's steps reads from its environment at run time, by step name: the
+    stack's addresses, rendered apart from the scripts so that no script carries a value known
+    only once an order has returned (``config`` holds the orders' addresses by then)."""
+    return {
+        builder.template.removesuffix(".sh.j2"): builder.runtime_env(config, host)
+        for builder in STEP_BUILDERS
+        if builder.applies(config, host)
+    }

@@ -70,12 +70,13 @@ def render_files(config: StackConfig) -> list[RenderedFile]:
 
         stack.json                      effective config (secrets redacted)
         hosts/<host>/NN-step.sh         the step scripts, in run order
-        hosts/<host>/steps.json         step names, content hashes, pins
+        hosts/<host>/steps.json         step names, content hashes, pins, what each reads at
+                                        run time (env: the hosts' addresses)
         hosts/<host>/checks.json        what verification expects on this host
         hosts/<host>/node-labels.json   labels the node will carry
         hosts/<host>/source.json        where the host comes from: its address and host key, or
                                         for an ordered machine what is ordered and where (its
-                                        address shows in the scripts as a placeholder)
+                                        address shows in the steps' env as a placeholder)
         payloads/<sha>-<name>           files delivered with a step (e.g. nvidia-ml-py)
         kubernetes/NN-<kind>-[<namespace>-]<name>.yaml   every object, in apply order
         kubernetes/charts/<release>.yaml                 Helm releases: chart, version, values
@@ -115,6 +116,8 @@ def render_files(config: StackConfig) -> list[RenderedFile]:
                     "teardown": s.has_teardown,
                     "rebootAllowed": s.reboot_allowed,
                     "waitsFor": [f"{h}/{n}" for h, n in s.waits_for],
+                    # read at run time, not from the script: the hosts' addresses
+                    "env": s.env,
                     "payloads": payload_files,
                 }
             )
@@ -177,7 +180,8 @@ def source_plan(host: HostSpec) -> dict[str, Any]:
         )
     what = "the rented server's public IPv4" if rented else "the machine's public IPv4"
     plan["address"] = (
-        f"known after the order ({what}); scripts show {host.name}{PENDING_ADDRESS_SUFFIX} here"
+        f"known after the order ({what}); the steps read it at run time, and their env in "
+        f"steps.json shows {host.name}{PENDING_ADDRESS_SUFFIX} for it here"
     )
     plan["port"] = host.ssh.port
     plan["hostKey"] = pin

@@ -53,6 +53,29 @@ def resource_provider(resource_type: str) -> str:
     return resource_type.partition(":")[0]
 
 
+# An order that names its place inside the order's settings rather than a location key: OVHcloud's
+# dedicated-server order (ovh:Dedicated/server:Server) puts it in a plan configuration.
+ORDER_LOCATION_LABELS = ("dedicated_datacenter",)
+
+
+def _locations(props: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """Every place a resource's inputs name: its location keys, and the datacenters its plan
+    configurations ask for."""
+    for key in LOCATION_KEYS:
+        value = props.get(key)
+        if isinstance(value, str) and value:
+            yield key, value
+    for i, plan in enumerate(props.get("plans") or []):
+        if not isinstance(plan, Mapping):
+            continue
+        for setting in plan.get("configurations") or []:
+            if not isinstance(setting, Mapping):
+                continue
+            value = setting.get("value")
+            if setting.get("label") in ORDER_LOCATION_LABELS and isinstance(value, str) and value:
+                yield f"plans[{i}].{setting['label']}", value
+
+
 def validate_regions(args: ResourceValidationArgs, report: ReportViolation) -> None:
     """Every location key of a resource, looked up in its own provider's table first, then in
     every provider's (:func:`region_country`); refused when it lies outside the allowed countries
@@ -60,10 +83,7 @@ def validate_regions(args: ResourceValidationArgs, report: ReportViolation) -> N
     allowed = _allowed_countries(args.get_config())
     places = ", ".join(sorted({a.upper() for a in allowed if isinstance(a, str)}))
     provider = resource_provider(args.resource_type)
-    for key in LOCATION_KEYS:
-        value = args.props.get(key)
-        if not isinstance(value, str) or not value:
-            continue
+    for key, value in _locations(args.props):
         where = f"{args.resource_type} {args.name!r}: {key} {value!r}"
         country = region_country(value, provider)
         if country is None:

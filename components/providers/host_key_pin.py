@@ -2,13 +2,16 @@
 
 The providers the toolkit orders from (Scaleway, OVHcloud) publish no host keys through their
 APIs. For a machine whose stack pins no ``ssh.hostKey``, this resource connects once the machine
-exists, authenticating with the stack's key (so the key pinned is that of the machine the order
-installed that key on), and records the fingerprint as its output. The host steps take it as their
-pinned key: from then on a host presenting another key is refused, as for any pinned host.
+exists and records the key it presents: trust on first use. The connection must authenticate with
+the stack's key before the key is recorded, which refuses a host that does not accept it, but it
+cannot prove whose machine answered (a host in the path may accept any key); where that matters,
+read the key from the machine's console and pin it in the stack before the first rollout. From the
+pin on, the host steps refuse a host that presents another key, as for any pinned host.
 
 * create: wait for the machine to accept the stack's key (``ssh.firstContactTimeoutSeconds``);
   output ``hostKey``.
-* diff: another address or port is another machine: the pin is replaced (taken again on first
+* diff: another address or port, or another machine id (a server replaced, a server reinstalled,
+  at the same address perhaps), is another machine: the pin is replaced (taken again on first
   contact). Nothing else re-pins: ``pulumi refresh`` keeps the recorded key, so a host that
   presents another key later is refused by the steps.
 * delete: nothing on the host; the pin goes with the machine.
@@ -35,7 +38,8 @@ from pulumi.dynamic import (
 from components.providers.connection import host_target, log_line, missing_inputs, ssh_settings
 
 REQUIRED_KEYS = ("host", "address", "port", "user", "privateKey")
-REPIN_KEYS = ("address", "port")
+# another address or port, or another machine (a replaced server, a reinstall) at the same one
+REPIN_KEYS = ("address", "port", "machineId")
 
 
 def pin_from_props(props: dict[str, Any]) -> dict[str, Any]:

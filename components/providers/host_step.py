@@ -4,7 +4,8 @@ This module path and the class names are part of every stack's state (Pulumi pic
 by reference): moving or renaming them breaks ``pulumi destroy`` of existing stacks. Keep them.
 
 * create / update: run the step in ``apply`` mode; outputs carry what it found (``facts``).
-* diff: a changed script hash, pin, secret or connection target means the step runs again.
+* diff: a changed script hash, pin, secret, runtime input (``env``: the hosts' addresses) or
+  connection target (an ordered machine replaced: ``machineId``) means the step runs again.
 * read (``pulumi refresh``): run the step in ``check`` mode, a dry run that reports drift
   (a driver upgraded by hand, an unmounted cache) as ``inSync: false`` plus what it would change.
 * delete: run the step's teardown where it has one. Teardowns never destroy cache data.
@@ -38,7 +39,18 @@ from components.plan.step_protocol import Mode
 from components.providers.connection import host_target, log_line, missing_inputs, ssh_settings
 
 # The inputs that decide whether a step must run again (everything else is bookkeeping).
-RERUN_KEYS = ("script", "contentHash", "pins", "secretEnv", "address", "port", "user", "hostKey")
+RERUN_KEYS = (
+    "script",
+    "contentHash",
+    "pins",
+    "secretEnv",
+    "env",
+    "address",
+    "port",
+    "user",
+    "hostKey",
+    "machineId",
+)
 REQUIRED_KEYS = ("host", "step", "script", "contentHash", "address", "port", "user", "privateKey")
 
 _pool_lock = threading.Lock()
@@ -90,6 +102,7 @@ def run_step_from_props(props: dict[str, Any], mode: Mode) -> dict[str, Any]:
         payloads={k: base64.b64decode(v) for k, v in (props.get("payloads") or {}).items()},
         reboot_allowed=bool(props.get("rebootAllowed")),
         on_line=_log(props),
+        env={str(k): str(v) for k, v in (props.get("env") or {}).items()},
     )
     outs = dict(props)
     outs["result"] = outcome.result

@@ -4,8 +4,8 @@ pinned host key. Nothing is ordered and nothing is released."""
 from __future__ import annotations
 
 from components.config.models import HostSpec, host_address
-from components.sources.connection import HostConnection, OrderContext, placement_of
+from components.sources.connection import HostConnection, OrderContext
 
 
 def connect(host: HostSpec, _context: OrderContext) -> HostConnection:
-    return HostConnection(host_address(host), host.ssh.host_key, (), placement_of(host))
+    return HostConnection.of(host, host_address(host), host.ssh.host_key)

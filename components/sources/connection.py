@@ -7,6 +7,7 @@ machine's are outputs of its order), and the ordering resources its steps depend
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,14 +24,43 @@ class HostConnection:
 
     ``address`` and ``host_key`` may be outputs of the resources in ``machine`` (an ordered
     server, its IP, its install task); ``host_key`` None means pinned on first contact (see
-    :func:`with_pinned_host_key`). ``placement`` says where the machine is (provider,
-    datacenter, country, and for an order its type and zone), for the stack's outputs.
+    :func:`with_pinned_host_key`). ``port``, ``user`` and ``private_key`` say how to log in.
+    ``placement`` says where the machine is (provider, datacenter, country, GPUs, NVMe drives
+    where known, and for an order its type and zone), for the stack's outputs.
     """
 
     address: pulumi.Input[str]
     host_key: pulumi.Input[str] | None
+    port: int
+    user: str
+    private_key: str  # a key reference: file:PATH, env:VARIABLE or agent:SHA256:...
     machine: tuple[pulumi.Resource, ...] = ()
     placement: dict[str, pulumi.Input[Any]] = field(default_factory=dict)
+    # the ordered machine's id (a server, an install task): another id is another machine, at
+    # the same address perhaps, so its host key is pinned again and every step runs again
+    machine_id: pulumi.Input[str] | None = None
+
+    @classmethod
+    def of(
+        cls,
+        host: HostSpec,
+        address: pulumi.Input[str],
+        host_key: pulumi.Input[str] | None,
+        machine: tuple[pulumi.Resource, ...] = (),
+        placement: dict[str, pulumi.Input[Any]] | None = None,
+        machine_id: pulumi.Input[str] | None = None,
+    ) -> HostConnection:
+        """The connection to ``host`` at ``address``, with the stack's port, user and key."""
+        return cls(
+            address,
+            host_key,
+            host.ssh.port,
+            host.ssh.user,
+            host.ssh.private_key,
+            machine,
+            placement if placement is not None else placement_of(host),
+            machine_id,
+        )
 
     @property
     def depends_on(self) -> list[pulumi.Resource]:
@@ -70,6 +100,7 @@ def placement_of(host: HostSpec, **extra: pulumi.Input[Any]) -> dict[str, pulumi
         "country": host.country,
         "gpuModel": host.gpu.model or "",
         "gpuCount": host.gpu.count,
+        "nvme": [disk.id for disk in host.nvme],
     }
     facts.update(extra)
     return facts
@@ -89,9 +120,7 @@ def with_pinned_host_key(
     """The connection with a host key: the stack's pin, the one the source gave, or one pinned on
     first contact by a ``HostKeyPin`` that connects once the machine exists."""
     if host.ssh.host_key is not None:
-        return HostConnection(
-            connection.address, host.ssh.host_key, connection.machine, connection.placement
-        )
+        return dataclasses.replace(connection, host_key=host.ssh.host_key)
     if connection.host_key is not None or not host.ordered:
         # a byo or lab host without a pin is refused when a step connects, as always
         return connection
@@ -100,18 +129,19 @@ def with_pinned_host_key(
         {
             "host": host.name,
             "address": connection.address,
-            "port": host.ssh.port,
-            "user": host.ssh.user,
-            "privateKey": host.ssh.private_key,
+            "port": connection.port,
+            "user": connection.user,
+            "privateKey": connection.private_key,
             "baseDir": context.project_dir,
             "ssh": context.stack.ssh.model_dump(mode="json"),
+            **({"machineId": connection.machine_id} if connection.machine_id is not None else {}),
         },
         context.opts(*connection.machine),
     )
     index = context.host_index(host)
     pin.host_key.apply(lambda key: _announce(index, host.name, key))
-    return HostConnection(
-        connection.address, pin.host_key, (*connection.machine, pin), connection.placement
+    return dataclasses.replace(
+        connection, host_key=pin.host_key, machine=(*connection.machine, pin)
     )
 
 

@@ -15,7 +15,6 @@ the loader (``components.config.loader``) reads through it. It imports neither p
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, TypeVar
@@ -31,6 +30,7 @@ from components.config.errors import (
     problems_from_validation_error,
 )
 from components.config.models import (
+    KEY_FILE_PATH,
     DiskId,
     DnsLabel,
     Fingerprint,
@@ -49,7 +49,7 @@ INVENTORY_FIELD: Final = "inventory"
 # The grammar of a path in a ``file:PATH`` key reference (components.config.models), so that the
 # loader's ``file:<privateKey>`` is a valid reference; it has no room for key material (no spaces,
 # no line breaks).
-FILE_PATH = re.compile(r"[A-Za-z0-9._/~+@-]{1,4096}", re.ASCII)
+FILE_PATH = KEY_FILE_PATH
 
 
 def _file_path(value: object) -> object:

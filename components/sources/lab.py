@@ -22,11 +22,18 @@ def connect(host: HostSpec, context: OrderContext) -> HostConnection:
     reference = context.stack.inventory
     path = Path(context.project_dir) / reference if reference else None
     if path is None or not path.exists():
-        return HostConnection(host_address(host), host.ssh.host_key, (), placement_of(host))
+        return HostConnection.of(host, host_address(host), host.ssh.host_key)
     entry = read_inventory(path, Inventory).by_name(host.name)
     if entry is None:
         raise ValueError(
             f"{host.name}: a lab host the lab's inventory ({reference}) does not list: start it "
             "with `sovereign lab up` first"
         )
-    return HostConnection(entry.address, entry.host_key, (), placement_of(host))
+    return HostConnection(
+        entry.address,
+        entry.host_key,
+        entry.port,
+        entry.user,
+        f"file:{entry.private_key}",
+        placement={**placement_of(host), "nvme": list(entry.nvme)},
+    )

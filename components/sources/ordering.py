@@ -9,19 +9,17 @@ large). Placement is checked here once more before any order: a host built by an
 from __future__ import annotations
 
 import importlib
-from typing import Protocol
+from typing import Protocol, get_args
 
 from components.config.errors import Problem
-from components.config.models import HostSpec
+from components.config.models import HostSource, HostSpec
 from components.config.residency import country_allowed
 from components.sources.connection import HostConnection, OrderContext, with_pinned_host_key
 
-# source -> the module whose ``connect`` reaches (and, for a provider, orders) its hosts
+# source -> the module whose ``connect`` reaches (and, for a provider, orders) its hosts: one
+# module per source the config knows, named after it
 SOURCE_MODULES: dict[str, str] = {
-    "byo": "components.sources.byo",
-    "lab": "components.sources.lab",
-    "scaleway": "components.sources.scaleway",
-    "ovh": "components.sources.ovh",
+    source: f"components.sources.{source}" for source in get_args(HostSource)
 }
 
 
@@ -47,7 +45,13 @@ def connect_host(host: HostSpec, context: OrderContext) -> HostConnection:
     allowed = context.stack.residency.allowed_countries
     refused = host.location_problems(allowed)
     if not country_allowed(host.country, allowed):
-        refused.append(Problem("country", f"{host.country} is outside the residency policy"))
+        refused.append(
+            Problem(
+                "country",
+                f"{host.country} is outside the residency policy; expected one of "
+                f"{', '.join(sorted(allowed))}",
+            )
+        )
     if refused:
         index = context.host_index(host)
         raise ValueError(

@@ -31,11 +31,12 @@ import pulumi
 import pulumi_ovh as ovh
 from pulumi_ovh import cloudproject, dedicated
 
-from components.config.catalog import os_image
-from components.config.models import HostSpec, OvhOrder
+from components.config.catalog import machine_type, os_image, region_country
+from components.config.models import ORDERED_SOURCES, HostSpec, OvhOrder
+from components.config.residency import country_allowed
 from components.sources.connection import HostConnection, OrderContext, key_label, placement_of
 
-PROVIDER = "ovh"
+PROVIDER = ORDERED_SOURCES["ovh"]
 
 
 def _order(host: HostSpec) -> OvhOrder:
@@ -81,9 +82,10 @@ def _cloud_instance(
     images = cloudproject.get_images_output(
         service_name=order.service_name, region=region, os_type="linux"
     )
-    flavor_id = flavors.flavors.apply(
-        lambda found: _id_named(found, order.flavor or "", "flavour", region)
-    )
+    # the catalog's spelling: validate matches names in any letter case, the API does not
+    known = machine_type(PROVIDER, order.kind, order.flavor or "")
+    flavor = known.name if known else order.flavor or ""
+    flavor_id = flavors.flavors.apply(lambda found: _id_named(found, flavor, "flavour", region))
     image_id = images.images.apply(lambda found: _id_named(found, image_name, "image", region))
     server = cloudproject.Instance(
         f"{host.name}-server",
@@ -98,13 +100,15 @@ def _cloud_instance(
         opts=context.opts(key),
     )
     address = server.addresses.apply(lambda found: _first_ipv4(host.name, found))
-    return HostConnection(
+    return HostConnection.of(
+        host,
         address,
         None,
         (key, server),
         placement_of(
             host, region=region, type=order.flavor or "", kind=order.kind, serverId=server.id
         ),
+        machine_id=server.id,
     )
 
 
@@ -138,28 +142,60 @@ def _dedicated(
             display_name=host.name,
             opts=context.opts(),
         )
-        return HostConnection(
+        return HostConnection.of(
+            host,
             server.ip,
             None,
             (server,),
             placement_of(host, plan=order.plan, kind=order.kind, serverId=server.service_name),
+            machine_id=server.id,
         )
+    # the rented server is where the stack says before anything is installed on it: its record
+    # at OVHcloud names its datacenter, which the residency policy and the stack are held to
+    record = ovh.get_server_output(service_name=order.service_name)
+    allowed = context.stack.residency.allowed_countries
+    checked = pulumi.Output.all(record.service_name, record.datacenter).apply(
+        lambda found: rented_where_stated(host, str(found[0]), str(found[1]), allowed)
+    )
     install = dedicated.ServerReinstallTask(
         f"{host.name}-install",
-        service_name=order.service_name,
+        service_name=checked,
         os=template,
         customizations=dedicated.ServerReinstallTaskCustomizationsArgs(
             hostname=host.name, ssh_key=public_key
         ),
         opts=context.opts(),
     )
-    record = ovh.get_server_output(service_name=order.service_name)
-    return HostConnection(
+    return HostConnection.of(
+        host,
         record.ip,
         None,
         (install,),
         placement_of(host, kind=order.kind, serverId=order.service_name or ""),
+        # a reinstall is a new system at the same address: a new host key to pin
+        machine_id=install.id,
     )
+
+
+def rented_where_stated(
+    host: HostSpec, service_name: str, datacenter: str, allowed: frozenset[str]
+) -> str:
+    """``service_name`` once the rented server's datacenter (as OVHcloud's record names it) is
+    the host's and lies in an allowed country; raises before the server is reinstalled."""
+    country = region_country(datacenter, PROVIDER)
+    if country is None or not country_allowed(country, allowed):
+        raise pulumi.RunError(
+            f"{host.name}: OVHcloud places the rented server {service_name} in {datacenter!r} "
+            f"({country or 'a place the location table does not know'}), outside the residency "
+            "policy: nothing was installed on it"
+        )
+    if datacenter.lower() != host.datacenter.lower():
+        raise pulumi.RunError(
+            f"{host.name}: the stack says datacenter {host.datacenter} but OVHcloud places the "
+            f"rented server {service_name} in {datacenter}; set the host's datacenter (and "
+            "country) to where it is: nothing was installed on it"
+        )
+    return service_name
 
 
 def _field(entry: Any, name: str) -> Any:

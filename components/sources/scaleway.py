@@ -24,11 +24,11 @@ from typing import Any
 import pulumi
 from pulumiverse_scaleway import elasticmetal, iam, instance
 
-from components.config.catalog import os_image
-from components.config.models import HostSpec, ScalewayOrder
+from components.config.catalog import machine_type, os_image
+from components.config.models import ORDERED_SOURCES, HostSpec, ScalewayOrder
 from components.sources.connection import HostConnection, OrderContext, key_label, placement_of
 
-PROVIDER = "scaleway"
+PROVIDER = ORDERED_SOURCES["scaleway"]
 
 
 def _order(host: HostSpec) -> ScalewayOrder:
@@ -62,6 +62,9 @@ def connect(host: HostSpec, context: OrderContext) -> HostConnection:
     image = os_image(PROVIDER, order.kind, order.os)
     if image is None:  # the config refuses this first
         raise ValueError(f"{host.name}: no {PROVIDER} {order.kind} image for {order.os}")
+    # the catalog's spelling: validate matches names in any letter case, the API does not
+    known = machine_type(PROVIDER, order.kind, order.type)
+    ordered_type = known.name if known else order.type
     key = registered_key(host, order, context)
     tags = [f"sovereign-environment={context.stack.environment}", f"sovereign-host={host.name}"]
     placement: dict[str, Any] = {"zone": order.zone, "type": order.type, "kind": order.kind}
@@ -77,7 +80,7 @@ def connect(host: HostSpec, context: OrderContext) -> HostConnection:
         server = instance.Server(
             f"{host.name}-server",
             name=host.name,
-            type=order.type,
+            type=ordered_type,
             image=image.name,
             zone=order.zone,
             ip_id=ip.id,
@@ -86,13 +89,15 @@ def connect(host: HostSpec, context: OrderContext) -> HostConnection:
             # the key must be registered before the Instance boots, or it is not installed
             opts=context.opts(key),
         )
-        return HostConnection(
+        return HostConnection.of(
+            host,
             ip.address,
             None,
             (key, ip, server),
             placement_of(host, **placement, serverId=server.id),
+            machine_id=server.id,
         )
-    offer = elasticmetal.get_offer_output(name=order.type, zone=order.zone)
+    offer = elasticmetal.get_offer_output(name=ordered_type, zone=order.zone)
     system = elasticmetal.get_os_output(name=image.name, version=image.version, zone=order.zone)
     metal = elasticmetal.Server(
         f"{host.name}-server",
@@ -107,8 +112,13 @@ def connect(host: HostSpec, context: OrderContext) -> HostConnection:
         opts=context.opts(key),
     )
     address = metal.ipv4s.apply(lambda ips: _first_address(host.name, ips))
-    return HostConnection(
-        address, None, (key, metal), placement_of(host, **placement, serverId=metal.id)
+    return HostConnection.of(
+        host,
+        address,
+        None,
+        (key, metal),
+        placement_of(host, **placement, serverId=metal.id),
+        machine_id=metal.id,
     )
 
 

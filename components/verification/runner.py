@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.config.models import HostSpec, StackConfig
+from pydantic import TypeAdapter, ValidationError
+
+from components.config.models import Fingerprint, HostOrIp, HostSpec, Port, StackConfig
 from components.execution.outcome import HostUnreachable, StepError
 from components.execution.ssh import HostSession, HostTarget, SessionPool, on_hosts
 from components.plan.checks import LAYERS, reachable_expectation
@@ -67,26 +69,70 @@ class Verification:
         return [r for r in self.results if r.status == "fail"]
 
 
+class OutputsError(ValueError):
+    """A stack-outputs file that is not this stack's ``pulumi stack output --json``."""
+
+
 def hosts_from_outputs(config: StackConfig, outputs: dict[str, Any]) -> list[HostSpec]:
-    """The stack's hosts, with connection facts as ``pulumi stack output --json`` reports them."""
-    exported = {h["name"]: h for h in outputs.get("hosts", [])}
+    """The stack's hosts, with connection facts as ``pulumi stack output --json`` reports them:
+    an ordered host's address and first-contact pin come from there.
+
+    A host key pinned in the stack wins over the file's. Raises OutputsError, naming the field, for
+    outputs of another environment and for a value that is no address, port or fingerprint."""
+    environment = outputs.get("environment")
+    if environment is not None and environment != config.environment:
+        raise OutputsError(
+            f"the outputs are environment {environment!r}'s, not {config.environment!r}'s: "
+            f"pulumi stack output --json -s {config.environment}"
+        )
+    exported = {
+        h.get("name"): (i, h)
+        for i, h in enumerate(outputs.get("hosts") or [])
+        if isinstance(h, dict)
+    }
     hosts = []
     for host in config.hosts:
-        entry = exported.get(host.name)
+        index, entry = exported.get(host.name, (0, None))
         if entry is None:
             hosts.append(host)
             continue
+        address, port, pin = _checked_entry(entry, index, host)
         ssh = host.ssh.model_copy(
             update={
-                "port": int(entry.get("port", host.ssh.port)),
+                "port": port,
                 "user": entry.get("user", host.ssh.user),
-                "host_key": entry.get("hostKey") or host.ssh.host_key,
+                "host_key": host.ssh.host_key or pin,
             }
         )
-        hosts.append(
-            host.model_copy(update={"address": entry.get("address", host.address), "ssh": ssh})
-        )
+        hosts.append(host.model_copy(update={"address": address, "ssh": ssh}))
     return hosts
+
+
+_OUTPUT_ADDRESS: TypeAdapter[str] = TypeAdapter(HostOrIp)
+_OUTPUT_PIN: TypeAdapter[str] = TypeAdapter(Fingerprint)
+_OUTPUT_PORT: TypeAdapter[int] = TypeAdapter(Port)
+
+
+def _checked_entry(
+    entry: dict[str, Any], index: int, host: HostSpec
+) -> tuple[str | None, int, str | None]:
+    """An outputs entry's address, port and host key, each as the stack's grammar has it."""
+    values: list[Any] = []
+    for key, adapter, fallback in (
+        ("address", _OUTPUT_ADDRESS, host.address),
+        ("port", _OUTPUT_PORT, host.ssh.port),
+        ("hostKey", _OUTPUT_PIN, None),
+    ):
+        value = entry.get(key)
+        if value is None:
+            values.append(fallback)
+            continue
+        try:
+            values.append(adapter.validate_python(value))
+        except ValidationError as exc:
+            reason = exc.errors()[0].get("msg", "invalid")
+            raise OutputsError(f"outputs: hosts[{index}].{key}: {reason}") from None
+    return values[0], values[1], values[2]
 
 
 def collector_env(config: StackConfig) -> dict[str, str]:
@@ -184,5 +230,8 @@ def verify_stack(
 
 
 def load_outputs(path: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(path.read_text())
+    """``pulumi stack output --json`` as written to ``path``; ValueError when it is not that."""
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise OutputsError(f"{path}: expected the JSON object pulumi stack output --json prints")
     return data

@@ -60,7 +60,8 @@ def load_firewall(session: HostSession, lab_host: LabHost, allowed: tuple[str, .
         update={"k3s": base.k3s.model_copy(update={"api_allowed_cidrs": allowed})}
     )
     (firewall,) = render_host_steps(stack, stack.hosts[0], only=("60-firewall",))
-    assert run_step(session, firewall.name, firewall.script).result in ("changed", "unchanged")
+    outcome = run_step(session, firewall.name, firewall.script, env=firewall.env)
+    assert outcome.result in ("changed", "unchanged")
 
 
 def test_api_port_is_reachable_from_outside_only_from_allowed_ranges(

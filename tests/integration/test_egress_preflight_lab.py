@@ -53,7 +53,7 @@ def test_firewall_refuses_an_allowlist_that_cuts_off_the_hosts_destinations(
         narrow = with_allowlist(base, ("10.0.2.3/32",))
         (firewall,) = render_host_steps(narrow, narrow.hosts[0], only=("60-firewall",))
         with pytest.raises(StepRefused) as refused:
-            run_step(session, firewall.name, firewall.script)
+            run_step(session, firewall.name, firewall.script, env=firewall.env)
         message = str(refused.value)
         assert "registry.lab.internal (10.0.2.99)" in message
         assert "deb.debian.org (10.0.2.98)" in message
@@ -63,7 +63,9 @@ def test_firewall_refuses_an_allowlist_that_cuts_off_the_hosts_destinations(
 
         covering = with_allowlist(base, ("10.0.2.0/24",))
         (firewall,) = render_host_steps(covering, covering.hosts[0], only=("60-firewall",))
-        assert run_step(session, firewall.name, firewall.script).result == "changed"
+        assert (
+            run_step(session, firewall.name, firewall.script, env=firewall.env).result == "changed"
+        )
         assert (
             session.run_script("nft list chain inet sovereign output\n", timeout=60).exit_status
             == 0

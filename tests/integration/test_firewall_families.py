@@ -34,7 +34,9 @@ def test_firewall_loads_ipv6_entries_into_ipv6_sets(lab_host: LabHost) -> None:
     host = stack.hosts[0]
     (firewall,) = render_host_steps(stack, host, only=("60-firewall",))
     try:
-        assert run_step(session, firewall.name, firewall.script).result == "changed"
+        assert run_step(session, firewall.name, firewall.script, env=firewall.env).result == (
+            "changed"
+        )
         sets = session.run_script(
             "for s in egress_allowed egress_allowed6 cluster_networks cluster_networks6; do\n"
             '  echo "== $s"; nft list set inet sovereign "$s"\n'
@@ -51,6 +53,9 @@ def test_firewall_loads_ipv6_entries_into_ipv6_sets(lab_host: LabHost) -> None:
         assert "fd00" not in sections["cluster_networks"]
         assert "2001:db8::123" in sections["output"]  # the NTP rule of the IPv6 family
         # a second run finds the loaded table as rendered
-        assert run_step(session, firewall.name, firewall.script).result == "unchanged"
+        assert (
+            run_step(session, firewall.name, firewall.script, env=firewall.env).result
+            == "unchanged"
+        )
     finally:
         session.close()

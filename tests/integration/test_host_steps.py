@@ -66,7 +66,9 @@ def state(session: HostSession) -> str:
 
 def run_all(session: HostSession, steps: list[StepPlan], mode: Mode = "apply") -> dict[str, str]:
     return {
-        s.name: run_step(session, s.name, s.script, mode=mode, payloads=s.payloads).result
+        s.name: run_step(
+            session, s.name, s.script, mode=mode, payloads=s.payloads, env=s.env
+        ).result
         for s in steps
     }
 
@@ -147,7 +149,14 @@ def test_interrupted_runs_converge(
         try:
             for step in steps:
                 sink = cut_on_first_line if step.name == cut_in else None
-                run_step(session, step.name, step.script, payloads=step.payloads, on_line=sink)
+                run_step(
+                    session,
+                    step.name,
+                    step.script,
+                    payloads=step.payloads,
+                    on_line=sink,
+                    env=step.env,
+                )
         except StepError:
             pass
         finally:

@@ -201,7 +201,7 @@ def test_egress_allowlist_blocks_a_real_connection(lab_host: LabHost, tmp_path: 
             canary = {r.check: r for r in before.results}["egress-canary"]
             assert canary.observed == "connected", "without the firewall the canary must connect"
             assert accepted, "the local server saw no connection"
-            run_step(session, firewall.name, firewall.script)
+            run_step(session, firewall.name, firewall.script, env=firewall.env)
             after = verify_stack(closed_stack, ROOT, layers=("residency",))
             by_check = {r.check: r for r in after.results}
             assert by_check["egress-allowlist"].status == "pass"

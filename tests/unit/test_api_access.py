@@ -59,7 +59,7 @@ def firewall_rules(config: StackConfig, host_index: int) -> str:
         capture_output=True,
         text=True,
         check=True,
-        env={"PATH": "/usr/bin:/bin"},
+        env={"PATH": "/usr/bin:/bin", **step.env},
     )
     return result.stdout
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import ipaddress
 import random
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
 from components.config import StackConfig, load_stack_file
-from components.plan.host_steps import egress_destinations, render_host_steps
+from components.plan.host_steps import StepPlan, egress_destinations, render_host_steps
 from components.plan.step_protocol import EXIT_REFUSED
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +29,14 @@ def stack(name: str) -> StackConfig:
 
 def firewall_definitions(config: StackConfig) -> str:
     (step,) = render_host_steps(config, config.hosts[0], only=("60-firewall",))
-    return step.script.split('case "$SOVEREIGN_MODE" in')[0]
+    return definitions_of(step)
+
+
+def definitions_of(step: StepPlan) -> str:
+    """The step's variables and functions (all before the mode dispatch), with what it reads
+    from its environment at run time set as the executor sets it."""
+    given = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in step.env.items())
+    return given + step.script.split('case "$SOVEREIGN_MODE" in')[0]
 
 
 def run_bash(script: str) -> subprocess.CompletedProcess[str]:
@@ -125,7 +133,7 @@ def preflight(
 ) -> subprocess.CompletedProcess[str]:
     (tmp_path / "sources.list").write_text("deb http://deb.debian.org/debian bookworm main\n")
     (step,) = render_host_steps(config, config.hosts[0], only=("60-firewall",))
-    definitions = step.script.split('case "$SOVEREIGN_MODE" in')[0]
+    definitions = definitions_of(step)
     # nft stands in last: a run that gets as far as checking the rules exits with its status
     return run_bash(
         definitions

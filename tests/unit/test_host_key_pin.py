@@ -168,6 +168,11 @@ def test_another_machine_is_pinned_again_and_settings_changes_keep_the_pin() -> 
     assert outs(kept)["hostKey"] == "SHA256:x"
     same = provider.diff("id", olds, dict(olds))
     assert not same.changes
+    # a replaced server (or a reinstall) at the same address is another machine: pinned again
+    replaced = provider.diff(
+        "id", {**olds, "machineId": "fr-par-2/a"}, {**olds, "machineId": "fr-par-2/b"}
+    )
+    assert replaced.replaces == ["machineId"]
 
 
 def test_inputs_are_checked_before_any_connection() -> None:

@@ -258,3 +258,30 @@ def test_policy_config_command_uses_the_stack() -> None:
     config = json.loads(out.stdout)
     assert config["images-from-allowed-registries"]["allowedRegistries"] == ["rg.fr-par.scw.cloud"]
     assert "DE" in config["eu-regions-only"]["allowedCountries"]
+
+
+@pytest.mark.parametrize(("datacenter", "refused"), [("gra", False), ("bhs", True), ("vin", True)])
+def test_an_ovh_dedicated_order_is_held_to_the_datacenter_its_plan_asks_for(
+    datacenter: str, refused: bool
+) -> None:
+    """The order names its place in a plan configuration, not in a location key."""
+    props = {
+        "ovhSubsidiary": "FR",
+        "plans": [
+            {
+                "planCode": "24sk-gpu",
+                "duration": "P1M",
+                "pricingMode": "default",
+                "configurations": [
+                    {"label": "dedicated_os", "value": "none_64.en"},
+                    {"label": "dedicated_datacenter", "value": datacenter},
+                ],
+            }
+        ],
+    }
+    found = run(validate_regions, "ovh:Dedicated/server:Server", props, "eu-regions-only")
+    if refused:
+        (violation,) = found
+        assert f"plans[0].dedicated_datacenter {datacenter!r} is in" in violation
+    else:
+        assert found == []

@@ -432,9 +432,12 @@ def test_each_host_gets_its_steps_in_order(program_run: tuple[Path, ProgramRun])
         expected = [s.name for s in render_host_steps(config, host)]
         registered = steps_by_host[host.name]
         assert [r.raw_inputs["step"] for r in registered] == expected
-        hashes = {s.name: s.content_hash for s in render_host_steps(config, host)}
+        plans = {s.name: s for s in render_host_steps(config, host)}
         for reg in registered:
-            assert reg.raw_inputs["contentHash"] == hashes[reg.raw_inputs["step"]]
+            plan = plans[reg.raw_inputs["step"]]
+            assert reg.raw_inputs["contentHash"] == plan.content_hash
+            # what the step reads at run time: the hosts' addresses, an order's as it returned
+            assert reg.raw_inputs.get("env", {}) == as_wire(plan.env)
         # each step waits for the one before it (directly, or through the cache component)
         for before, after in itertools.pairwise(registered):
             ancestors = {before.urn, before.parent}

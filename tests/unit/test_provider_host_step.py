@@ -213,3 +213,23 @@ def test_state_from_before_secret_names_keeps_its_filtered_secrets() -> None:
     assert declared_secrets({"secretEnv": {"K3S_TOKEN": "t"}}) == {"K3S_TOKEN": "t"}
     assert declared_secrets({"secretEnv": {"K3S_TOKEN": "t"}, "secretNames": []}) == {}
     assert declared_secrets({}) == {}
+
+
+def test_runtime_inputs_reach_the_script_and_a_change_runs_the_step_again(
+    local_sshd: LocalSshd,
+) -> None:
+    """``env`` (the hosts' addresses, an ordered machine's known once its order returns) is in
+    the step's environment in every mode, not in its script; another value means another run."""
+    body = 'apply() {\n  fact nodes "${SOVEREIGN_CLUSTER_NODES}"\n}\n'
+    step = StepPlan(host="local", name="91-env", script=step_script(body, "91-env"))
+    props = {**props_for(local_sshd, step), "env": {"SOVEREIGN_CLUSTER_NODES": "203.0.113.7"}}
+    provider = HostStepProvider()
+    created = provider.create(props)
+    assert created.outs is not None
+    assert created.outs["facts"] == {"nodes": "203.0.113.7"}
+    moved = {**props, "env": {"SOVEREIGN_CLUSTER_NODES": "203.0.113.8"}}
+    assert provider.diff("local/91-env", created.outs, moved).changes
+    assert not provider.diff("local/91-env", created.outs, props).changes
+    # an ordered machine replaced at the same address runs every step again
+    replaced = {**created.outs, "machineId": "fr-par-2/one"}
+    assert provider.diff("local/91-env", replaced, {**props, "machineId": "fr-par-2/two"}).changes

@@ -313,3 +313,21 @@ def test_a_provider_credential_in_plain_text_is_refused(tmp_path: Path, key: str
     data["config"][key] = {"secure": "v1:abc:def"}
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     assert sovereign("validate", str(path)).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("source", "place"), [("scaleway", "fr-par-4"), ("ovh", "GRA99"), ("ovh", "BHS-ZZ")]
+)
+def test_an_order_names_a_place_exactly_as_the_provider_lists_it(
+    tmp_path: Path, source: str, place: str
+) -> None:
+    """Suffix rules that read gra3 as Gravelines serve datacenters, never an order's zone."""
+
+    def change(hosts: list[dict[str, Any]]) -> None:
+        hosts[0][source]["zone" if source == "scaleway" else "region"] = place
+
+    (line,) = refused(variant(SCW if source == "scaleway" else OVH, tmp_path, change))
+    field = "zone" if source == "scaleway" else "region"
+    assert line.startswith(
+        f"hosts[0].{source}.{field}: {place!r} is not a {source} location the toolkit knows"
+    )

@@ -121,9 +121,14 @@ def test_scaleway_steps_reach_the_ordered_address_with_the_first_contact_pin(
         assert server.urn in pin.dependencies, "the pin is taken before the machine exists"
         steps = steps_of(scw_run, host)
         assert steps
+        server_id = pm.new_resource(server.type, server.name, server.raw_inputs)
+        assert server_id is not None
+        # another server at this address (a replacement) is pinned again, and set up again
+        assert pin.raw_inputs["machineId"] == server_id[0]
         for step in steps:
             assert step.raw_inputs["address"] == address
             assert step.raw_inputs["hostKey"] == pm.host_key_for(address)
+            assert step.raw_inputs["machineId"] == server_id[0]
             assert pin.urn in step.dependencies
     exported = {h["name"]: h for h in scw_run.stack_outputs["hosts"]}
     assert exported["scw-gpu-1"]["address"] == pm.ipv4_for("scw-gpu-1-ip", "51.159")
@@ -278,19 +283,33 @@ def test_a_stack_mixes_byo_scaleway_and_ovh_hosts(
     stack = pm.as_ordered(load_stack_file(path))
     by_name = {h.name: h for h in stack.hosts}
     assert by_name["stg-gpu-2"].source == "byo"
+    # what render shows: the scripts as they run, the ordered addresses not known yet
+    reviewed = load_stack_file(path).with_pending_addresses()
     for name, host in by_name.items():
         steps = steps_of(run, name)
-        expected = {s.name: s.content_hash for s in render_host_steps(stack, host)}
+        expected = {s.name: s for s in render_host_steps(stack, host)}
+        planned = {s.name: s for s in render_host_steps(reviewed, reviewed.hosts[0])}
         assert [s.raw_inputs["step"] for s in steps] == list(expected)
         for step in steps:
+            plan = expected[step.raw_inputs["step"]]
             assert step.raw_inputs["address"] == host.address
             assert step.raw_inputs["hostKey"] == host.ssh.host_key
-            # every script is rendered with every host's real address: the byo host's firewall
-            # admits the ordered machines, the agents join the ordered server at its address
-            assert step.raw_inputs["contentHash"] == expected[step.raw_inputs["step"]]
+            # no script carries an address: the one reviewed is the one that runs
+            assert step.raw_inputs["contentHash"] == plan.content_hash
+            if name == reviewed.hosts[0].name:
+                assert step.raw_inputs["script"] == planned[plan.name].script
+            # the addresses reach the step at run time, the ordered ones from their orders:
+            # the byo host's firewall admits the ordered machines, the agents join the
+            # ordered server at its address
+            assert step.raw_inputs.get("env", {}) == plan.env
     assert not [r for r in run.of_type(pm.HOST_KEY_PIN) if r.name.startswith("stg-")]
     k3s_join = next(s for s in steps_of(run, "stg-gpu-2") if s.raw_inputs["step"] == "50-k3s")
-    assert f"server: https://{by_name['scw-gpu-1'].address}:6443" in k3s_join.raw_inputs["script"]
+    server = f"server: https://{by_name['scw-gpu-1'].address}:6443"
+    assert server in k3s_join.raw_inputs["env"]["SOVEREIGN_K3S_ADDRESSES"]
+    assert by_name["scw-gpu-1"].address not in k3s_join.raw_inputs["script"]
+    firewall = next(s for s in steps_of(run, "stg-gpu-2") if s.raw_inputs["step"] == "60-firewall")
+    nodes = firewall.raw_inputs["env"]["SOVEREIGN_CLUSTER_NODES"].split()
+    assert {by_name["scw-gpu-1"].address, by_name["ovh-gpu-1"].address} <= set(nodes)
 
 
 def destroy_order(run: ProgramRun) -> list[str]:
@@ -337,29 +356,36 @@ def test_a_place_outside_the_policy_orders_nothing(
     assert "GRA11" in message.upper(), "the allowed places are not named"
 
 
+@pytest.mark.parametrize(
+    ("stack_file", "section", "field", "place"),
+    [
+        (SCW_STACK, "scaleway", "zone", "us-east-1"),
+        (OVH_STACK, "ovh", "region", "US-EAST-VA-1"),
+    ],
+    ids=["scaleway", "ovh"],
+)
 def test_the_program_refuses_a_place_the_config_was_bypassed_for(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, stack_file: Path, section: str, field: str, place: str
 ) -> None:
     """A team's own program that builds hosts without the config boundary orders nothing
     outside the policy either."""
-    stack = load_stack_file(SCW_STACK)
-    order = stack.hosts[0].scaleway
+    stack = load_stack_file(stack_file)
+    order = getattr(stack.hosts[0], section)
     assert order is not None
     moved = stack.hosts[0].model_copy(
         update={
-            "scaleway": order.model_copy(update={"zone": "us-east-1"}),
-            "datacenter": "us-east-1",
+            section: order.model_copy(update={field: place}),
+            "datacenter": place.lower(),
         }
     )
-    registered: list[str] = []
 
     def body() -> None:
-        with pytest.raises(ValueError, match=r"hosts\[0\]\.scaleway\.zone.*nothing was ordered"):
+        refusal = rf"hosts\[0\]\.{section}\.{field}.*nothing was ordered"
+        with pytest.raises(ValueError, match=refusal):
             connect_host(moved, OrderContext(stack, str(ROOT)))
 
     run = run_mocked(body, {}, [], "bypass", monkeypatch)
-    registered = [r.type for r in run.registrations if r.type != "pulumi:pulumi:Stack"]
-    assert registered == []
+    assert [r.type for r in run.registrations if r.type != "pulumi:pulumi:Stack"] == []
 
 
 def test_first_contact_is_announced_with_how_to_pin_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -384,3 +410,23 @@ def test_a_host_key_pinned_in_the_stack_is_used_and_nothing_is_pinned(
     run = run_program(write_stack(tmp_path, "scw-pinned", data), monkeypatch)
     assert [r.name for r in run.of_type(pm.HOST_KEY_PIN)] == ["scw-gpu-2-host-key"]
     assert {s.raw_inputs["hostKey"] for s in steps_of(run, "scw-gpu-1")} == {pinned}
+
+
+@pytest.mark.parametrize(
+    ("service", "datacenter", "expected"),
+    [
+        ("ns3141592.ip-51-91-12.eu", "rbx8", "the stack says datacenter rbx8 but OVHcloud places"),
+        ("ns2718281.ip-15-235-1.net", "gra3", "in 'bhs7' (CA), outside the residency policy"),
+    ],
+    ids=["elsewhere", "outside-the-eu"],
+)
+def test_a_rented_server_is_held_to_where_its_record_says_before_any_reinstall(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, service: str, datacenter: str, expected: str
+) -> None:
+    data = stack_data(OVH_STACK)
+    agent = hosts_of(data)[1]
+    agent["ovh"]["serviceName"] = service
+    agent["datacenter"] = datacenter
+    with pytest.raises(Exception, match="nothing was installed on it") as info:
+        run_program(write_stack(tmp_path, "ovh-rented", data), monkeypatch)
+    assert expected in str(info.value)

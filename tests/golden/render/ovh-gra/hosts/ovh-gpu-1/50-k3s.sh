@@ -96,13 +96,17 @@ node-label:
 - sovereign-inference/gpu-count=1
 - sovereign-inference/gpu-model=L40S-48GB
 cluster-init: true
-tls-san:
-- gra.inference.example.eu
-- ovh-gpu-1.known-after-order.invalid
 secrets-encryption: true
 cluster-cidr: 10.42.0.0/16
 service-cidr: 10.43.0.0/16
 write-kubeconfig-mode: '"'"'0600'"'"''
+# what names the hosts' addresses (the server a joining node joins, the names in a server's
+# certificate): given to the step at run time, since an ordered machine's address is known only
+# once its order returns
+if [ -z "${SOVEREIGN_K3S_ADDRESSES:-}" ]; then
+  refuse "SOVEREIGN_K3S_ADDRESSES is not set: the K3s addresses are given to this step at run time"
+fi
+CONFIG_CONTENT+=$'\n'"${SOVEREIGN_K3S_ADDRESSES}"
 REGISTRIES_CONTENT='mirrors:
   docker.io:
     endpoint:

@@ -94,8 +94,14 @@ node-label:
 - sovereign-inference/provider=ovh
 - sovereign-inference/environment=ovh-gra
 - sovereign-inference/gpu-count=2
-- sovereign-inference/gpu-model=L40S-48GB
-server: https://ovh-gpu-1.known-after-order.invalid:6443'
+- sovereign-inference/gpu-model=L40S-48GB'
+# what names the hosts' addresses (the server a joining node joins, the names in a server's
+# certificate): given to the step at run time, since an ordered machine's address is known only
+# once its order returns
+if [ -z "${SOVEREIGN_K3S_ADDRESSES:-}" ]; then
+  refuse "SOVEREIGN_K3S_ADDRESSES is not set: the K3s addresses are given to this step at run time"
+fi
+CONFIG_CONTENT+=$'\n'"${SOVEREIGN_K3S_ADDRESSES}"
 REGISTRIES_CONTENT='mirrors:
   docker.io:
     endpoint:

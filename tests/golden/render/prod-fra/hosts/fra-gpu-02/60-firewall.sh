@@ -75,9 +75,24 @@ finish() {
   fi
 }
 
-# IPv4 and IPv6 go to separate sets: an nftables set holds one address family.
-CLUSTER_NODES_V4=(203.0.113.11 203.0.113.12 203.0.113.13)
+# The cluster's nodes: the hosts' addresses, given to the step at run time (SOVEREIGN_CLUSTER_NODES),
+# since an ordered machine's address is known only once its order returns. IPv4 and IPv6 go to
+# separate sets: an nftables set holds one address family.
+if [ -z "${SOVEREIGN_CLUSTER_NODES+set}" ]; then
+  refuse "SOVEREIGN_CLUSTER_NODES is not set: the cluster's node addresses are given to this step at run time"
+fi
+read -r -a cluster_nodes <<<"$SOVEREIGN_CLUSTER_NODES"
+CLUSTER_NODES_V4=()
 CLUSTER_NODES_V6=()
+for node in "${cluster_nodes[@]}"; do
+  if [[ $node =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]]; then
+    CLUSTER_NODES_V4+=("$node")
+  elif [[ $node == *:* && $node =~ ^[0-9a-f:]+$ ]]; then
+    CLUSTER_NODES_V6+=("$node")
+  else
+    refuse "SOVEREIGN_CLUSTER_NODES: ${node} is not an IP address"
+  fi
+done
 CLUSTER_NETWORKS_V4=(10.42.0.0/16 10.43.0.0/16)
 CLUSTER_NETWORKS_V6=()
 # ranges outside the cluster that may reach the API server (pulumi's Kubernetes provider, kubectl)
