@@ -175,7 +175,8 @@ def planned_steps(
         return runtime_env(resolved, _named(resolved, host.name))
 
     by_step = pulumi.Output.all(**{name: addresses[name] for name in pending}).apply(env)
-    return steps, {step.name: by_step.apply(_pick(step.name)) for step in steps}
+    # only the steps that read addresses get them: the others' inputs stay as they were
+    return steps, {step.name: by_step.apply(_pick(step.name)) for step in steps if step.env}
 
 
 def _pick(name: str) -> Callable[[dict[str, dict[str, str]]], dict[str, str]]:

@@ -30,6 +30,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import shlex
 import socket
 import tarfile
@@ -780,6 +781,12 @@ def _port_open(address: str, port: int, timeout: float) -> bool:
         return False
 
 
+# What a step may read from its environment at run time: the toolkit's own names, none the step
+# protocol sets itself.
+STEP_ENV_NAME = re.compile(r"SOVEREIGN_[A-Z0-9_]{1,64}", re.ASCII)
+RESERVED_ENV = frozenset({"SOVEREIGN_MODE", "SOVEREIGN_PAYLOAD_DIR", "SOVEREIGN_STEP"})
+
+
 def run_step(
     session: HostSession,
     step_name: str,
@@ -797,6 +804,12 @@ def run_step(
     ``env``: what the step reads from its environment at run time (``StepPlan.env``: the hosts'
     addresses), beside the mode."""
     where = f"{session.target.where} step {step_name} ({mode})"
+    for name in env or {}:
+        if not STEP_ENV_NAME.fullmatch(name) or name in RESERVED_ENV:
+            raise StepFailed(
+                f"{where}: runtime input {name!r} refused: expected a SOVEREIGN_ name other "
+                f"than {', '.join(sorted(RESERVED_ENV))}"
+            )
     env = {**(env or {}), "SOVEREIGN_MODE": mode}
     activity = f"step {step_name} ({mode})"
     result = session.run_script(

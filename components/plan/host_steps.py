@@ -305,9 +305,11 @@ def k3s_role(config: StackConfig, host: HostSpec) -> str:
 
 
 def k3s_config(config: StackConfig, host: HostSpec) -> dict[str, Any]:
-    """The content of /etc/rancher/k3s/config.yaml for this host: what the script carries, then
-    what names the hosts' addresses (given to the step at run time, :func:`k3s_address_config`)."""
-    return {**k3s_static_config(config, host), **k3s_address_config(config, host)}
+    """The content of /etc/rancher/k3s/config.yaml for this host, in file order: the settings
+    before the addresses (the script carries them), what names hosts' addresses (given to the step
+    at run time, :func:`k3s_address_config`), then the settings after them."""
+    head, tail = k3s_static_config(config, host)
+    return {**head, **k3s_address_config(config, host), **tail}
 
 
 def k3s_address_config(config: StackConfig, host: HostSpec) -> dict[str, Any]:
@@ -324,26 +326,32 @@ def k3s_address_config(config: StackConfig, host: HostSpec) -> dict[str, Any]:
     return settings
 
 
-def k3s_static_config(config: StackConfig, host: HostSpec) -> dict[str, Any]:
-    """The part of the K3s config no address is in: the script carries it."""
+def k3s_static_config(config: StackConfig, host: HostSpec) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The parts of the K3s config no address is in, before and after the addresses' place (so
+    the file reads the same whichever way its addresses arrive)."""
     role = k3s_role(config, host)
-    settings: dict[str, Any] = {
+    head: dict[str, Any] = {
         "node-name": host.name,
         "token-file": "/etc/rancher/k3s/token",
         "node-label": [f"{k}={v}" for k, v in node_labels(config, host).items()],
     }
     if host.taints:
-        settings["node-taint"] = list(host.taints)
+        head["node-taint"] = list(host.taints)
     if role == "server-init":
-        settings["cluster-init"] = True
+        head["cluster-init"] = True
+    tail: dict[str, Any] = {}
     if role != "agent":
-        settings["secrets-encryption"] = config.k3s.secrets_encryption
-        settings["cluster-cidr"] = config.k3s.cluster_cidr
-        settings["service-cidr"] = config.k3s.service_cidr
-        settings["write-kubeconfig-mode"] = "0600"
+        tail["secrets-encryption"] = config.k3s.secrets_encryption
+        tail["cluster-cidr"] = config.k3s.cluster_cidr
+        tail["service-cidr"] = config.k3s.service_cidr
+        tail["write-kubeconfig-mode"] = "0600"
     # no "default-runtime": a container gets the nvidia runtime only through the RuntimeClass,
     # never by default, so an image that sets NVIDIA_VISIBLE_DEVICES=all sees no GPU it did not ask for
-    return settings
+    return head, tail
+
+
+def _yaml_block(settings: dict[str, Any]) -> str:
+    return yaml.safe_dump(settings, sort_keys=False).rstrip() if settings else ""
 
 
 def _each_once(names: tuple[str, ...]) -> list[str]:
@@ -373,7 +381,8 @@ def _k3s_vars(config: StackConfig, host: HostSpec) -> dict[str, Any]:
         "installer_url": k3s_installer_url(config.k3s.version),
         "installer_sha256": config.k3s.installer_sha256 or "",
         "airgap_bundle": config.k3s.airgap_bundle or "",
-        "config_content": yaml.safe_dump(k3s_static_config(config, host), sort_keys=False).rstrip(),
+        "config_head": _yaml_block(k3s_static_config(config, host)[0]),
+        "config_tail": _yaml_block(k3s_static_config(config, host)[1]),
         "registries_content": yaml.safe_dump(k3s_registries(config), sort_keys=False).rstrip(),
         "ready_timeout_seconds": 300,
     }
@@ -393,11 +402,7 @@ def _k3s_waits_for(config: StackConfig, host: HostSpec) -> tuple[tuple[str, str]
 
 
 def _k3s_runtime_env(config: StackConfig, host: HostSpec) -> dict[str, str]:
-    return {
-        "SOVEREIGN_K3S_ADDRESSES": yaml.safe_dump(
-            k3s_address_config(config, host), sort_keys=False
-        ).rstrip()
-    }
+    return {"SOVEREIGN_K3S_ADDRESSES": _yaml_block(k3s_address_config(config, host))}
 
 
 def cluster_node_addresses(config: StackConfig) -> list[str]:

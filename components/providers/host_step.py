@@ -114,6 +114,11 @@ def run_step_from_props(props: dict[str, Any], mode: Mode) -> dict[str, Any]:
     return outs
 
 
+def _rerun_value(props: dict[str, Any], key: str) -> Any:
+    value = props.get(key)
+    return (value or {}) if key == "env" else value
+
+
 class HostStepProvider(ResourceProvider):
     """CRUD for one step on one host; see the module docstring."""
 
@@ -131,7 +136,8 @@ class HostStepProvider(ResourceProvider):
         return CreateResult(f"{props['host']}/{props['step']}", outs)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        changed = [k for k in RERUN_KEYS if olds.get(k) != news.get(k)]
+        # a step without runtime inputs may carry an empty env or none: the same
+        changed = [k for k in RERUN_KEYS if _rerun_value(olds, k) != _rerun_value(news, k)]
         if olds.get("inSync") is False:
             changed.append("inSync")
         replaces = [k for k in ("host", "step") if olds.get(k) != news.get(k)]

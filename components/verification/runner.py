@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from components.config.models import Fingerprint, HostOrIp, HostSpec, Port, StackConfig
+from components.config.models import Fingerprint, HostOrIp, HostSpec, Port, SshUser, StackConfig
 from components.execution.outcome import HostUnreachable, StepError
 from components.execution.ssh import HostSession, HostTarget, SessionPool, on_hosts
 from components.plan.checks import LAYERS, reachable_expectation
@@ -74,13 +74,14 @@ class OutputsError(ValueError):
 
 
 def hosts_from_outputs(config: StackConfig, outputs: dict[str, Any]) -> list[HostSpec]:
-    """The stack's hosts, with connection facts as ``pulumi stack output --json`` reports them:
-    an ordered host's address and first-contact pin come from there.
+    """The stack's hosts, with what only ``pulumi stack output --json`` knows: an ordered host's
+    address, port, user and first-contact pin, and a pin the stack leaves to its inventory.
 
-    A host key pinned in the stack wins over the file's. Raises OutputsError, naming the field, for
-    outputs of another environment and for a value that is no address, port or fingerprint."""
+    What the stack says wins: a host with an address in the stack keeps it (and its port and
+    user), and a pin in the stack is never replaced. Raises OutputsError, naming the field, for
+    another environment's outputs and for a value outside the stack's grammar."""
     environment = outputs.get("environment")
-    if environment is not None and environment != config.environment:
+    if environment != config.environment:
         raise OutputsError(
             f"the outputs are environment {environment!r}'s, not {config.environment!r}'s: "
             f"pulumi stack output --json -s {config.environment}"
@@ -96,43 +97,39 @@ def hosts_from_outputs(config: StackConfig, outputs: dict[str, Any]) -> list[Hos
         if entry is None:
             hosts.append(host)
             continue
-        address, port, pin = _checked_entry(entry, index, host)
+        found = _checked_entry(entry, index)
+        ordered = host.address is None
         ssh = host.ssh.model_copy(
             update={
-                "port": port,
-                "user": entry.get("user", host.ssh.user),
-                "host_key": host.ssh.host_key or pin,
+                "port": found["port"] if ordered and found["port"] else host.ssh.port,
+                "user": found["user"] if ordered and found["user"] else host.ssh.user,
+                "host_key": host.ssh.host_key or found["hostKey"],
             }
         )
+        address = found["address"] if ordered else host.address
         hosts.append(host.model_copy(update={"address": address, "ssh": ssh}))
     return hosts
 
 
-_OUTPUT_ADDRESS: TypeAdapter[str] = TypeAdapter(HostOrIp)
-_OUTPUT_PIN: TypeAdapter[str] = TypeAdapter(Fingerprint)
-_OUTPUT_PORT: TypeAdapter[int] = TypeAdapter(Port)
+_OUTPUT_FIELDS: dict[str, TypeAdapter[Any]] = {
+    "address": TypeAdapter(HostOrIp),
+    "port": TypeAdapter(Port),
+    "user": TypeAdapter(SshUser),
+    "hostKey": TypeAdapter(Fingerprint),
+}
 
 
-def _checked_entry(
-    entry: dict[str, Any], index: int, host: HostSpec
-) -> tuple[str | None, int, str | None]:
-    """An outputs entry's address, port and host key, each as the stack's grammar has it."""
-    values: list[Any] = []
-    for key, adapter, fallback in (
-        ("address", _OUTPUT_ADDRESS, host.address),
-        ("port", _OUTPUT_PORT, host.ssh.port),
-        ("hostKey", _OUTPUT_PIN, None),
-    ):
+def _checked_entry(entry: dict[str, Any], index: int) -> dict[str, Any]:
+    """An outputs entry's connection fields, each as the stack's grammar has it (None if absent)."""
+    found: dict[str, Any] = {}
+    for key, adapter in _OUTPUT_FIELDS.items():
         value = entry.get(key)
-        if value is None:
-            values.append(fallback)
-            continue
         try:
-            values.append(adapter.validate_python(value))
+            found[key] = None if value is None else adapter.validate_python(value)
         except ValidationError as exc:
             reason = exc.errors()[0].get("msg", "invalid")
             raise OutputsError(f"outputs: hosts[{index}].{key}: {reason}") from None
-    return values[0], values[1], values[2]
+    return found
 
 
 def collector_env(config: StackConfig) -> dict[str, str]:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from components.config.models import HostSpec, SshDefaults, SshSpec
+from components.execution.outcome import StepFailed
 from components.plan.host_steps import StepPlan
 from components.plan.step_protocol import Mode
 from components.providers.host_step import HostStepProvider
@@ -233,3 +234,21 @@ def test_runtime_inputs_reach_the_script_and_a_change_runs_the_step_again(
     # an ordered machine replaced at the same address runs every step again
     replaced = {**created.outs, "machineId": "fr-par-2/one"}
     assert provider.diff("local/91-env", replaced, {**props, "machineId": "fr-par-2/two"}).changes
+
+
+@pytest.mark.parametrize(
+    "name", ["PATH", "SOVEREIGN_MODE", "LD_PRELOAD", "sovereign_x", "SOVEREIGN_A B"]
+)
+def test_a_runtime_input_the_step_protocol_does_not_own_is_refused(
+    local_sshd: LocalSshd, name: str
+) -> None:
+    body = "apply() {\n  :\n}\n"
+    step = StepPlan(host="local", name="92-env", script=step_script(body, "92-env"))
+    props = {**props_for(local_sshd, step), "env": {name: "x"}}
+    with pytest.raises(StepFailed, match="runtime input"):
+        HostStepProvider().create(props)
+
+
+def test_no_env_and_an_empty_env_are_the_same_inputs(local_sshd: LocalSshd, tmp_path: Path) -> None:
+    props = props_for(local_sshd, marker_step(tmp_path / "m"))
+    assert not HostStepProvider().diff("local/90-marker", props, {**props, "env": {}}).changes

@@ -3,8 +3,14 @@ so the scripts a reviewer reads before any machine is ordered are the ones that 
 
 from __future__ import annotations
 
+import subprocess
+
+import pytest
+import yaml
+
 from components.config import load_stack_file
 from components.plan.host_steps import cluster_node_addresses, k3s_config, render_host_steps
+from tests import provider_mocks
 from tests.conftest import ROOT
 
 STAGING = ROOT / "stacks" / "Pulumi.staging.yaml"
@@ -45,3 +51,92 @@ def test_cluster_nodes_are_ips_each_once_ipv4_first_and_an_ordered_placeholder_i
     staging = load_stack_file(STAGING)
     doubled = staging.with_addresses({"stg-gpu-2": "2001:DB8::1"})
     assert cluster_node_addresses(doubled) == ["198.51.100.21", "2001:db8::1"]
+
+
+def k3s_config_file(step_script: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """What the K3s step would write to config.yaml: its own code up to the mode dispatch, run
+    in bash with ``env`` as the executor sets it."""
+    definitions = step_script.split('case "$SOVEREIGN_MODE" in', maxsplit=1)[0]
+    return subprocess.run(
+        ["bash", "-c", definitions + '\nprintf "%s" "$CONFIG_CONTENT"\n'],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", **env},
+    )
+
+
+@pytest.mark.parametrize("stack_name", ["prod-fra", "staging", "scw-par"])
+def test_the_k3s_step_writes_the_planned_config_for_every_role(stack_name: str) -> None:
+    stack = provider_mocks.as_ordered(
+        load_stack_file(ROOT / "stacks" / f"Pulumi.{stack_name}.yaml")
+    )
+    for host in stack.hosts:
+        (k3s,) = render_host_steps(stack, host, only=("50-k3s",))
+        written = k3s_config_file(k3s.script, k3s.env)
+        assert written.returncode == 0, written.stdout + written.stderr
+        assert written.stdout == yaml.safe_dump(k3s_config(stack, host), sort_keys=False).rstrip()
+        assert yaml.safe_load(written.stdout) == k3s_config(stack, host)
+
+
+@pytest.mark.parametrize(
+    "fragment",
+    ["server: https://198.51.100.21:6443\ndisable: traefik", "token: stolen", "", "tls-san: [a]"],
+)
+def test_the_k3s_step_takes_nothing_but_addresses_from_its_env(fragment: str) -> None:
+    stack = load_stack_file(STAGING)
+    (k3s,) = render_host_steps(stack, stack.hosts[1], only=("50-k3s",))
+    written = k3s_config_file(k3s.script, {"SOVEREIGN_K3S_ADDRESSES": fragment})
+    assert written.returncode == 3
+    assert written.stdout.startswith("SOVEREIGN-REFUSED SOVEREIGN_K3S_ADDRESSES")
+
+
+def firewall_nodes(nodes: str) -> subprocess.CompletedProcess[str]:
+    stack = load_stack_file(STAGING)
+    (firewall,) = render_host_steps(stack, stack.hosts[0], only=("60-firewall",))
+    definitions = firewall.script.split('case "$SOVEREIGN_MODE" in')[0]
+    return subprocess.run(
+        [
+            "bash",
+            "-c",
+            definitions + '\necho "${CLUSTER_NODES_V4[*]}|${CLUSTER_NODES_V6[*]}"\n',
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "SOVEREIGN_CLUSTER_NODES": nodes},
+    )
+
+
+def test_the_firewall_takes_the_addresses_the_plan_writes_by_family() -> None:
+    addresses = ["198.51.100.21", "0.0.0.0", "255.255.255.255", "2001:db8::22", "::1", "fe80::"]
+    addresses.append("2001:db8:0:0:0:0:0:1")
+    result = firewall_nodes(" ".join(addresses))
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.strip() == (
+        "198.51.100.21 0.0.0.0 255.255.255.255|2001:db8::22 ::1 fe80:: 2001:db8:0:0:0:0:0:1"
+    )
+    assert firewall_nodes("").stdout.strip() == "|"
+
+
+@pytest.mark.parametrize(
+    "node",
+    [
+        "999.1.1.1",
+        "010.1.1.1",
+        "1.2.3",
+        ":::",
+        "abcde::1",
+        "2001:DB8::1",
+        "1::2::3",
+        "1:2:3:4:5:6:7",
+        "::ffff:192.0.2.1",
+        "fe80::1%eth0",
+        "scw-gpu-1.known-after-order.invalid",
+        "198.51.100.21\n198.51.100.22",
+    ],
+)
+def test_the_firewall_refuses_anything_but_an_address(node: str) -> None:
+    result = firewall_nodes(node)
+    assert result.returncode == 3, result.stdout
+    assert result.stdout.startswith("SOVEREIGN-REFUSED SOVEREIGN_CLUSTER_NODES")

@@ -85,7 +85,11 @@ K3S_VERSION=v1.31.6+k3s1
 INSTALLER_URL=https://raw.githubusercontent.com/k3s-io/k3s/v1.31.6%2Bk3s1/install.sh
 INSTALLER_SHA256=2ce4e1bf7bd1e6c8e9d5a9c3b6d0f7e4a1b2c3d4e5f60718293a4b5c6d7e8f90
 AIRGAP_BUNDLE=''
-CONFIG_CONTENT='node-name: ovh-gpu-2
+# /etc/rancher/k3s/config.yaml: the settings before and after the addresses, and between them
+# what names hosts' addresses (the server a joining node joins, the names in a server's
+# certificate), given to the step at run time since an ordered machine's address is known only
+# once its order returns. Only those settings: a server URL, the certificate's names.
+CONFIG_HEAD='node-name: ovh-gpu-2
 token-file: /etc/rancher/k3s/token
 node-label:
 - topology.kubernetes.io/region=gra3
@@ -95,13 +99,19 @@ node-label:
 - sovereign-inference/environment=ovh-gra
 - sovereign-inference/gpu-count=2
 - sovereign-inference/gpu-model=L40S-48GB'
-# what names the hosts' addresses (the server a joining node joins, the names in a server's
-# certificate): given to the step at run time, since an ordered machine's address is known only
-# once its order returns
+CONFIG_TAIL=''
 if [ -z "${SOVEREIGN_K3S_ADDRESSES:-}" ]; then
   refuse "SOVEREIGN_K3S_ADDRESSES is not set: the K3s addresses are given to this step at run time"
 fi
-CONFIG_CONTENT+=$'\n'"${SOVEREIGN_K3S_ADDRESSES}"
+while IFS= read -r line; do
+  if ! [[ $line =~ ^(server:\ https://[^[:space:]]+|tls-san:|-\ [^[:space:]]+)$ ]]; then
+    refuse "SOVEREIGN_K3S_ADDRESSES: ${line} is no server URL or certificate name line"
+  fi
+done <<<"$SOVEREIGN_K3S_ADDRESSES"
+CONFIG_CONTENT="${CONFIG_HEAD}"$'\n'"${SOVEREIGN_K3S_ADDRESSES}"
+if [ -n "$CONFIG_TAIL" ]; then
+  CONFIG_CONTENT+=$'\n'"${CONFIG_TAIL}"
+fi
 REGISTRIES_CONTENT='mirrors:
   docker.io:
     endpoint:

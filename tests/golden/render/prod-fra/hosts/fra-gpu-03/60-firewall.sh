@@ -78,19 +78,45 @@ finish() {
 # The cluster's nodes: the hosts' addresses, given to the step at run time (SOVEREIGN_CLUSTER_NODES),
 # since an ordered machine's address is known only once its order returns. IPv4 and IPv6 go to
 # separate sets: an nftables set holds one address family.
+# is_ipv4 ADDRESS: four decimal octets 0-255, no leading zeros (nft would read 010 as octal)
+is_ipv4() {
+  local octet
+  local -a octets
+  [[ $1 =~ ^(0|[1-9][0-9]{0,2})(\.(0|[1-9][0-9]{0,2})){3}$ ]] || return 1
+  IFS=. read -r -a octets <<<"$1"
+  for octet in "${octets[@]}"; do
+    ((octet <= 255)) || return 1
+  done
+}
+# is_ipv6 ADDRESS: lower-case hex groups of 1-4 digits, at most one "::", eight groups without it
+is_ipv6() {
+  local groups
+  [[ $1 =~ ^[0-9a-f]{0,4}(:[0-9a-f]{0,4}){2,7}$ && $1 != *:::* ]] || return 1
+  groups="${1//[^:]/}"
+  if [[ $1 == *::*::* ]]; then
+    return 1
+  elif [[ $1 == *::* ]]; then
+    [[ ${#groups} -le 7 ]]
+  else
+    [[ ${#groups} -eq 7 && $1 != :* && $1 != *: ]]
+  fi
+}
 if [ -z "${SOVEREIGN_CLUSTER_NODES+set}" ]; then
   refuse "SOVEREIGN_CLUSTER_NODES is not set: the cluster's node addresses are given to this step at run time"
+fi
+if [[ $SOVEREIGN_CLUSTER_NODES == *$'\n'* ]]; then
+  refuse "SOVEREIGN_CLUSTER_NODES: expected the addresses on one line, separated by spaces"
 fi
 read -r -a cluster_nodes <<<"$SOVEREIGN_CLUSTER_NODES"
 CLUSTER_NODES_V4=()
 CLUSTER_NODES_V6=()
 for node in "${cluster_nodes[@]}"; do
-  if [[ $node =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]]; then
+  if is_ipv4 "$node"; then
     CLUSTER_NODES_V4+=("$node")
-  elif [[ $node == *:* && $node =~ ^[0-9a-f:]+$ ]]; then
+  elif is_ipv6 "$node"; then
     CLUSTER_NODES_V6+=("$node")
   else
-    refuse "SOVEREIGN_CLUSTER_NODES: ${node} is not an IP address"
+    refuse "SOVEREIGN_CLUSTER_NODES: ${node} is not an IPv4 or IPv6 address as the plan writes them"
   fi
 done
 CLUSTER_NETWORKS_V4=(10.42.0.0/16 10.43.0.0/16)

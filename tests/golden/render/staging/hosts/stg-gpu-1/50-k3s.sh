@@ -85,7 +85,11 @@ K3S_VERSION=v1.31.6+k3s1
 INSTALLER_URL=https://raw.githubusercontent.com/k3s-io/k3s/v1.31.6%2Bk3s1/install.sh
 INSTALLER_SHA256=2ce4e1bf7bd1e6c8e9d5a9c3b6d0f7e4a1b2c3d4e5f60718293a4b5c6d7e8f90
 AIRGAP_BUNDLE=''
-CONFIG_CONTENT='node-name: stg-gpu-1
+# /etc/rancher/k3s/config.yaml: the settings before and after the addresses, and between them
+# what names hosts' addresses (the server a joining node joins, the names in a server's
+# certificate), given to the step at run time since an ordered machine's address is known only
+# once its order returns. Only those settings: a server URL, the certificate's names.
+CONFIG_HEAD='node-name: stg-gpu-1
 token-file: /etc/rancher/k3s/token
 node-label:
 - topology.kubernetes.io/region=fsn1
@@ -95,18 +99,23 @@ node-label:
 - sovereign-inference/environment=staging
 - sovereign-inference/gpu-count=1
 - sovereign-inference/gpu-model=RTX-6000-ADA-48GB
-cluster-init: true
-secrets-encryption: true
+cluster-init: true'
+CONFIG_TAIL='secrets-encryption: true
 cluster-cidr: 10.42.0.0/16
 service-cidr: 10.43.0.0/16
 write-kubeconfig-mode: '"'"'0600'"'"''
-# what names the hosts' addresses (the server a joining node joins, the names in a server's
-# certificate): given to the step at run time, since an ordered machine's address is known only
-# once its order returns
 if [ -z "${SOVEREIGN_K3S_ADDRESSES:-}" ]; then
   refuse "SOVEREIGN_K3S_ADDRESSES is not set: the K3s addresses are given to this step at run time"
 fi
-CONFIG_CONTENT+=$'\n'"${SOVEREIGN_K3S_ADDRESSES}"
+while IFS= read -r line; do
+  if ! [[ $line =~ ^(server:\ https://[^[:space:]]+|tls-san:|-\ [^[:space:]]+)$ ]]; then
+    refuse "SOVEREIGN_K3S_ADDRESSES: ${line} is no server URL or certificate name line"
+  fi
+done <<<"$SOVEREIGN_K3S_ADDRESSES"
+CONFIG_CONTENT="${CONFIG_HEAD}"$'\n'"${SOVEREIGN_K3S_ADDRESSES}"
+if [ -n "$CONFIG_TAIL" ]; then
+  CONFIG_CONTENT+=$'\n'"${CONFIG_TAIL}"
+fi
 REGISTRIES_CONTENT='mirrors:
   docker.io:
     endpoint:
