@@ -40,6 +40,16 @@ def missing_inputs(news: dict[str, Any], required: Iterable[str]) -> list[CheckF
     return [CheckFailure(key, f"{key} is required") for key in required if not news.get(key)]
 
 
+def connection_failures(news: dict[str, Any], required: Iterable[str]) -> list[CheckFailure]:
+    """The inputs of a resource that reaches a host over SSH, checked before any connection:
+    each required one present, the port a TCP port."""
+    failures = missing_inputs(news, required)
+    port = news.get("port")
+    if port is not None and not (isinstance(port, int | float) and 0 < int(port) < 65536):
+        failures.append(CheckFailure("port", "expected a TCP port 1-65535"))
+    return failures
+
+
 def log_line(prefix: str, line: str) -> None:
     """One line on stderr, which the Pulumi CLI shows for dynamic providers (there is no engine
     connection in the provider process, so ``pulumi.log`` is not available there)."""

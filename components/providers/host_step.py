@@ -25,7 +25,6 @@ from typing import Any
 
 from pulumi import Input, Output, ResourceOptions
 from pulumi.dynamic import (
-    CheckFailure,
     CheckResult,
     CreateResult,
     DiffResult,
@@ -36,7 +35,7 @@ from pulumi.dynamic import (
 )
 
 from components.plan.step_protocol import Mode
-from components.providers.connection import host_target, log_line, missing_inputs, ssh_settings
+from components.providers.connection import connection_failures, host_target, log_line, ssh_settings
 
 # The inputs that decide whether a step must run again (everything else is bookkeeping).
 RERUN_KEYS = (
@@ -125,11 +124,7 @@ class HostStepProvider(ResourceProvider):
     serialize_as_secret_always = False
 
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        failures = missing_inputs(news, REQUIRED_KEYS)
-        port = news.get("port")
-        if port is not None and not (isinstance(port, int | float) and 0 < int(port) < 65536):
-            failures.append(CheckFailure("port", "expected a TCP port 1-65535"))
-        return CheckResult(news, failures)
+        return CheckResult(news, connection_failures(news, REQUIRED_KEYS))
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         outs = run_step_from_props(props, "apply")

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import pulumi
 
 from components.config.models import HostSpec, StackConfig
 from components.providers.host_key_pin import HostKeyPin
+
+R = TypeVar("R", bound=pulumi.Resource)
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,13 @@ class OrderContext:
     project_dir: str
     parent: pulumi.Resource | None = None
     shared: dict[str, pulumi.Resource] = field(default_factory=dict)
+
+    def once(self, label: str, make: Callable[[], R]) -> R:
+        """The resource named ``label`` shared by the hosts that need it, made on first use
+        (one SSH key registration per key and project)."""
+        if label not in self.shared:
+            self.shared[label] = make()
+        return cast(R, self.shared[label])
 
     def opts(self, *depends_on: pulumi.Resource) -> pulumi.ResourceOptions:
         return pulumi.ResourceOptions(parent=self.parent, depends_on=list(depends_on))

@@ -49,18 +49,16 @@ def registered_key(host: HostSpec, order: OvhOrder, context: OrderContext) -> ov
     """The stack's public key in the order's Public Cloud project, registered once."""
     public_key = host.ssh.public_key or ""
     label = f"ovh-ssh-key-{key_label(public_key)}-{order.service_name}"
-    existing = context.shared.get(label)
-    if isinstance(existing, ovh.CloudSSHKey):
-        return existing
-    key = ovh.CloudSSHKey(
+    return context.once(
         label,
-        name=f"sovereign-{context.stack.environment}-{key_label(public_key)}",
-        public_key=public_key,
-        service_name=order.service_name,
-        opts=context.opts(),
+        lambda: ovh.CloudSSHKey(
+            label,
+            name=f"sovereign-{context.stack.environment}-{key_label(public_key)}",
+            public_key=public_key,
+            service_name=order.service_name,
+            opts=context.opts(),
+        ),
     )
-    context.shared[label] = key
-    return key
 
 
 def connect(host: HostSpec, context: OrderContext) -> HostConnection:

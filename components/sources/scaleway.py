@@ -43,18 +43,16 @@ def registered_key(host: HostSpec, order: ScalewayOrder, context: OrderContext) 
     label = f"scw-ssh-key-{key_label(public_key)}" + (
         f"-{order.project_id[:8]}" if order.project_id else ""
     )
-    existing = context.shared.get(label)
-    if isinstance(existing, iam.SshKey):
-        return existing
-    key = iam.SshKey(
+    return context.once(
         label,
-        name=f"sovereign-{context.stack.environment}-{key_label(public_key)}",
-        public_key=public_key,
-        project_id=order.project_id,
-        opts=context.opts(),
+        lambda: iam.SshKey(
+            label,
+            name=f"sovereign-{context.stack.environment}-{key_label(public_key)}",
+            public_key=public_key,
+            project_id=order.project_id,
+            opts=context.opts(),
+        ),
     )
-    context.shared[label] = key
-    return key
 
 
 def connect(host: HostSpec, context: OrderContext) -> HostConnection:
