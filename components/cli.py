@@ -8,13 +8,14 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from components.config import StackConfig, StackConfigError, load_stack_file
 
 if TYPE_CHECKING:
     from pydantic import JsonValue
 
+    from components.config.models import HostSpec
     from components.plan.sizing import SizingReport
     from components.plan.step_protocol import Mode
 
@@ -119,19 +120,30 @@ def _show_connection_progress() -> None:
     CONNECTION_LOG.setLevel(logging.INFO)
 
 
+def _read_outputs(
+    command: str, config: StackConfig, path: str
+) -> tuple[dict[str, Any], list[HostSpec]] | None:
+    """``pulumi stack output --json`` as written to ``path``, and the stack's hosts with what it
+    says of them; None after saying why the file cannot be used."""
+    from components.verification.runner import hosts_from_outputs, load_outputs  # noqa: PLC0415
+
+    try:
+        outputs = load_outputs(Path(path))
+        return outputs, hosts_from_outputs(config, outputs)
+    except (OSError, ValueError) as exc:
+        print(f"sovereign {command}: {exc}", file=sys.stderr)
+        return None
+
+
 def _with_ordered_addresses(config: StackConfig, outputs: str | None) -> StackConfig | None:
     """The stack with its ordered hosts' addresses and pins from ``pulumi stack output --json``
     (``outputs``), or None after saying which hosts have none: every host's steps need them (the
     firewall admits the cluster's nodes, agents join the first server)."""
     if outputs:
-        from components.verification.runner import hosts_from_outputs, load_outputs  # noqa: PLC0415
-
-        try:
-            resolved = hosts_from_outputs(config, load_outputs(Path(outputs)))
-        except (OSError, ValueError) as exc:
-            print(f"sovereign apply: {exc}", file=sys.stderr)
+        read = _read_outputs("apply", config, outputs)
+        if read is None:
             return None
-        config = config.model_copy(update={"hosts": tuple(resolved)})
+        config = config.model_copy(update={"hosts": tuple(read[1])})
     pending = [h for h in config.hosts if h.address is None]
     if not pending:
         return config
@@ -216,23 +228,19 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from components.config.loader import project_dir_for  # noqa: PLC0415
     from components.verification.report import evidence, write_report  # noqa: PLC0415
     from components.verification.results import Finding  # noqa: PLC0415
-    from components.verification.runner import (  # noqa: PLC0415
-        HostRun,
-        hosts_from_outputs,
-        load_outputs,
-        verify_stack,
-    )
+    from components.verification.runner import HostRun, verify_stack  # noqa: PLC0415
 
     stack_file = Path(args.stack_file)
     config = _load_or_report(stack_file, require_inventory=not args.outputs)
     if config is None:
         return EXIT_INVALID
-    try:
-        outputs = load_outputs(Path(args.outputs)) if args.outputs else {}
-        hosts = hosts_from_outputs(config, outputs) if args.outputs else None
-    except (OSError, ValueError) as exc:
-        print(f"sovereign verify: {exc}", file=sys.stderr)
-        return EXIT_INVALID
+    outputs: dict[str, Any] = {}
+    hosts: list[HostSpec] | None = None
+    if args.outputs:
+        read = _read_outputs("verify", config, args.outputs)
+        if read is None:
+            return EXIT_INVALID
+        outputs, hosts = read
     _show_connection_progress()
     kubeconfig = outputs.get("kubeconfig")
     if args.hosts:

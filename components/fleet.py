@@ -27,18 +27,18 @@ def rollout_order(stack: StackConfig) -> list[HostSpec]:
     return sorted(stack.hosts, key=lambda h: h.name != first)
 
 
-def exported_host(host: HostSpec, connection: HostConnection | None = None) -> dict[str, Any]:
+def exported_host(host: HostSpec, connection: HostConnection) -> dict[str, Any]:
     """How one host appears in the stack's ``hosts`` output, which verification reads back
-    (``components.verification.runner.hosts_from_outputs``). An ordered host's address and host
-    key are its order's outputs (``connection``)."""
+    (``components.verification.runner.hosts_from_outputs``): where its source says it is reached
+    (an ordered host's address and host key are its order's outputs)."""
     return {
         "name": host.name,
         "role": host.role,
         "source": host.source,
-        "address": connection.address if connection else host.address,
-        "port": connection.port if connection else host.ssh.port,
-        "user": connection.user if connection else host.ssh.user,
-        "hostKey": connection.host_key if connection else host.ssh.host_key,
+        "address": connection.address,
+        "port": connection.port,
+        "user": connection.user,
+        "hostKey": connection.host_key,
         "country": host.country,
         "datacenter": host.datacenter,
     }

@@ -8,7 +8,7 @@ from typing import Any
 import pulumi
 from pydantic import Field
 
-from components.config.models import HostSpec, Model, StackConfig, host_address
+from components.config.models import HostSpec, Model, StackConfig
 from components.nvme_weight_cache import NvmeWeightCache, NvmeWeightCacheSpec
 from components.plan.cluster import node_labels
 from components.plan.host_steps import StepPlan, render_host_steps, runtime_env
@@ -75,7 +75,7 @@ class GpuHost(pulumi.ComponentResource):
                     f"{host.name}: ordered from {host.source}: build it through Fleet, or pass "
                     "connection= (the ordered machine's address and host key as outputs)"
                 )
-            connection = HostConnection.of(host, host_address(host), host.ssh.host_key)
+            connection = HostConnection.as_stated(host)
         self.connection = connection
         planned, runtime = planned_steps(stack, host, addresses or {})
         peers = peer_steps or {}
@@ -168,11 +168,11 @@ def planned_steps(
             "its steps: build the hosts through Fleet, or pass addresses="
         )
     planning = stack.with_pending_addresses()
-    steps = render_host_steps(planning, _named(planning, host.name))
+    steps = render_host_steps(planning, planning.host_named(host.name))
 
     def env(known: dict[str, str]) -> dict[str, dict[str, str]]:
         resolved = stack.with_addresses(known)
-        return runtime_env(resolved, _named(resolved, host.name))
+        return runtime_env(resolved, resolved.host_named(host.name))
 
     by_step = pulumi.Output.all(**{name: addresses[name] for name in pending}).apply(env)
     # only the steps that read addresses get them: the others' inputs stay as they were
@@ -181,10 +181,6 @@ def planned_steps(
 
 def _pick(name: str) -> Callable[[dict[str, dict[str, str]]], dict[str, str]]:
     return lambda by_step: by_step[name]
-
-
-def _named(stack: StackConfig, name: str) -> HostSpec:
-    return next(h for h in stack.hosts if h.name == name)
 
 
 def _merge_facts(per_step: list[dict[str, str] | None]) -> dict[str, str]:

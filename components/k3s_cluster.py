@@ -8,7 +8,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 from pydantic import Field
 
-from components.config.models import Model, StackConfig, host_address
+from components.config.models import Model, StackConfig
 from components.plan.cluster import api_server_url, api_url, first_server
 from components.providers.cluster_access import READY_TIMEOUT_SECONDS, ClusterAccess
 from components.sources.connection import HostConnection
@@ -31,7 +31,7 @@ def cluster_access_props(
     stack = spec.stack
     server = first_server(stack)
     if first is None:
-        first = HostConnection.of(server, host_address(server), server.ssh.host_key)
+        first = HostConnection.as_stated(server)
     return {
         "host": server.name,
         "address": first.address,

@@ -6,7 +6,7 @@ from typing import Any
 
 import pulumi
 
-from components.config.models import HostSpec, SshDefaults, host_address
+from components.config.models import HostSpec, SshDefaults
 from components.plan.host_steps import StepPlan
 from components.providers.host_step import HostStep
 from components.sources.connection import HostConnection
@@ -33,17 +33,18 @@ def step_props(
             f"{host.name}/{step.name}: no value wired for secret(s) {', '.join(missing)}"
         )
     wanted = {k: v for k, v in (secret_env or {}).items() if k in step.secret_env}
+    connection = connection or HostConnection.as_stated(host)
     props: dict[str, pulumi.Input[Any]] = {
         "host": host.name,
         "step": step.name,
         "script": step.script,
         "contentHash": step.content_hash,
         "pins": dict(step.pins),
-        "address": connection.address if connection else host_address(host),
-        "port": connection.port if connection else host.ssh.port,
-        "user": connection.user if connection else host.ssh.user,
-        "privateKey": connection.private_key if connection else host.ssh.private_key,
-        "hostKey": connection.host_key if connection else host.ssh.host_key,
+        "address": connection.address,
+        "port": connection.port,
+        "user": connection.user,
+        "privateKey": connection.private_key,
+        "hostKey": connection.host_key,
         "baseDir": project_dir,
         "ssh": ssh.model_dump(mode="json"),
         "hasTeardown": step.has_teardown,
@@ -55,7 +56,7 @@ def step_props(
     # only where there is something: a step without runtime inputs keeps the inputs it had
     if step.env or env is not None:
         props["env"] = env if env is not None else dict(step.env)
-    if connection is not None and connection.machine_id is not None:
+    if connection.machine_id is not None:
         props["machineId"] = connection.machine_id
     return props
 

@@ -489,6 +489,11 @@ def _provider_key(provider: str) -> str:
     return PROVIDER_ALIASES.get(key, key)
 
 
+def machine_types_known(provider: str, kind: str) -> bool:
+    """Whether the catalog has a table of ``provider``'s ``kind`` of machine."""
+    return (_provider_key(provider), kind) in MACHINE_TYPES
+
+
 def machine_type(provider: str, kind: str, name: str) -> MachineType | None:
     """The machine ``name`` (letter case ignored: Scaleway's API spells its offers in upper case,
     its examples sometimes not) of a provider's ``kind``, or None when the table does not know it."""

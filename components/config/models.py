@@ -20,7 +20,7 @@ import posixpath
 import re
 import types
 import typing
-from typing import Annotated, Any, Final, Literal, Union, get_args
+from typing import Annotated, Any, ClassVar, Final, Literal, Union, get_args
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -57,9 +57,9 @@ from components.config.catalog import (
     EU_EEA_COUNTRIES,
     GPU_MODELS,
     K3S_RELEASE,
-    MACHINE_TYPES,
     machine_type,
     machine_types_for,
+    machine_types_known,
     os_image,
     packaged_traefik,
     provider_locations,
@@ -793,6 +793,9 @@ class ScalewayOrder(Model):
     (``kind: instance``, ``type`` its commercial type) or an Elastic Metal server
     (``kind: elastic-metal``, ``type`` its offer), in ``zone``, installed with ``os``."""
 
+    # the field that names where the machine is
+    PLACE_FIELD: ClassVar[str] = "zone"
+
     kind: Literal["instance", "elastic-metal"]
     type: str = Field(min_length=1, max_length=64)
     zone: ScalewayZone
@@ -805,6 +808,9 @@ class OvhOrder(Model):
     ``flavor`` in ``region`` of the project ``serviceName``), or a dedicated server
     (``kind: dedicated``) reinstalled through the provider's install task: the one the team rents
     (``serviceName``), or a new one ordered with ``plan`` in ``datacenter``."""
+
+    # the field that names where the machine is (a dedicated server's: the host's datacenter)
+    PLACE_FIELD: ClassVar[str] = "region"
 
     kind: Literal["cloud-instance", "dedicated"]
     service_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,128}$")
@@ -852,14 +858,14 @@ class OvhOrder(Model):
         return self
 
 
-def machine_types_known(provider: str, kind: str) -> bool:
-    """Whether the catalog has a table of ``provider``'s ``kind`` of machine."""
-    return (provider, kind) in MACHINE_TYPES
-
-
-# The sources a host can come from, and the provider each ordered source stands for.
+# The sources a host can come from, and the provider each ordered source stands for, with the
+# model of its order section (named after the source).
 HostSource = Literal["byo", "lab", "scaleway", "ovh"]
 ORDERED_SOURCES: dict[str, str] = {"scaleway": "scaleway", "ovh": "ovh"}
+ORDER_MODELS: dict[str, type[ScalewayOrder] | type[OvhOrder]] = {
+    "scaleway": ScalewayOrder,
+    "ovh": OvhOrder,
+}
 
 
 def _derive_placement(data: Any) -> Any:
@@ -881,7 +887,7 @@ def _derive_placement(data: Any) -> Any:
         return data  # the section's own validation names it
     filled = dict(data)
     filled.setdefault("provider", provider)
-    field = "zone" if source == "scaleway" else "region"
+    field = ORDER_MODELS[source].PLACE_FIELD
     place = order.get(field)
     if isinstance(place, str) and place:
         filled.setdefault("datacenter", place.lower())
@@ -890,17 +896,15 @@ def _derive_placement(data: Any) -> Any:
         if country is not None:
             filled.setdefault("country", country)
         elif "country" not in data:
-            known = ", ".join(sorted(provider_locations(provider) or {}))
             raise CrossFieldProblems(
-                [
-                    Problem(
-                        f"{source}.{field}",
-                        f"{place!r} is not a {provider} location the toolkit knows; expected "
-                        f"one of {known}",
-                    )
-                ]
+                [Problem(f"{source}.{field}", _unknown_place(provider, place))]
             )
     return filled
+
+
+def _unknown_place(provider: str, place: str) -> str:
+    known = ", ".join(sorted(provider_locations(provider) or {}))
+    return f"{place!r} is not a {provider} location the toolkit knows; expected one of {known}"
 
 
 class HostSpec(Model):
@@ -1022,31 +1026,22 @@ class HostSpec(Model):
         if isinstance(order, ScalewayOrder):
             name: str | None = order.type
             field = f"{self.source}.type"
-            place, place_field = order.zone, f"{self.source}.zone"
         elif order.kind == "cloud-instance":
             name, field = order.flavor, f"{self.source}.flavor"
-            place, place_field = order.region or "", f"{self.source}.region"
         else:
             name, field = order.plan, f"{self.source}.plan"
-            place, place_field = self.datacenter, "datacenter"
         problems: list[Problem] = []
-        table = provider_locations(provider) or {}
         # an order's zone or region is the provider's own name for it, exactly; a datacenter
         # (a dedicated server's: gra3) is known through its site (gra)
-        known_place = (
-            region_country(place, provider) is not None
-            if place_field == "datacenter"
-            else place.lower() in table
-        )
+        ordered_place = self.order_place()
+        if ordered_place is not None:
+            place, place_field = ordered_place
+            known_place = place.lower() in (provider_locations(provider) or {})
+        else:
+            place, place_field = self.datacenter, "datacenter"
+            known_place = region_country(place, provider) is not None
         if not known_place:
-            known = ", ".join(sorted(table))
-            problems.append(
-                Problem(
-                    place_field,
-                    f"{place!r} is not a {provider} location the toolkit knows; expected one of "
-                    f"{known}",
-                )
-            )
+            problems.append(Problem(place_field, _unknown_place(provider, place)))
         if os_image(provider, order.kind, order.os) is None:
             offered = [os_id for os_id in get_args(OsId) if os_image(provider, order.kind, os_id)]
             problems.append(
@@ -1094,12 +1089,12 @@ class HostSpec(Model):
         return problems
 
     def order_place(self) -> tuple[str, str] | None:
-        """Where the order places the machine, and the field that says so (relative to the host)."""
-        if isinstance(self.scaleway, ScalewayOrder) and self.source == "scaleway":
-            return self.scaleway.zone, "scaleway.zone"
-        if isinstance(self.ovh, OvhOrder) and self.source == "ovh" and self.ovh.region:
-            return self.ovh.region, "ovh.region"
-        return None
+        """Where the order places the machine, and the field that says so (relative to the host);
+        None for a host not ordered, or an order without a place (a dedicated server's is the
+        host's datacenter)."""
+        order = getattr(self, self.source) if self.ordered else None
+        place = getattr(order, order.PLACE_FIELD) if order is not None else None
+        return (place, f"{self.source}.{order.PLACE_FIELD}") if order and place else None
 
     def location_problems(self, allowed_countries: frozenset[str]) -> list[Problem]:
         """Region, datacenter and the order's zone or region against the provider location table
@@ -1889,6 +1884,13 @@ class StackConfig(Model):
     @property
     def servers(self) -> tuple[HostSpec, ...]:
         return tuple(h for h in self.hosts if h.role == "server")
+
+    def host_named(self, name: str) -> HostSpec:
+        """The host called ``name`` (KeyError naming it when the stack has none)."""
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise KeyError(f"no host {name!r} in stack {self.environment}")
 
     @property
     def ordered_hosts(self) -> tuple[HostSpec, ...]:

@@ -375,14 +375,15 @@ def k3s_registries(config: StackConfig) -> dict[str, Any]:
 
 
 def _k3s_vars(config: StackConfig, host: HostSpec) -> dict[str, Any]:
+    head, tail = k3s_static_config(config, host)
     return {
         "k3s_role": k3s_role(config, host),
         "k3s_version": config.k3s.version,
         "installer_url": k3s_installer_url(config.k3s.version),
         "installer_sha256": config.k3s.installer_sha256 or "",
         "airgap_bundle": config.k3s.airgap_bundle or "",
-        "config_head": _yaml_block(k3s_static_config(config, host)[0]),
-        "config_tail": _yaml_block(k3s_static_config(config, host)[1]),
+        "config_head": _yaml_block(head),
+        "config_tail": _yaml_block(tail),
         "registries_content": yaml.safe_dump(k3s_registries(config), sort_keys=False).rstrip(),
         "ready_timeout_seconds": 300,
     }

@@ -90,7 +90,7 @@ def render_files(config: StackConfig) -> list[RenderedFile]:
     payloads_written: set[str] = set()
     write("stack.json", json.dumps(redacted_config(config), indent=2, sort_keys=True) + "\n")
     stack_config = config
-    # an ordered machine's address is known after the order: the scripts show a placeholder
+    # an ordered machine's address is known after the order: the steps' env shows a placeholder
     config = config.with_pending_addresses()
     for host in config.hosts:
         host_dir = f"hosts/{host.name}"
@@ -131,7 +131,7 @@ def render_files(config: StackConfig) -> list[RenderedFile]:
             f"{host_dir}/node-labels.json",
             json.dumps(node_labels(config, host), indent=2, sort_keys=True) + "\n",
         )
-        declared = next(h for h in stack_config.hosts if h.name == host.name)
+        declared = stack_config.host_named(host.name)
         write(f"{host_dir}/source.json", json.dumps(source_plan(declared), indent=2) + "\n")
     if config.inference.models:
         _render_inference(config, write)

@@ -3,9 +3,9 @@ pinned host key. Nothing is ordered and nothing is released."""
 
 from __future__ import annotations
 
-from components.config.models import HostSpec, host_address
+from components.config.models import HostSpec
 from components.sources.connection import HostConnection, OrderContext
 
 
 def connect(host: HostSpec, _context: OrderContext) -> HostConnection:
-    return HostConnection.of(host, host_address(host), host.ssh.host_key)
+    return HostConnection.as_stated(host)

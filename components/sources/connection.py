@@ -15,7 +15,7 @@ from typing import Any, TypeVar, cast
 
 import pulumi
 
-from components.config.models import HostSpec, StackConfig
+from components.config.models import HostSpec, StackConfig, host_address
 from components.providers.host_key_pin import HostKeyPin
 
 R = TypeVar("R", bound=pulumi.Resource)
@@ -64,6 +64,11 @@ class HostConnection:
             placement if placement is not None else placement_of(host),
             machine_id,
         )
+
+    @classmethod
+    def as_stated(cls, host: HostSpec) -> HostConnection:
+        """The connection the stack itself gives: its address, port, user, key and pin."""
+        return cls.of(host, host_address(host), host.ssh.host_key)
 
     @property
     def depends_on(self) -> list[pulumi.Resource]:
